@@ -1,0 +1,43 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP) $@
+
+demo: $(STAMP)
+	$(BIN)/blueshift-import run sample_data/customers.csv --mock --rate 50 --overwrite \
+		--rejects demo-output/rejects.csv --dead-letter demo-output/dead-letter.jsonl \
+		--report demo-output/report.json; \
+	status=$$?; [ $$status -le 1 ] || exit $$status
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check importer tests benchmarks
+	$(BIN)/ruff format --check importer tests benchmarks
+	$(BIN)/mypy importer
+
+format: $(TEST_STAMP)
+	$(BIN)/ruff format importer tests benchmarks
+	$(BIN)/ruff check --fix importer tests benchmarks
+
+bench: $(TEST_STAMP)
+	$(BIN)/python benchmarks/run.py --rows 20000 --uncapped
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

@@ -1,0 +1,78 @@
+"""Batching stage: pack clean customers into API calls of at most 50.
+
+Owns: the 50-per-call hard limit and the request-body byte ceiling, and the
+JSON encoding of each payload (done once here, reused by every attempt).
+Batches are full across chunk boundaries: only the last one may be partial.
+
+Must not: send, retry, or look at why a customer exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import orjson
+
+from .options import MAX_BATCH_SIZE
+from .records import Batch, Customer
+
+#: Bytes of ``{"customers":[`` + ``]}``.
+_ENVELOPE = 16
+
+
+def encode_payload(payload: dict) -> bytes:
+    """Strict JSON for one payload (orjson writes NaN and Infinity as null, never bare)."""
+    return orjson.dumps(payload)
+
+
+def pack_batches(
+    customers: Iterable[Customer], size: int = MAX_BATCH_SIZE, max_bytes: int = 1_000_000
+) -> Iterator[Batch]:
+    """Yield batches of ``min(size, 50)`` customers whose body stays under ``max_bytes``.
+
+    A customer whose payload alone exceeds ``max_bytes`` still travels, alone
+    in its batch: the API, not the packer, decides whether it is too large.
+    """
+    packer = BatchPacker(size, max_bytes)
+    for customer in customers:
+        yield from packer.add((customer,))
+    yield from packer.flush()
+
+
+class BatchPacker:
+    """Incremental form of :func:`pack_batches` for a stream fed chunk by chunk.
+
+    ``add`` returns the batches completed so far; ``flush`` the last partial one.
+    """
+
+    def __init__(self, size: int = MAX_BATCH_SIZE, max_bytes: int = 1_000_000):
+        self.size = min(size, MAX_BATCH_SIZE)
+        self.max_bytes = max_bytes
+        self._group: list[Customer] = []
+        self._encoded: list[bytes] = []
+        self._nbytes = _ENVELOPE
+        self._seq = 0
+
+    def _emit(self) -> Batch:
+        batch = Batch(tuple(self._group), tuple(self._encoded), self._seq)
+        self._seq += 1
+        self._group, self._encoded, self._nbytes = [], [], _ENVELOPE
+        return batch
+
+    def add(self, customers: Iterable[Customer]) -> list[Batch]:
+        """Add customers; return the batches that became full."""
+        done = []
+        for customer in customers:
+            data = encode_payload(customer.payload)
+            if self._group and (
+                len(self._group) >= self.size or self._nbytes + len(data) + 1 > self.max_bytes
+            ):
+                done.append(self._emit())
+            self._group.append(customer)
+            self._encoded.append(data)
+            self._nbytes += len(data) + 1
+        return done
+
+    def flush(self) -> list[Batch]:
+        """The last, possibly partial, batch (or nothing)."""
+        return [self._emit()] if self._group else []

@@ -1,0 +1,91 @@
+"""The exceptions blueshift-import raises, all rooted at :class:`ImporterError`.
+
+A bad row is never an exception: it becomes a reject with a reason. Only what
+stops a whole run raises. The tree, and when each is raised::
+
+    ImporterError
+    ├── UsageError (also ValueError)         a bad option or configuration   exit 2
+    │   └── MappingError                     columns cannot be mapped         exit 2
+    ├── InputUnreadable (also OSError)       the input cannot be opened/read  exit 2
+    ├── StateError                           the state store refuses the run  exit 2
+    │   ├── StateLocked                      another run holds the state
+    │   └── InputChanged                     --resume on a different input
+    ├── RunStopped                           the run stopped early            exit 3
+    │   ├── ApiKeyRejected                   HTTP 401 or 403
+    │   └── ApiUnavailable                   nothing succeeded for too long
+    └── AccountingMismatch                   the outcome counts do not add up (a bug)
+
+aiohttp exceptions never leave :mod:`importer.sending`; they become
+:class:`TransientApiError` or :class:`PermanentApiError` there, and those two
+decide whether a request is retried (they are internal: a record that fails
+for good is dead-lettered, not raised).
+"""
+
+from __future__ import annotations
+
+
+class ImporterError(Exception):
+    """Root of every exception raised by blueshift-import."""
+
+    exit_code: int = 2
+
+
+class UsageError(ImporterError, ValueError):
+    """An option, a combination of options or a configuration file is invalid."""
+
+
+class MappingError(UsageError):
+    """The input's columns cannot be mapped to Blueshift fields unambiguously."""
+
+
+class InputUnreadable(ImporterError, OSError):
+    """The input file is missing, unreadable, or not in a format we can parse."""
+
+
+class StateError(ImporterError):
+    """The state store cannot be used for this run."""
+
+
+class StateLocked(StateError):
+    """Another run is using the same state store."""
+
+
+class InputChanged(StateError):
+    """``--resume`` was asked for, but the input differs from the interrupted run's."""
+
+
+class RunStopped(ImporterError):
+    """The run stopped before the end of the input; a report is still written."""
+
+    exit_code = 3
+
+
+class ApiKeyRejected(RunStopped):
+    """The API answered 401 or 403: the key is wrong or lacks permission."""
+
+
+class ApiUnavailable(RunStopped):
+    """No request succeeded for longer than ``give_up_after`` seconds."""
+
+
+class AccountingMismatch(ImporterError):
+    """The outcome counts do not add up to the rows read. Always a bug."""
+
+    exit_code = 1
+
+
+class ApiError(ImporterError):
+    """A request failed; raised and caught inside :mod:`importer.sending`."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientApiError(ApiError):
+    """A failure worth retrying: 404, 409, 429, 5xx, timeouts, dropped connections."""
+
+
+class PermanentApiError(ApiError):
+    """A failure that retrying cannot fix, such as a 400 for a single record."""

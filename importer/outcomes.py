@@ -1,0 +1,283 @@
+"""Outcomes stage: where every row ends up, and the report that counts them.
+
+Owns: the rejects file (CSV or JSONL by extension), the dead-letter file
+(re-importable JSONL), the :class:`ImportReport` and its JSON form, and the
+accounting invariant::
+
+    rows_read = succeeded + rejected + dead_lettered + merged_duplicates
+                + unchanged_skipped + already_done + not_sent
+
+Files holding records are created with mode 0600 and written in whole lines,
+flushed per write, so a crash never leaves a line a re-import would choke on.
+
+Must not: decide whether a row is valid or whether a request is retried.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .errors import UsageError
+from .records import Outcome, Reject
+
+REPORT_SCHEMA_VERSION = 1
+#: Characters that make a spreadsheet treat a cell as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -> IO[bytes]:
+    """Open ``path`` for writing records, created with mode 0600.
+
+    An existing file is appended to when ``append``, replaced when
+    ``overwrite``, and otherwise refused with :class:`UsageError` so a
+    previous run's records are never lost by accident.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT
+    if append:
+        flags |= os.O_APPEND
+    elif overwrite:
+        flags |= os.O_TRUNC
+    else:
+        flags |= os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise UsageError(
+            f"{path} already exists; pass --overwrite to replace it (or --resume to append)"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+def neutralise_formula(value: Any) -> Any:
+    """Prefix a text cell that a spreadsheet would run as a formula with ``'``."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RejectsWriter:
+    """Appends rejects to a CSV or JSONL file (chosen by the file's extension)."""
+
+    COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "dropped_field")
+
+    def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
+        self.path = Path(path)
+        self.source = source
+        self.csv = self.path.suffix.lower() in (".csv", ".tsv")
+        existed = append and self.path.exists() and self.path.stat().st_size > 0
+        self._file = open_private(self.path, overwrite=overwrite, append=append)
+        if self.csv and not existed:
+            self._write_csv_rows([self.COLUMNS])
+
+    def _write_csv_rows(self, rows: list[Any]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        self._file.write(buf.getvalue().encode())
+        self._file.flush()
+
+    def write(self, rejects: list[Reject]) -> None:
+        if not rejects:
+            return
+        if self.csv:
+            self._write_csv_rows(
+                [
+                    [
+                        r.record,
+                        r.line,
+                        neutralise_formula(r.identifier or ""),
+                        neutralise_formula(r.column or ""),
+                        neutralise_formula("" if r.value is None else _as_text(r.value)),
+                        r.reason,
+                        "yes" if r.dropped_field else "",
+                    ]
+                    for r in rejects
+                ]
+            )
+        else:
+            self._file.write(
+                b"".join(
+                    orjson.dumps({"source": self.source, **asdict(r)}, default=str) + b"\n"
+                    for r in rejects
+                )
+            )
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+
+
+class DeadLetterWriter:
+    """Appends undeliverable customers to a JSONL file that ``run`` can re-import."""
+
+    def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
+        self.path = Path(path)
+        self.source = source
+        self._file = open_private(self.path, overwrite=overwrite, append=append)
+
+    def write(self, outcomes: list[Outcome]) -> None:
+        failed = [o for o in outcomes if not o.delivered]
+        if not failed:
+            return
+        at = _now()
+        self._file.write(
+            b"".join(
+                orjson.dumps(
+                    {
+                        "payload": o.customer.payload,
+                        "source": self.source,
+                        "record": o.customer.record,
+                        "line": o.customer.line,
+                        "status": o.status,
+                        "kind": o.kind,
+                        "error": o.error,
+                        "attempts": o.attempts,
+                        "at": at,
+                    },
+                    default=str,
+                )
+                + b"\n"
+                for o in failed
+            )
+        )
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class ImportReport:
+    """Everything a run did, counted. ``to_dict`` is the JSON report's content."""
+
+    source: str
+    dry_run: bool = False
+    started_at: str = field(default_factory=_now)
+    finished_at: str | None = None
+    duration_s: float = 0.0
+    rows_read: int = 0
+    succeeded: int = 0
+    rejected: int = 0
+    dropped_fields: int = 0
+    dead_lettered: int = 0
+    merged_duplicates: int = 0
+    unchanged_skipped: int = 0
+    already_done: int = 0
+    not_sent: int = 0
+    requests: int = 0
+    retries: int = 0
+    splits: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    rate_limit: float = 0.0
+    achieved_rate: float = 0.0
+    final_rate: float = 0.0
+    stopped: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    mapping: list[tuple[str, str]] = field(default_factory=list)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    _t0: float = field(default_factory=time.monotonic, repr=False)
+
+    @property
+    def accounted(self) -> int:
+        """The right-hand side of the accounting invariant."""
+        return (
+            self.succeeded
+            + self.rejected
+            + self.dead_lettered
+            + self.merged_duplicates
+            + self.unchanged_skipped
+            + self.already_done
+            + self.not_sent
+        )
+
+    @property
+    def accounting_ok(self) -> bool:
+        return self.rows_read == self.accounted
+
+    def accounting_line(self) -> str:
+        """``rows_read N = succeeded + rejected + ...`` with the figures, and whether it holds."""
+        parts = [
+            f"succeeded {self.succeeded}",
+            f"rejected {self.rejected}",
+            f"dead-lettered {self.dead_lettered}",
+            f"merged {self.merged_duplicates}",
+        ]
+        if self.unchanged_skipped:
+            parts.append(f"unchanged {self.unchanged_skipped}")
+        if self.already_done:
+            parts.append(f"already done {self.already_done}")
+        if self.not_sent:
+            parts.append(f"not sent {self.not_sent}")
+        verdict = (
+            "balanced" if self.accounting_ok else f"MISMATCH by {self.rows_read - self.accounted}"
+        )
+        return f"rows read {self.rows_read} = {' + '.join(parts)} ({verdict})"
+
+    def count_rejects(self, rejects: list[Reject]) -> None:
+        reasons = Counter(_reason_key(r.reason) for r in rejects)
+        for reason, n in reasons.items():
+            self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + n
+        dropped = sum(1 for r in rejects if r.dropped_field)
+        self.dropped_fields += dropped
+        self.rejected += len(rejects) - dropped
+
+    def count_outcomes(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            if o.delivered:
+                self.succeeded += 1
+            else:
+                self.dead_lettered += 1
+                key = _reason_key(o.error or o.kind)
+                self.dead_letter_reasons[key] = self.dead_letter_reasons.get(key, 0) + 1
+
+    def finish(self) -> None:
+        self.finished_at = _now()
+        self.duration_s = round(time.monotonic() - self._t0, 3)
+        if self.duration_s > 0 and self.requests:
+            self.achieved_rate = round(self.requests / self.duration_s, 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        data["mapping"] = [list(pair) for pair in self.mapping]
+        data.pop("preview")
+        data["accounting"] = {"balanced": self.accounting_ok, "line": self.accounting_line()}
+        return {"schema_version": REPORT_SCHEMA_VERSION, **data}
+
+    def write(self, path: Path, *, overwrite: bool = True) -> None:
+        """Write the JSON report atomically (temp file, then rename), mode 0600."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open_private(tmp, overwrite=True) as f:
+            f.write(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+        os.replace(tmp, path)
+
+
+def _reason_key(reason: str) -> str:
+    """The reason without the varying detail after a colon, for counting."""
+    return reason.split(":", 1)[0].strip()

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from importer.batching import BatchPacker, pack_batches
+from importer.records import Customer
+
+
+def _customers(n: int, start: int = 0) -> list[Customer]:
+    return [Customer({"email": f"u{i}@example.com"}, i + 1, i + 2) for i in range(start, start + n)]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=130), max_size=12), st.integers(1, 50))
+def test_batching_full_batches_across_chunks(chunk_sizes, size):
+    packer = BatchPacker(size)
+    batches = []
+    start = 0
+    for n in chunk_sizes:
+        batches.extend(packer.add(_customers(n, start)))
+        start += n
+    batches.extend(packer.flush())
+    assert sum(len(b) for b in batches) == start
+    assert all(len(b) == size for b in batches[:-1])
+    assert all(1 <= len(b) <= size for b in batches)
+    records = [c.record for b in batches for c in b.customers]
+    assert records == list(range(1, start + 1))
+
+
+def test_batching_never_more_than_50():
+    batches = list(pack_batches(_customers(260), size=500))
+    assert [len(b) for b in batches] == [50, 50, 50, 50, 50, 10]
+
+
+def test_batching_byte_ceiling_and_strict_json_body():
+    big = [Customer({"email": f"u{i}@example.com", "note": "x" * 400}, i, i) for i in range(20)]
+    batches = list(pack_batches(big, max_bytes=2000))
+    for b in batches:
+        assert len(b.body()) <= 2000
+        assert orjson.loads(b.body())["customers"] == [c.payload for c in b.customers]
+    assert sum(len(b) for b in batches) == 20
+
+
+def test_batching_split_keeps_order():
+    (batch,) = pack_batches(_customers(7))
+    a, b = batch.split()
+    assert [c.record for c in a.customers + b.customers] == list(range(1, 8))
+    assert len(a) == 4 and a.encoded == batch.encoded[:4]

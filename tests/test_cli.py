@@ -1,0 +1,144 @@
+"""The ``blueshift-import`` command against the fake API over loopback HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from .conftest import API_KEY
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def _sample_identifiers(path: Path) -> tuple[set[str], list[int]]:
+    """Customer ids of sample rows that have an identifier, and record numbers of those without."""
+    ids, missing = set(), []
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), start=1):
+                if row["Customer ID"].strip() or row["Email Address"].strip():
+                    ids.add(row["Customer ID"])
+                else:
+                    missing.append(n)
+    else:
+        for n, line in enumerate(path.read_bytes().splitlines(), start=1):
+            obj = orjson.loads(line)
+            if obj.get("Customer ID") or obj.get("Email Address"):
+                ids.add(obj["Customer ID"])
+            else:
+                missing.append(n)
+    return ids, missing
+
+
+def _run_sample(cli, fake_api, tmp_path: Path, name: str):
+    sample = SAMPLES / name
+    result = cli(
+        "run",
+        str(sample),
+        "--base-url",
+        fake_api.url,
+        "--rate",
+        "500",
+        "--rejects",
+        str(tmp_path / "rejects.csv"),
+        "--dead-letter",
+        str(tmp_path / "dead.jsonl"),
+        "--report",
+        str(tmp_path / "report.json"),
+        env={"BLUESHIFT_API_KEY": API_KEY},
+    )
+    return sample, result
+
+
+def test_cli_imports_sample_files_each_valid_customer_once(cli, fake_api, tmp_path):
+    for name in ("customers.csv", "customers.jsonl"):
+        fake_api.state.applied.clear()
+        out = tmp_path / name
+        out.mkdir()
+        sample, result = _run_sample(cli, fake_api, out, name)
+        assert result.exit_code in (0, 1), result.output
+        ids, missing = _sample_identifiers(sample)
+        received = [c["customer_id"] for c in fake_api.state.applied]
+        assert len(received) == len(set(received)), "a customer arrived twice"
+        dead = [orjson.loads(line) for line in (out / "dead.jsonl").read_bytes().splitlines()]
+        dead_ids = {d["payload"]["customer_id"] for d in dead}
+        assert set(received) | dead_ids == ids
+        assert not set(received) & dead_ids
+        with (out / "rejects.csv").open(newline="") as f:
+            rejected = [int(r["record"]) for r in csv.DictReader(f)]
+        assert sorted(rejected) == missing
+        report = json.loads((out / "report.json").read_text())
+        assert report["rows_read"] == len(ids) + len(missing)
+        assert report["succeeded"] == len(received)
+        assert report["rejected"] == len(missing)
+        assert report["dead_lettered"] == len(dead)
+        assert report["accounting"]["balanced"] is True
+        assert "accounting" in result.stdout
+
+
+def test_cli_mock_runs_without_credentials(cli, tmp_path):
+    result = cli("run", str(SAMPLES / "customers.csv"), "--mock", "--rate", "500")
+    assert result.exit_code in (0, 1), result.output
+    assert "fake API received" in result.stderr
+    assert "rows read        1000" in result.stdout
+
+
+def test_cli_missing_file_is_one_line_exit_2(cli, tmp_path):
+    result = cli("run", str(tmp_path / "nope.csv"), "--api-key", "k")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no such file" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_batch_size_over_50_is_usage_error(cli, tmp_path):
+    result = cli("run", str(SAMPLES / "customers.csv"), "--api-key", "k", "--batch-size", "51")
+    assert result.exit_code == 2
+    assert "--batch-size must be between 1 and 50" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_cli_without_key_says_how_to_set_it(cli):
+    result = cli("run", str(SAMPLES / "customers.csv"))
+    assert result.exit_code == 2
+    assert "BLUESHIFT_API_KEY" in result.stderr
+
+
+def test_cli_unknown_format_exit_2(cli, tmp_path):
+    path = tmp_path / "customers.xlsx"
+    path.write_text("x")
+    result = cli("run", str(path), "--api-key", "k")
+    assert result.exit_code == 2
+    assert "--format" in result.stderr
+
+
+def test_cli_reads_stdin_with_format(cli, fake_api):
+    data = "email,First Name\nA@Example.com,Ann\nb@example.com,Bob\n"
+    result = cli(
+        "run",
+        "-",
+        "--format",
+        "csv",
+        "--base-url",
+        fake_api.url,
+        "--rate",
+        "100",
+        env={"BLUESHIFT_API_KEY": API_KEY},
+        input=data,
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(c["email"] for c in fake_api.state.applied) == ["a@example.com", "b@example.com"]
+
+
+def test_python_dash_m_importer_help():
+    proc = subprocess.run(
+        [sys.executable, "-m", "importer", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "blueshift-import" in proc.stdout
+    assert "run" in proc.stdout and "fake-api" in proc.stdout
