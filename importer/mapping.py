@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import MappingError
 
@@ -68,6 +68,9 @@ class ColumnMapping:
 
     targets: dict[str, str]
     dropped: tuple[str, ...] = ()
+    #: Declared types by target field (``int``, ``float``, ``bool``, ``date``, ``string``),
+    #: from a mapping file; cleaning infers the others.
+    types: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> list[tuple[str, str]]:
         """``(source, target-or-"(dropped)")`` pairs in input order, for previews."""

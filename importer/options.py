@@ -61,6 +61,9 @@ class ImportOptions:
     on_invalid: str = "skip-row"
     empty_as_null: bool = False
 
+    # -- state: resume and incremental imports --
+
+    # -- outputs --
     report_path: Path | None = None
     dead_letter_path: Path | None = None
     rejects_path: Path | None = None
