@@ -4,6 +4,7 @@ The library does the work; the ``blueshift-import`` command is a thin layer
 over :func:`import_file`.
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
@@ -27,6 +28,10 @@ try:
     __version__ = version("blueshift-import")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
+
+# A library prints nothing unless asked: without this, Python's last-resort
+# handler would write our warnings to stderr of whatever application embeds us.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AccountingMismatch",

@@ -8,6 +8,7 @@ rejected or dead-lettered beyond ``--max-error-rate``; 2 usage or input error;
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -19,10 +20,13 @@ from typing import Any
 import click
 
 from . import __version__
+from .config import ConfigFile, default_map, load_config
 from .errors import ImporterError, RunStopped, UsageError
+from .logs import LOG_FORMATS, protect_secret, setup_logging
 from .mapping import parse_map_option
 from .options import ImportOptions
 from .outcomes import ImportReport
+from .progress import open_progress, rerun_command, summary_lines
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -44,20 +48,67 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="blueshift-import")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
     """Bulk-import customer files (CSV, JSONL) into Blueshift's customers API.
 
     \b
     Examples:
       blueshift-import run customers.csv --mock
       BLUESHIFT_API_KEY=... blueshift-import run customers.csv --region eu
+      blueshift-import init-config customers.csv > import.toml
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)["verbose"] = verbose
+    setup_logging(verbose)
+
+
+def _load_config_option(
+    ctx: click.Context, param: click.Parameter, value: Path | None
+) -> ConfigFile | None:
+    """Eager ``--config`` callback: the file's options become the command's default map,
+    so flags and environment variables still win over them."""
+    if value is None:
+        return None
+    config = load_config(value)
+    ctx.default_map = {**(ctx.default_map or {}), **default_map(config, ctx.command.params)}
+    return config
+
+
+def config_option(f: Any) -> Any:
+    """The ``--config FILE`` option, for any command whose options a file may hold."""
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        is_eager=True,
+        expose_value=True,
+        callback=_load_config_option,
+        help="TOML file with options and the column mapping (flags and environment win).",
+    )(f)
 
 
 @main.command()
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
+# -- display, logging and configuration ---------------------------------------
+@config_option
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No live display; a status line every --status-every."
+)
+@click.option(
+    "--status-every",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between status lines when not on a terminal or --quiet (0: none).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines (and status lines) as text or one JSON object per line.",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 # -- connection ---------------------------------------------------------------
 @click.option(
     "--api-key",
@@ -180,8 +231,10 @@ def run(input_path: str, **kw: Any) -> None:
       blueshift-import run customers.jsonl.gz --rate 5 --concurrency 4 \\
           --report report.json --dead-letter failed.jsonl
       blueshift-import run customers.csv --mock     # no credentials needed
+      blueshift-import run customers.csv --config import.toml --quiet
     """
     mock = kw.pop("mock")
+    ui = _display_settings(kw, mock)
     fields: dict[str, Any] = {
         "api_key": kw["api_key"],
         "region": kw["region"],
@@ -207,6 +260,7 @@ def run(input_path: str, **kw: Any) -> None:
         "dry_run": kw["dry_run"],
         "max_error_rate": kw["max_error_rate"],
     }
+    _apply_config(fields, ui)
     if mock:
         from .fake_api import DEFAULT_KEY, FakeApiConfig, FakeApiServer
 
@@ -224,6 +278,7 @@ def _run_import(input_path: str, fields: dict[str, Any]) -> int:
     from .pipeline import import_file
 
     options = ImportOptions(**fields)
+    protect_secret(options.api_key)
     if not options.api_key and not options.dry_run:
         raise UsageError("no API key: set BLUESHIFT_API_KEY (or use --mock to try it out)")
     stop = threading.Event()
@@ -238,7 +293,8 @@ def _run_import(input_path: str, fields: dict[str, Any]) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = import_file(input_path, options, stop=stop)
+        with _open_display() as progress:
+            report = import_file(input_path, options, observer=progress.observe, stop=stop)
     except RunStopped as exc:
         stopped_report: ImportReport | None = getattr(exc, "report", None)
         if stopped_report is not None:
@@ -258,47 +314,129 @@ def _exit_code(report: ImportReport, max_error_rate: float) -> int:
     failed = report.rejected + report.dead_lettered
     if failed == 0:
         return EXIT_OK
-    if report.rows_read and failed / report.rows_read <= max_error_rate:
+    if report.rows_read and report.error_rate <= max_error_rate:
         return EXIT_OK
     return EXIT_ERRORS
 
 
-def _print_summary(report: ImportReport) -> None:
-    out = click.echo
-    title = "dry run (nothing sent)" if report.dry_run else "import finished"
-    if report.stopped:
-        title = f"import stopped: {report.stopped}"
-    out(f"{title} in {report.duration_s:.1f} s")
-    if report.mapping:
-        out("mapping: " + ", ".join(f"{s} -> {t}" for s, t in report.mapping))
-    out(f"  rows read        {report.rows_read}")
-    out(f"  succeeded        {report.succeeded}")
-    out(f"  rejected         {report.rejected}")
-    out(f"  dead-lettered    {report.dead_lettered}")
-    out(f"  merged repeats   {report.merged_duplicates}")
-    if report.not_sent:
-        out(f"  not sent         {report.not_sent}")
-    out(
-        f"  requests         {report.requests} (retries {report.retries}, "
-        f"rate {report.achieved_rate:g}/s of {report.rate_limit:g}/s)"
-    )
-    if report.status_counts:
-        out("  API answers      " + ", ".join(f"{k}: {v}" for k, v in report.status_counts.items()))
-    for reason, n in sorted(report.reject_reasons.items(), key=lambda kv: -kv[1])[:5]:
-        out(f"  rejected: {n} × {reason}")
-    for reason, n in sorted(report.dead_letter_reasons.items(), key=lambda kv: -kv[1])[:5]:
-        out(f"  dead-lettered: {n} × {reason}")
-    out(f"  accounting: {report.accounting_line()}")
-    for kind, path in report.files.items():
-        out(f"  {kind.replace('_', '-')}: {path}")
-    if report.dead_lettered and "dead_letter" in report.files:
-        out(f"  re-run the failures: blueshift-import run {report.files['dead_letter']}")
-    if report.preview:
-        import json
+# -- display, logging and configuration ----------------------------------------
+# The settings live on the click context so `_run_import` keeps its signature.
+_UI_KEY = "importer.display"
 
-        out("first payloads as they would be sent:")
+
+def _display_settings(kw: dict[str, Any], mock: bool) -> dict[str, Any]:
+    """Take the display options out of ``kw``, set up logging, warn about ``--api-key``."""
+    ctx = click.get_current_context()
+    ui = {
+        "config": kw.pop("config"),
+        "quiet": kw.pop("quiet"),
+        "status_every": kw.pop("status_every"),
+        "log_format": kw.pop("log_format"),
+        "mock": mock,
+    }
+    verbose = kw.pop("verbose") + (ctx.find_object(dict) or {}).get("verbose", 0)
+    setup_logging(verbose, ui["log_format"])
+    # Said after the summary of a run that used the key (not before a usage
+    # error), where it is not scrolled away by the progress display.
+    ui["key_on_command_line"] = (
+        ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE
+    )
+    if ui["config"] is not None:
+        for warning in ui["config"].warnings():
+            click.echo(f"warning: {warning}", err=True)
+    ui["rerun_args"] = _rerun_args(kw, ui)
+    ctx.meta[_UI_KEY] = ui
+    return ui
+
+
+def _rerun_args(kw: dict[str, Any], ui: dict[str, Any]) -> list[str]:
+    """Options the re-run command must repeat to reach the same API (never the key)."""
+    args: list[str] = []
+    if ui["config"] is not None:
+        args += ["--config", str(ui["config"].path)]
+    if ui["mock"]:
+        return [*args, "--mock"]
+    if kw.get("base_url"):
+        args += ["--base-url", kw["base_url"]]
+        if kw.get("insecure_http"):
+            args.append("--insecure-http")
+    elif kw.get("region") and kw["region"] != "us":
+        args += ["--region", kw["region"]]
+    return args
+
+
+def _apply_config(fields: dict[str, Any], ui: dict[str, Any]) -> None:
+    """A config file with ``[columns]`` tables is also the mapping file (unless one is given)."""
+    config: ConfigFile | None = ui["config"]
+    if config is not None and config.has_columns and not fields.get("mapping_file"):
+        fields["mapping_file"] = config.path
+
+
+def _ui() -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    return (ctx.meta.get(_UI_KEY) if ctx is not None else None) or {}
+
+
+def _open_display() -> Any:
+    ui = _ui()
+    return open_progress(
+        quiet=ui.get("quiet", False),
+        status_every=ui.get("status_every", 10.0),
+        as_json=ui.get("log_format") == "json",
+        stream=sys.stderr,
+    )
+
+
+def _print_summary(report: ImportReport) -> None:
+    ui = _ui()
+    rerun = rerun_command(report, ui.get("rerun_args", ()))
+    for line in summary_lines(report, rerun):
+        click.echo(line)
+    if ui.get("log_format") == "json":
+        # One machine-readable line for log collectors, next to the human summary.
+        summary = {"event": "summary", **report.to_dict()}
+        if rerun:
+            summary["rerun_command"] = rerun
+        click.echo(json.dumps(summary, ensure_ascii=False, default=str), err=True)
+    if report.preview:
+        click.echo("first payloads as they would be sent:")
         for payload in report.preview:
-            out("  " + json.dumps(payload, ensure_ascii=False))
+            click.echo("  " + json.dumps(payload, ensure_ascii=False))
+    if ui.get("key_on_command_line"):
+        click.echo(
+            "warning: --api-key is visible to other users in the process list and stays in "
+            "your shell history; prefer the BLUESHIFT_API_KEY environment variable",
+            err=True,
+        )
+
+
+@main.command("init-config")
+@click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    help="Input format (default: from the extension).",
+)
+@click.option("--encoding", help="Input encoding (default: detected).")
+@click.option("--delimiter", help="CSV delimiter (default: sniffed).")
+def init_config(
+    input_path: str, fmt: str | None, encoding: str | None, delimiter: str | None
+) -> None:
+    """Print a starter config file for FILE, with the column mapping detected from its header.
+
+    Only column names are read into the file, never values. Edit it, then pass
+    it to `run` with --config.
+
+    \b
+    Example:
+      blueshift-import init-config customers.csv > import.toml
+      blueshift-import run customers.csv --config import.toml
+    """
+    from .config import detect_starter_config
+
+    text = detect_starter_config(input_path, format=fmt, encoding=encoding, delimiter=delimiter)
+    click.echo(text, nl=False)
 
 
 @main.command("fake-api")

@@ -180,6 +180,10 @@ class ImportReport:
     finished_at: str | None = None
     duration_s: float = 0.0
     rows_read: int = 0
+    #: Bytes consumed from the input on disk (compressed bytes for .gz) and its
+    #: size (None for stdin): progress displays project the ETA from them.
+    bytes_read: int = 0
+    bytes_total: int | None = None
     succeeded: int = 0
     rejected: int = 0
     dropped_fields: int = 0
@@ -215,6 +219,13 @@ class ImportReport:
             + self.already_done
             + self.not_sent
         )
+
+    @property
+    def error_rate(self) -> float:
+        """Rejected plus dead-lettered rows as a fraction of the rows read (0 when none)."""
+        if not self.rows_read:
+            return 0.0
+        return (self.rejected + self.dead_lettered) / self.rows_read
 
     @property
     def accounting_ok(self) -> bool:
@@ -266,6 +277,7 @@ class ImportReport:
         data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         data["mapping"] = [list(pair) for pair in self.mapping]
         data.pop("preview")
+        data["error_rate"] = round(self.error_rate, 6)
         data["accounting"] = {"balanced": self.accounting_ok, "line": self.accounting_line()}
         return {"schema_version": REPORT_SCHEMA_VERSION, **data}
 

@@ -96,8 +96,10 @@ def _produce(
     report = run.report
     packer = BatchPacker(o.batch_size, o.max_batch_bytes)
     mappings: dict[tuple[str, ...], ColumnMapping] = {}
+    report.bytes_total = source.info.size
     for chunk in source.chunks():
         report.rows_read += chunk.rows_read
+        report.bytes_read = source.bytes_read
         key = tuple(chunk.frame.columns)
         if key not in mappings:
             mappings[key] = resolve_mapping(key, o.column_map, o.drop_columns, o.drop_unmapped)
@@ -119,6 +121,7 @@ def _produce(
         if run.stopping.is_set():
             report.not_sent += sum(len(b) for b in packer.flush())
             return
+    report.bytes_read = source.bytes_read
     for batch in packer.flush():
         if o.dry_run:
             report.requests += 1

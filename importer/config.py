@@ -1,0 +1,259 @@
+"""The TOML configuration file (``--config import.toml``) and the starter one (``init-config``).
+
+A configuration file holds a command's options under their long names
+(``rate = 5``, ``dead-letter = "failed.jsonl"``; dashes or underscores) and,
+optionally, the column mapping as ``[columns."Source column"]`` tables. The
+column tables are read by :mod:`importer.mapping` (through
+``ImportOptions.mapping_file``), never here.
+
+Precedence, highest first: command-line flags, environment variables
+(``BLUESHIFT_API_KEY``, ``BLUESHIFT_REGION``, ``BLUESHIFT_BASE_URL``), the
+configuration file, built-in defaults. The command line gets that order by
+handing :func:`default_map` to click as the command's default map, which
+click consults after flags and environment and before defaults.
+
+Relative paths in the file are relative to the file's own directory, so a
+cron job finds the same files whatever its working directory.
+
+Owns: reading and checking the file, translating its keys to a command's
+parameters, writing a starter file. Must not: parse the column tables or
+validate option values (click and :class:`~importer.options.ImportOptions`
+do that).
+"""
+
+from __future__ import annotations
+
+import shlex
+import stat
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import UsageError
+from .mapping import ColumnMapping
+
+#: The table that holds the column mapping (read by :mod:`importer.mapping`).
+COLUMNS_TABLE = "columns"
+#: Parameters a configuration file cannot set.
+NOT_CONFIGURABLE = frozenset({"config", "help", "input_path", "version"})
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed configuration file: its options (keys folded to snake_case) and
+    whether it holds a column mapping."""
+
+    path: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    has_columns: bool = False
+
+    def warnings(self) -> list[str]:
+        """Things worth telling the user about the file itself (never its values)."""
+        out = []
+        if "api_key" in self.options:
+            try:
+                mode = self.path.stat().st_mode
+            except OSError:
+                mode = 0
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                out.append(
+                    f"{self.path} holds the API key and other users can read it "
+                    f"(chmod 600 {self.path}, or use BLUESHIFT_API_KEY instead)"
+                )
+        return out
+
+
+def fold_key(key: str) -> str:
+    """``dead-letter`` and ``Dead_Letter`` → ``dead_letter``."""
+    return key.strip().lower().replace("-", "_")
+
+
+def load_config(path: str | Path) -> ConfigFile:
+    """Read and check a TOML configuration file.
+
+    Raises :class:`UsageError` for a missing or unreadable file, invalid TOML,
+    a section other than ``[columns]``, or a key given twice (once with
+    dashes, once with underscores).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: cannot read it ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {path}: not valid TOML ({exc})") from exc
+    columns = data.pop(COLUMNS_TABLE, None)
+    if columns is not None and not isinstance(columns, dict):
+        raise UsageError(f'--config {path}: "columns" must be a table of [columns."Name"] tables')
+    options: dict[str, Any] = {}
+    for key, value in data.items():
+        name = fold_key(key)
+        if isinstance(value, dict):
+            raise UsageError(
+                f"--config {path}: unknown section [{key}] "
+                f'(options go at the top of the file, the mapping under [columns."Name"])'
+            )
+        if name in options:
+            raise UsageError(f"--config {path}: {key!r} is given twice")
+        options[name] = value
+    return ConfigFile(path, options, has_columns=bool(columns))
+
+
+def default_map(config: ConfigFile, params: Iterable[click.Parameter]) -> dict[str, Any]:
+    """The configuration's values keyed by ``params``' names, for click's ``default_map``.
+
+    A key may be an option's long name (``dead-letter``, ``format``) or its
+    parameter name (``dead_letter_path``). Relative paths are resolved
+    against the configuration file's directory. Raises :class:`UsageError`
+    for keys that name no option of the command.
+    """
+    index: dict[str, click.Parameter] = {}
+    for param in params:
+        if not isinstance(param, click.Option) or param.name in NOT_CONFIGURABLE:
+            continue
+        for opt in (*param.opts, *param.secondary_opts):
+            if opt.startswith("--"):
+                index.setdefault(fold_key(opt[2:]), param)
+        if param.name:
+            index.setdefault(fold_key(param.name), param)
+    result: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in config.options.items():
+        found = index.get(key)
+        if found is None or found.name is None:
+            unknown.append(key)
+            continue
+        param = found
+        if param.multiple and not isinstance(value, list):
+            value = [value]
+        if isinstance(param.type, click.Path):
+            value = _resolve_paths(config.path.parent, value)
+        result[param.name] = value
+    if unknown:
+        known = sorted({_long_name(p) for p in index.values()})
+        raise UsageError(
+            f"--config {config.path}: unknown option(s) {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(known)})"
+        )
+    return result
+
+
+def _long_name(param: click.Parameter) -> str:
+    longs = [o[2:] for o in param.opts if o.startswith("--")]
+    return longs[0] if longs else str(param.name)
+
+
+def _resolve_paths(base: Path, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_resolve_paths(base, v) for v in value]
+    if isinstance(value, str) and value != "-" and not Path(value).expanduser().is_absolute():
+        return str(base / value)
+    return value
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string, with the characters TOML forbids escaped."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def detect_starter_config(
+    path: str | Path,
+    *,
+    format: str | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    sample_rows: int = 1_000,
+) -> str:
+    """Read the header (CSV) or the first ``sample_rows`` lines (JSONL) of ``path``
+    and return a starter configuration with the mapping detected from them.
+
+    Raises :class:`~importer.errors.InputUnreadable` or
+    :class:`~importer.errors.MappingError` as an import would.
+    """
+    from .mapping import resolve_mapping
+    from .source import Source
+
+    with Source(
+        path, format=format, encoding=encoding, delimiter=delimiter, chunk_rows=sample_rows
+    ) as source:
+        columns: list[str] = []
+        for chunk in source.chunks():
+            columns = [str(c) for c in chunk.frame.columns] or list(source.columns)
+            if columns:
+                break
+        columns = columns or list(source.columns)
+        fmt = source.format
+    return starter_config(str(path), resolve_mapping(columns), fmt)
+
+
+def starter_config(source_name: str, mapping: ColumnMapping, fmt: str) -> str:
+    """A commented starter configuration for a file whose columns gave ``mapping``.
+
+    Holds column names only, never a cell value: configuration files end up
+    in version control and cron mail.
+    """
+    # A file name may hold anything; keep it from ending the comment line.
+    name = "".join(ch if ch.isprintable() else "?" for ch in shlex.quote(source_name))
+    lines = [
+        f"# blueshift-import configuration, written by `blueshift-import init-config {name}`",
+        f"# Use it with:  blueshift-import run {name} --config import.toml",
+        "#",
+        "# Precedence: command-line flags > environment (BLUESHIFT_API_KEY, BLUESHIFT_REGION,",
+        "# BLUESHIFT_BASE_URL) > this file > defaults. Relative paths are relative to this file.",
+        "# Keep the API key out of this file: export BLUESHIFT_API_KEY instead.",
+        "",
+        "# -- connection --",
+        'region = "us"                     # "us" or "eu"',
+        '# base-url = "https://api.getblueshift.com"',
+        "",
+        "# -- pace and retries --",
+        "rate = 5                          # requests per second (Blueshift recommends 5)",
+        "concurrency = 4                   # requests in flight at once",
+        "# batch-size = 50                 # customers per call (at most 50)",
+        "# max-retries = 8",
+        "# give-up-after = 300             # seconds without a success before stopping (exit 3)",
+        "",
+        "# -- input --",
+        f'format = "{fmt}"',
+        "",
+        "# -- outputs --",
+        '# report = "report.json"',
+        '# dead-letter = "dead-letter.jsonl"   # customers the API refused: re-import with run',
+        '# rejects = "rejects.csv"            # rows that failed validation, with the reason',
+        "max-error-rate = 0.0              # fraction of rows that may fail with exit code 0",
+        "",
+        "# -- column mapping --",
+        "# One table per input column: target is the Blueshift field (standard fields:",
+        "# email, customer_id, phone_number, firstname, lastname, gender, joined_at, ...;",
+        "# any other name becomes a custom attribute). `drop = true` leaves a column out;",
+        '# `type = "date"` (or int, float, bool, string) declares how to read the values.',
+    ]
+    for source, target in mapping.targets.items():
+        lines += ["", f"[columns.{toml_string(source)}]", f"target = {toml_string(target)}"]
+    for source in mapping.dropped:
+        lines += ["", f"[columns.{toml_string(source)}]", "drop = true"]
+    return "\n".join(lines) + "\n"
