@@ -92,7 +92,7 @@ def config_option(f: Any) -> Any:
 # -- display, logging and configuration ---------------------------------------
 @config_option
 @click.option(
-    "-q", "--quiet", is_flag=True, help="No live display; a status line every --status-every."
+    "-q", "--quiet", is_flag=True, help="No live display: plain status lines (see --status-every)."
 )
 @click.option(
     "--status-every",
