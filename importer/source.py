@@ -334,7 +334,6 @@ class Source:
         max_line_bytes: int = 4_000_000,
     ):
         self.path = path
-        self.format = detect_format(path, format)
         self.chunk_rows = chunk_rows
         self.max_field_bytes = max_field_bytes
         self.max_columns = max_columns
@@ -342,6 +341,7 @@ class Source:
         self.max_line_bytes = max(max_line_bytes, 1)
         self._stream, self._counter, compressed, size = _open_binary(path)
         try:
+            self.format = detect_format(path, format)
             head = _peek(self._stream, SNIFF_BYTES)
             enc, warning = detect_encoding(head, encoding)
             if warning:
@@ -454,6 +454,7 @@ class Source:
                     reason = f"a field is larger than {self.max_field_bytes} characters"
                 elif "unexpected end of data" in reason:
                     reason = "unterminated quote"
+                self._recover(feeder, ncols)
                 rejects.append(
                     Reject(
                         record,
@@ -462,7 +463,6 @@ class Source:
                         value=feeder.record_text(),
                     )
                 )
-                self._recover(feeder, ncols)
                 continue
             if len(row) == ncols:
                 record += 1
@@ -473,6 +473,7 @@ class Source:
                 continue  # a blank line is not a record
             else:
                 record += 1
+                self._recover(feeder, ncols)
                 rejects.append(
                     Reject(
                         record,
@@ -481,7 +482,6 @@ class Source:
                         value=feeder.record_text(),
                     )
                 )
-                self._recover(feeder, ncols)
             if len(rows) >= self.chunk_rows:
                 yield self._csv_chunk(names, rows, records, lines, rejects)
                 rows, records, lines, rejects = [], [], [], []
@@ -523,6 +523,7 @@ class Source:
             return
         if len(alone) == ncols:
             feeder.push_back(feeder.current[1:])
+            del feeder.current[1:]
 
     def _csv_chunk(
         self,
@@ -533,10 +534,11 @@ class Source:
         rejects: list[Reject],
     ) -> Chunk:
         if rows:
-            columns = list(zip(*rows, strict=True))
-            frame = pd.DataFrame(
-                {n: np.array(col, dtype=object) for n, col in zip(names, columns, strict=True)}
-            )
+            # One 2-D object array, typed explicitly: pandas would otherwise scan every
+            # text column for dates, which costs more than parsing the CSV.
+            cells = np.empty((len(rows), len(names)), dtype=object)
+            cells[:] = rows
+            frame = pd.DataFrame(cells, columns=names, dtype=object, copy=False)
         else:
             frame = pd.DataFrame({n: np.array([], dtype=object) for n in names})
         return Chunk(
