@@ -106,7 +106,9 @@ class RejectsWriter:
 
     def _write_csv_rows(self, rows: list[Any]) -> None:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
+        # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
+        # which would otherwise split one reject into two lines for any CSV reader.
+        csv.writer(buf, lineterminator="\r\n").writerows(rows)
         self._file.write(buf.getvalue().encode())
         self._file.flush()
 
