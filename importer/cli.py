@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .batching import encode_payload
 from .config import ConfigFile, default_map, load_config
 from .errors import ImporterError, RunStopped, UsageError
 from .logs import LOG_FORMATS, protect_secret, setup_logging
@@ -178,7 +179,42 @@ def config_option(f: Any) -> Any:
     "--encoding", help="Input encoding (default: detected; UTF-8, UTF-16 with BOM, else cp1252)."
 )
 @click.option("--delimiter", help="CSV delimiter (default: sniffed from , ; tab |).")
+@click.option(
+    "--max-field-bytes",
+    type=int,
+    default=1_000_000,
+    show_default=True,
+    help="Reject a row with a CSV cell longer than this (characters).",
+)
+@click.option(
+    "--max-columns",
+    type=int,
+    default=1_000,
+    show_default=True,
+    help="Refuse a file with more columns (or distinct JSONL keys) than this.",
+)
+@click.option(
+    "--max-json-depth",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Reject a JSONL record nested deeper than this.",
+)
+@click.option(
+    "--max-line-bytes",
+    type=int,
+    default=4_000_000,
+    show_default=True,
+    help="Reject a row on a physical line longer than this.",
+)
 # -- mapping and cleaning -----------------------------------------------------
+@click.option(
+    "--mapping",
+    "mapping_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help='TOML mapping file: [columns."Name"] tables with target, type, drop.',
+)
 @click.option(
     "--map",
     "maps",
@@ -250,6 +286,11 @@ def run(input_path: str, **kw: Any) -> None:
         "format": kw["fmt"],
         "encoding": kw["encoding"],
         "delimiter": kw["delimiter"],
+        "max_field_bytes": kw["max_field_bytes"],
+        "max_columns": kw["max_columns"],
+        "max_json_depth": kw["max_json_depth"],
+        "max_line_bytes": kw["max_line_bytes"],
+        "mapping_file": kw["mapping_file"],
         "column_map": parse_map_option(kw["maps"]),
         "drop_columns": tuple(kw["drops"]),
         "drop_unmapped": kw["drop_unmapped"],
@@ -401,7 +442,7 @@ def _print_summary(report: ImportReport) -> None:
     if report.preview:
         click.echo("first payloads as they would be sent:")
         for payload in report.preview:
-            click.echo("  " + json.dumps(payload, ensure_ascii=False))
+            click.echo("  " + encode_payload(payload).decode())
     if ui.get("key_on_command_line"):
         click.echo(
             "warning: --api-key is visible to other users in the process list and stays in "
@@ -437,6 +478,99 @@ def init_config(
 
     text = detect_starter_config(input_path, format=fmt, encoding=encoding, delimiter=delimiter)
     click.echo(text, nl=False)
+
+
+#: The options ``validate`` shares with ``run`` (same definitions, same meaning).
+_VALIDATE_OPTIONS = (
+    "fmt",
+    "encoding",
+    "delimiter",
+    "max_field_bytes",
+    "max_columns",
+    "max_json_depth",
+    "max_line_bytes",
+    "mapping_file",
+    "maps",
+    "drops",
+    "drop_unmapped",
+    "rejects_path",
+    "report_path",
+    "overwrite",
+)
+
+
+@main.command()
+@click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
+@click.option(
+    "--show",
+    type=int,
+    default=5,
+    show_default=True,
+    help="How many payloads to print, exactly as they would be sent.",
+)
+def validate(input_path: str, show: int, **kw: Any) -> None:
+    """Check FILE without sending anything: no network, no API key needed.
+
+    Prints the resolved column mapping, how many rows are valid, rejected
+    (by reason) or merged, and the first payloads exactly as ``run`` would
+    send them. Takes the input and mapping options of ``run``. Exit 0 when
+    every row is valid, 1 when rows were rejected, 2 for an unusable file.
+
+    \b
+    Examples:
+      blueshift-import validate customers.csv
+      blueshift-import validate export.csv --mapping mapping.toml --show 20 \\
+          --rejects rejects.csv
+    """
+    from .pipeline import import_file
+
+    options = ImportOptions(
+        dry_run=True,
+        preview_size=show,
+        format=kw["fmt"],
+        encoding=kw["encoding"],
+        delimiter=kw["delimiter"],
+        max_field_bytes=kw["max_field_bytes"],
+        max_columns=kw["max_columns"],
+        max_json_depth=kw["max_json_depth"],
+        max_line_bytes=kw["max_line_bytes"],
+        mapping_file=kw["mapping_file"],
+        column_map=parse_map_option(kw["maps"]),
+        drop_columns=tuple(kw["drops"]),
+        drop_unmapped=kw["drop_unmapped"],
+        rejects_path=kw["rejects_path"],
+        report_path=kw["report_path"],
+        overwrite=kw["overwrite"],
+    )
+    report = import_file(input_path, options)
+    _print_validation(report)
+    sys.exit(EXIT_OK if report.rejected == 0 else EXIT_ERRORS)
+
+
+def _print_validation(report: ImportReport) -> None:
+    out = click.echo
+    out(f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s")
+    out("mapping:")
+    width = max((len(s) for s, _ in report.mapping), default=0)
+    for source, target in report.mapping:
+        arrow = target if target == "(dropped)" else f"-> {target}"
+        out(f"  {source:<{width}}  {arrow}")
+    out(
+        f"rows read {report.rows_read}: valid {report.not_sent}, rejected {report.rejected}, "
+        f"merged {report.merged_duplicates}"
+    )
+    if report.dropped_fields:
+        out(f"  fields dropped   {report.dropped_fields}")
+    for reason, n in sorted(report.reject_reasons.items(), key=lambda kv: -kv[1]):
+        out(f"  rejected: {n} × {reason}")
+    out(f"would send {report.not_sent} customers in {report.requests} requests")
+    out(f"accounting: {report.accounting_line()}")
+    for kind, path in report.files.items():
+        out(f"{kind.replace('_', '-')}: {path}")
+    if report.preview:
+        out(f"first {len(report.preview)} payloads as they would be sent:")
+        for payload in report.preview:
+            out("  " + encode_payload(payload).decode())
 
 
 @main.command("fake-api")
@@ -507,3 +641,6 @@ def fake_api(
     )
     click.echo(f"fake Blueshift API on http://{host}:{port} (Ctrl-C to stop)", err=True)
     serve_forever(config, host, port)
+
+
+validate.params[1:1] = [p for p in run.params if p.name in _VALIDATE_OPTIONS]

@@ -1,8 +1,10 @@
 """Mapping stage: decide which input column feeds which Blueshift field.
 
 Owns: header matching (case, spaces, punctuation, synonyms), explicit
-``--map`` / ``--drop`` choices, and the names of pass-through custom
-attributes. Pure functions over column names: no data, no I/O.
+``--map`` / ``--drop`` choices, the TOML mapping file (per-column target,
+type and options), and the names of pass-through custom attributes. Pure
+functions over column names: no cell data; the only I/O is reading the
+mapping file.
 
 Must not: look at cell values or clean them (that is :mod:`importer.cleaning`).
 """
@@ -10,8 +12,11 @@ Must not: look at cell values or clean them (that is :mod:`importer.cleaning`).
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from .errors import MappingError
 
@@ -71,6 +76,8 @@ class ColumnMapping:
     #: Declared types by target field (``int``, ``float``, ``bool``, ``date``, ``string``),
     #: from a mapping file; cleaning infers the others.
     types: dict[str, str] = field(default_factory=dict)
+    #: Further per-column settings from a mapping file, by target field (e.g. ``format``).
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self) -> list[tuple[str, str]]:
         """``(source, target-or-"(dropped)")`` pairs in input order, for previews."""
@@ -79,21 +86,104 @@ class ColumnMapping:
         return out
 
 
+#: Types a mapping file may declare for a column.
+COLUMN_TYPES = ("int", "float", "bool", "date", "string")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One ``[columns."Name"]`` table of a mapping file.
+
+    ``target`` None means "the field automatic matching picks"; ``type`` None
+    means "let cleaning infer it"; ``options`` holds any other keys of the
+    table, passed on to cleaning.
+    """
+
+    target: str | None = None
+    type: str | None = None
+    drop: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def load_mapping_file(path: str | Path) -> dict[str, ColumnSpec]:
+    """Read the ``[columns."Source Column"]`` tables of a TOML mapping file.
+
+    Each table may set ``target`` (a Blueshift field or custom attribute
+    name), ``type`` (one of :data:`COLUMN_TYPES`), ``drop = true``, and other
+    keys that are kept as options for cleaning. Other top-level keys are
+    ignored, so a configuration file can hold the mapping too. Raises
+    :class:`MappingError` (one line) for a missing or invalid file.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise MappingError(f"mapping file {path}: no such file") from None
+    except IsADirectoryError:
+        raise MappingError(f"mapping file {path}: is a directory") from None
+    except OSError as exc:
+        raise MappingError(f"mapping file {path}: cannot read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(f"mapping file {path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise MappingError(f"mapping file {path}: not UTF-8 text") from None
+    return parse_column_specs(data.get("columns", {}), str(path))
+
+
+def parse_column_specs(columns: Any, origin: str = "the mapping") -> dict[str, ColumnSpec]:
+    """Validate the ``columns`` table of a mapping file (already parsed TOML)."""
+    if not isinstance(columns, dict):
+        raise MappingError(f"{origin}: 'columns' must be a table of column tables")
+    specs: dict[str, ColumnSpec] = {}
+    for name, table in columns.items():
+        where = f"{origin}: [columns.{_toml_key(name)}]"
+        if not isinstance(table, dict):
+            raise MappingError(f'{where} must be a table (e.g. target = "email")')
+        options = dict(table)
+        target = options.pop("target", None)
+        kind = options.pop("type", None)
+        drop = options.pop("drop", False)
+        if target is not None and (not isinstance(target, str) or not target.strip()):
+            raise MappingError(f"{where}: target must be a non-empty string")
+        if kind is not None and kind not in COLUMN_TYPES:
+            raise MappingError(
+                f"{where}: type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}"
+            )
+        if not isinstance(drop, bool):
+            raise MappingError(f"{where}: drop must be true or false")
+        if drop and (target is not None or kind is not None):
+            raise MappingError(f"{where}: a dropped column cannot also have a target or type")
+        specs[name.strip()] = ColumnSpec(
+            target.strip() if isinstance(target, str) else None, kind, drop, options
+        )
+    return specs
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+
+
 def resolve_mapping(
     columns: Iterable[str],
     explicit: Mapping[str, str] | Iterable[tuple[str, str]] = (),
     drop: Iterable[str] = (),
     drop_unmapped: bool = False,
+    specs: Mapping[str, ColumnSpec] | None = None,
 ) -> ColumnMapping:
     """Map input ``columns`` to Blueshift fields.
 
-    ``explicit`` (source → target, from ``--map``) wins over automatic
+    ``explicit`` (source → target, from ``--map``) wins over ``specs`` (from a
+    mapping file, see :func:`load_mapping_file`), which win over automatic
     matching; ``drop`` columns are left out; unmapped columns become custom
-    attributes named in snake_case unless ``drop_unmapped``. Raises
-    :class:`MappingError` when two columns would feed one field, or when an
-    explicit or dropped column is not in the input.
+    attributes named in snake_case unless ``drop_unmapped``. A column that
+    ``specs`` names but the input lacks is ignored, so one mapping file can
+    serve files with optional columns. Raises :class:`MappingError` when two
+    columns would feed one field, or when a ``--map``/``--drop`` column is not
+    in the input.
     """
     cols = list(columns)
+    specs = specs or {}
     explicit_map = dict(explicit.items() if isinstance(explicit, Mapping) else explicit)
     drop_set = set(drop)
     missing = [c for c in [*explicit_map, *drop_set] if c not in cols]
@@ -105,18 +195,23 @@ def resolve_mapping(
     targets: dict[str, str] = {}
     dropped: list[str] = []
     claimed: dict[str, str] = {}
+    types: dict[str, str] = {}
+    options: dict[str, dict[str, Any]] = {}
     for col in cols:
-        if col in drop_set:
+        spec = specs.get(col.strip())
+        if col in drop_set or (spec is not None and spec.drop and col not in explicit_map):
             dropped.append(col)
             continue
         if col in explicit_map:
             target = explicit_map[col].strip()
             if not target:
                 raise MappingError(f"--map {col!r}= needs a target field name")
+        elif spec is not None and spec.target:
+            target = spec.target
         else:
             target = match_standard_field(col) or ""
             if not target:
-                if drop_unmapped:
+                if drop_unmapped and spec is None:
                     dropped.append(col)
                     continue
                 target = header_key(col) or col
@@ -127,7 +222,12 @@ def resolve_mapping(
             )
         claimed[target] = col
         targets[col] = target
-    return ColumnMapping(targets, tuple(dropped))
+        if spec is not None:
+            if spec.type:
+                types[target] = spec.type
+            if spec.options:
+                options[target] = dict(spec.options)
+    return ColumnMapping(targets, tuple(dropped), types, options)
 
 
 def parse_map_option(values: Iterable[str]) -> tuple[tuple[str, str], ...]:

@@ -52,6 +52,7 @@ class ImportOptions:
     max_field_bytes: int = 1_000_000
     max_columns: int = 1_000
     max_json_depth: int = 32
+    max_line_bytes: int = 4_000_000
 
     column_map: tuple[tuple[str, str], ...] = ()
     drop_columns: tuple[str, ...] = ()
@@ -69,6 +70,8 @@ class ImportOptions:
     rejects_path: Path | None = None
     overwrite: bool = False
     dry_run: bool = False
+    #: How many payloads a dry run (``validate``, ``run --dry-run``) keeps to show.
+    preview_size: int = 5
     max_error_rate: float = 0.0
 
     def __post_init__(self) -> None:
@@ -103,6 +106,11 @@ class ImportOptions:
             raise UsageError(f"--max-error-rate must be between 0 and 1, got {self.max_error_rate}")
         if self.chunk_rows < 1:
             raise UsageError("the chunk size must be at least 1 row")
+        for name in ("max_field_bytes", "max_columns", "max_json_depth", "max_line_bytes"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.preview_size < 0:
+            raise UsageError(f"--show must be 0 or more, got {self.preview_size}")
         if self.delimiter is not None and len(self.delimiter) != 1:
             raise UsageError(f"--delimiter must be one character, got {self.delimiter!r}")
         check_base_url(self.resolved_base_url, self.insecure_http)

@@ -65,6 +65,20 @@ def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -
     return os.fdopen(fd, "ab" if append else "wb")
 
 
+def refuse_existing(path: Path, *, overwrite: bool = False) -> None:
+    """Raise :class:`UsageError` before a run if ``path`` exists and may not be replaced.
+
+    For files written only at the end of a run (the report), so a run does
+    not do all its work and then fail to record it, or silently replace a
+    previous run's report.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+
+
 def neutralise_formula(value: Any) -> Any:
     """Prefix a text cell that a spreadsheet would run as a formula with ``'``."""
     if isinstance(value, str) and value.startswith(_FORMULA_START):
@@ -92,7 +106,9 @@ class RejectsWriter:
 
     def _write_csv_rows(self, rows: list[Any]) -> None:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
+        # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
+        # which would otherwise split one reject into two lines for any CSV reader.
+        csv.writer(buf, lineterminator="\r\n").writerows(rows)
         self._file.write(buf.getvalue().encode())
         self._file.flush()
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from .batching import BatchPacker
 from .cleaning import clean_chunk
 from .errors import AccountingMismatch, RunStopped
-from .mapping import ColumnMapping, resolve_mapping
+from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions
-from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter
+from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
 from .records import Batch
 from .sending import Sender
 from .source import Source
@@ -68,9 +68,12 @@ class _Run:
         self.stopping = threading.Event()
         self.rejects: RejectsWriter | None = None
         self.dead_letter: DeadLetterWriter | None = None
+        self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
     def open_outputs(self) -> None:
         o = self.options
+        if o.report_path:
+            refuse_existing(o.report_path, overwrite=o.overwrite)
         if o.rejects_path:
             self.rejects = RejectsWriter(o.rejects_path, self.path, overwrite=o.overwrite)
             self.report.files["rejects"] = str(o.rejects_path)
@@ -102,7 +105,9 @@ def _produce(
         report.bytes_read = source.bytes_read
         key = tuple(chunk.frame.columns)
         if key not in mappings:
-            mappings[key] = resolve_mapping(key, o.column_map, o.drop_columns, o.drop_unmapped)
+            mappings[key] = resolve_mapping(
+                key, o.column_map, o.drop_columns, o.drop_unmapped, run.column_specs
+            )
             if not report.mapping:
                 report.mapping = mappings[key].describe()
         result = clean_chunk(chunk, mappings[key])
@@ -110,7 +115,7 @@ def _produce(
         if run.rejects is not None:
             run.rejects.write(result.rejects)
         if o.dry_run:
-            room = PREVIEW_SIZE - len(report.preview)
+            room = o.preview_size - len(report.preview)
             report.preview.extend(c.payload for c in result.customers[:room])
             report.not_sent += len(result.customers)
             report.requests += len(packer.add(result.customers))
@@ -162,6 +167,7 @@ async def _run(
         max_field_bytes=options.max_field_bytes,
         max_columns=options.max_columns,
         max_json_depth=options.max_json_depth,
+        max_line_bytes=options.max_line_bytes,
     ) as source:
         run.open_outputs()
         try:

@@ -1,0 +1,292 @@
+"""The source stage: encodings, delimiters, broken lines and limits, with exact numbers."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import logging
+from pathlib import Path
+
+import pytest
+
+from importer.errors import InputUnreadable, MappingError
+from importer.source import Source, detect_encoding, read_chunks, sniff_delimiter
+
+
+def _read(path: Path, **kw):
+    """All rows as ``(record, line, {column: value})`` and all rejects, from every chunk."""
+    rows, rejects = [], []
+    for chunk in read_chunks(path, **kw):
+        for rec, line, row in zip(
+            chunk.records.tolist(),
+            chunk.lines.tolist(),
+            chunk.frame.to_dict("records"),
+            strict=True,
+        ):
+            rows.append((rec, line, row))
+        rejects.extend(chunk.rejects)
+    return rows, rejects
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+# -- encodings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoded", "expected"),
+    [
+        ("email,name\na@x.io,Zoë\n".encode(), "utf-8"),
+        (codecs.BOM_UTF8 + "email,name\na@x.io,Zoë\n".encode(), "utf-8-sig"),
+        ("\ufeffemail,name\na@x.io,Zoë\n".encode("utf-16-le"), "utf-16"),
+        ("\ufeffemail,name\na@x.io,Zoë\n".encode("utf-16-be"), "utf-16"),
+    ],
+)
+def test_source_detects_encoding_and_reads_text(tmp_path, encoded, expected):
+    path = _write(tmp_path, "c.csv", encoded)
+    with Source(path) as source:
+        assert source.info.encoding == expected
+    rows, rejects = _read(path)
+    assert rows == [(1, 2, {"email": "a@x.io", "name": "Zoë"})]
+    assert not rejects
+
+
+def test_source_cp1252_fallback_warns(tmp_path, caplog):
+    path = _write(tmp_path, "c.csv", "email,name\na@x.io,Zoë €\n".encode("cp1252"))
+    with caplog.at_level(logging.WARNING):
+        rows, _ = _read(path)
+    assert rows[0][2]["name"] == "Zoë €"
+    assert "cp1252" in caplog.text
+
+
+def test_source_invalid_utf8_after_the_sniffed_head_is_read_as_cp1252(tmp_path, caplog):
+    good = "".join(f"u{i}@x.io,Ann\n" for i in range(8000)).encode()
+    path = _write(tmp_path, "c.csv", b"email,name\n" + good + "z@x.io,Ren\xe9e\n".encode("latin-1"))
+    with caplog.at_level(logging.WARNING):
+        rows, rejects = _read(path)
+    assert len(rows) == 8001 and not rejects
+    assert rows[-1][2]["name"] == "Renée"
+    assert "1 byte sequence(s) were not valid utf-8" in caplog.text
+
+
+def test_source_encoding_override_wins(tmp_path):
+    path = _write(tmp_path, "c.csv", "email,name\na@x.io,Øyvind\n".encode("latin-1"))
+    rows, _ = _read(path, encoding="latin-1")
+    assert rows[0][2]["name"] == "Øyvind"
+    assert detect_encoding(b"abc", "latin-1") == ("latin-1", None)
+    with pytest.raises(InputUnreadable, match="unknown encoding"):
+        detect_encoding(b"abc", "no-such-codec")
+
+
+def test_source_wrong_encoding_override_is_one_clear_error(tmp_path):
+    path = _write(tmp_path, "c.csv", "email,name\na@x.io,Zoë\n".encode("cp1252"))
+    with pytest.raises(InputUnreadable, match="not valid utf-8 text"):
+        _read(path, encoding="utf-8")
+    utf16 = _write(tmp_path, "u.csv", "email,name\na@x.io,Zoë\n".encode("utf-16-le"))
+    with pytest.raises(InputUnreadable, match="binary.*--encoding utf-16"):
+        _read(utf16, encoding="utf-8")
+
+
+# -- delimiters ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delim", [",", ";", "\t", "|"])
+def test_source_sniffs_delimiter(tmp_path, delim):
+    text = delim.join(["email", "name", "city"]) + "\n"
+    text += delim.join(["a@x.io", "Ann", "Oslo"]) + "\n"
+    text += delim.join(["b@x.io", "Bob", "Rome"]) + "\n"
+    path = _write(tmp_path, "c.csv", text.encode())
+    with Source(path) as source:
+        assert source.info.delimiter == delim
+    rows, _ = _read(path)
+    assert [r[2]["city"] for r in rows] == ["Oslo", "Rome"]
+
+
+def test_source_delimiter_override(tmp_path):
+    path = _write(tmp_path, "c.csv", b"email;name,x\na@x.io;Ann,1\n")
+    rows, _ = _read(path, delimiter=";")
+    assert rows[0][2] == {"email": "a@x.io", "name,x": "Ann,1"}
+    assert sniff_delimiter("a|b|c\n1|2|3\n") == "|"
+
+
+# -- record and line numbers -----------------------------------------------------------------
+
+
+def test_source_numbers_with_bom_multiline_quotes_blank_lines_and_broken_rows(tmp_path):
+    text = (
+        "email,note,city\n"  # line 1 (with a BOM)
+        "a@x.io,plain,Oslo\n"  # line 2, record 1
+        "\n"  # line 3, blank: not a record
+        'b@x.io,"two\nlines",Rome\n'  # lines 4-5, record 2
+        "c@x.io,ragged\n"  # line 6, record 3: rejected
+        "\r\n"  # line 7, blank
+        'd@x.io,"three\n\nlines",Lima\n'  # lines 8-10, record 4
+        'e@x.io,"unterminated,Kyiv\n'  # line 11, record 5: rejected
+        "f@x.io,after,Baku\n"  # line 12, record 6: still read
+        "g@x.io,x,y,z\n"  # line 13, record 7: rejected
+        "h@x.io,last,Doha\n"  # line 14, record 8
+    )
+    path = _write(tmp_path, "c.csv", codecs.BOM_UTF8 + text.encode())
+    rows, rejects = _read(path, chunk_rows=2)
+    assert [(r, line, row["email"]) for r, line, row in rows] == [
+        (1, 2, "a@x.io"),
+        (2, 4, "b@x.io"),
+        (4, 8, "d@x.io"),
+        (6, 12, "f@x.io"),
+        (8, 14, "h@x.io"),
+    ]
+    assert rows[1][2]["note"] == "two\nlines"
+    assert rows[2][2]["note"] == "three\n\nlines"
+    assert [(r.record, r.line) for r in rejects] == [(3, 6), (5, 11), (7, 13)]
+    assert "expected 3 fields, found 2" in rejects[0].reason
+    assert rejects[1].value == 'e@x.io,"unterminated,Kyiv'
+    assert "expected 3 fields, found 4" in rejects[2].reason
+
+
+def test_source_unterminated_quote_at_end_of_file_is_rejected(tmp_path):
+    path = _write(tmp_path, "c.csv", b'email,name\na@x.io,Ann\nb@x.io,"Bob\nc@x.io,Cy,extra\n')
+    rows, rejects = _read(path)
+    assert [r[:2] for r in rows] == [(1, 2)]
+    assert [(r.record, r.line) for r in rejects] == [(2, 3)]
+    assert "unterminated quote" in rejects[0].reason
+
+
+def test_source_stray_quote_in_a_field_is_rejected_not_mangled(tmp_path):
+    path = _write(tmp_path, "c.csv", b'email,name\na@x.io,"An"n"\nb@x.io,Bob\n')
+    rows, rejects = _read(path)
+    assert [row["email"] for _, _, row in rows] == ["b@x.io"]
+    assert [(r.record, r.line) for r in rejects] == [(1, 2)]
+
+
+def test_source_nul_bytes_in_a_cell_are_read_and_binary_files_refused(tmp_path):
+    path = _write(tmp_path, "c.csv", b"email,name\na@x.io,A\x00nn\n")
+    rows, _ = _read(path)
+    assert rows[0][2]["name"] == "A\x00nn"
+    garbage = _write(tmp_path, "g.csv", bytes(range(256)) * 64)
+    with pytest.raises(InputUnreadable, match="binary"):
+        _read(garbage)
+
+
+# -- headers ---------------------------------------------------------------------------------
+
+
+def test_source_duplicate_headers_named(tmp_path):
+    path = _write(tmp_path, "c.csv", b"email,Name,city,Name\na@x.io,A,B,C\n")
+    with pytest.raises(MappingError, match="duplicate column name.*'Name'"):
+        _read(path)
+
+
+def test_source_blank_headers_named_by_position(tmp_path):
+    path = _write(tmp_path, "c.csv", b"email, ,city,\na@x.io,A,B,C\n")
+    with pytest.raises(MappingError, match=r"blank column name.*position\(s\) 2, 4"):
+        _read(path)
+
+
+def test_source_empty_and_header_only_files(tmp_path):
+    with pytest.raises(InputUnreadable, match="empty"):
+        _read(_write(tmp_path, "e.csv", b""))
+    with pytest.raises(InputUnreadable, match="empty"):
+        _read(_write(tmp_path, "blank.csv", b"\n\n\n"))
+    assert _read(_write(tmp_path, "h.csv", b"email,name\n")) == ([], [])
+    assert _read(_write(tmp_path, "e.jsonl", b"")) == ([], [])
+
+
+def test_source_too_many_columns_refused(tmp_path):
+    path = _write(tmp_path, "c.csv", (",".join(f"c{i}" for i in range(20)) + "\n").encode())
+    with pytest.raises(InputUnreadable, match="20 columns, more than the limit of 10"):
+        _read(path, max_columns=10)
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def test_source_long_field_and_long_line_rejected_rest_read(tmp_path):
+    big = "x" * 500
+    text = f"email,note\na@x.io,{big}\nb@x.io,ok\nc@x.io,{big * 10}\nd@x.io,ok\n"
+    path = _write(tmp_path, "c.csv", text.encode())
+    rows, rejects = _read(path, max_field_bytes=100, max_line_bytes=1000)
+    assert [(r, line) for r, line, _ in rows] == [(2, 3), (4, 5)]
+    assert [(r.record, r.line) for r in rejects] == [(1, 2), (3, 4)]
+    assert "larger than 100 characters" in rejects[0].reason
+    assert "longer than 1000 characters" in rejects[1].reason
+    assert len(rejects[0].value) <= 1001
+
+
+def test_source_jsonl_rejects_by_line(tmp_path):
+    lines = [
+        b'{"email": "a@x.io"}',  # 1
+        b"",  # 2 blank
+        b"{not json",  # 3
+        b'["a@x.io"]',  # 4
+        b'"=cmd()"',  # 5
+        b'{"email": "b@x.io", "deep": ' + b"[" * 40 + b"]" * 40 + b"}",  # 6
+        b'{"email": "c@x.io", "k1": 1, "k2": 2, "k3": 3}',  # 7: too many keys
+        b'{"email": "d@x.io", "n": 1}',  # 8
+        b'{"email": "e@x.io", "tail": "' + b"y" * 300 + b'"}',  # 9: line too long
+        b'{"email": "f@x.io"}',  # 10
+    ]
+    path = _write(tmp_path, "c.jsonl", codecs.BOM_UTF8 + b"\n".join(lines) + b"\n")
+    rows, rejects = _read(path, max_json_depth=32, max_columns=3, max_line_bytes=200)
+    assert [(r, line, row["email"]) for r, line, row in rows] == [
+        (1, 1, "a@x.io"),
+        (8, 8, "d@x.io"),
+        (10, 10, "f@x.io"),
+    ]
+    assert [(r.line, r.reason.split(":")[0]) for r in rejects] == [
+        (3, "not valid JSON"),
+        (4, "expected a JSON object, found an array"),
+        (5, "expected a JSON object, found a string"),
+        (6, "JSON nested deeper than 32 levels"),
+        (7, "more than 3 keys in one record"),
+        (9, "line longer than 200 bytes"),
+    ]
+    assert rejects[2].value == "=cmd()"
+
+
+def test_source_jsonl_distinct_keys_limit(tmp_path):
+    lines = [f'{{"email": "u{i}@x.io", "k{i}": 1}}' for i in range(5)]
+    path = _write(tmp_path, "c.jsonl", "\n".join(lines).encode())
+    rows, rejects = _read(path, max_columns=4)
+    assert [r for r, _, _ in rows] == [1, 2, 3]
+    assert [r.line for r in rejects] == [4, 5]
+    assert "distinct keys" in rejects[0].reason
+
+
+def test_source_jsonl_cp1252_line_read_with_fallback(tmp_path):
+    path = _write(tmp_path, "c.jsonl", b'{"email": "a@x.io"}\n{"name": "Ren\xe9e"}\n')
+    rows, rejects = _read(path)
+    assert not rejects
+    assert rows[1][2]["name"] == "Renée"
+
+
+def test_source_jsonl_utf16(tmp_path):
+    path = _write(tmp_path, "c.jsonl", '{"email": "a@x.io", "n": "Zoë"}\n'.encode("utf-16"))
+    rows, _ = _read(path)
+    assert rows[0][2]["n"] == "Zoë"
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def test_source_gzip_by_content_and_truncated_gzip(tmp_path):
+    data = b"email,name\n" + b"".join(f"u{i}@x.io,N{i}\n".encode() for i in range(50_000))
+    path = _write(tmp_path, "c.csv.gz", gzip.compress(data))
+    rows, _ = _read(path)
+    assert len(rows) == 50_000
+    cut = _write(tmp_path, "cut.csv.gz", gzip.compress(data)[:-2000])
+    with pytest.raises(InputUnreadable, match="damaged or truncated|cannot decompress"):
+        _read(cut)
+
+
+def test_source_directory_and_missing_file(tmp_path):
+    with pytest.raises(InputUnreadable, match="is a directory"):
+        Source(tmp_path)
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(InputUnreadable, match="is a directory"):
+        Source(tmp_path / "d.csv")
+    with pytest.raises(InputUnreadable, match="no such file"):
+        Source(tmp_path / "missing.csv")
