@@ -18,7 +18,7 @@ import email.utils
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
 
@@ -225,7 +225,14 @@ class RateGovernor:
     configured cap. The limiter has a capacity of one, so it never bursts.
     """
 
-    def __init__(self, max_rate: float, min_rate: float = 0.1, climb_seconds: float = 30.0):
+    def __init__(
+        self,
+        max_rate: float,
+        min_rate: float = 0.1,
+        climb_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.clock = clock
         self.max_rate = max_rate
         self.min_rate = min(min_rate, max_rate)
         self.rate = max_rate
@@ -233,14 +240,14 @@ class RateGovernor:
         self.climb_per_s = max_rate / climb_seconds
         self._limiter = AsyncLimiter(1, 1 / max_rate)
         self._last_decrease = -1e9
-        self._last_change = time.monotonic()
+        self._last_change = clock()
 
     async def acquire(self) -> None:
         await self._limiter.acquire()
 
     def _set(self, rate: float) -> None:
         rate = max(self.min_rate, min(self.max_rate, rate))
-        self._last_change = time.monotonic()
+        self._last_change = self.clock()
         if rate == self.rate:
             return
         self.rate = rate
@@ -250,12 +257,13 @@ class RateGovernor:
         # pace, so every change would let a small burst through. Level is leaked
         # at the old rate first so the change only affects the future.
         limiter = self._limiter
-        limiter._leak()
+        if limiter._level:  # only a limiter already used has a level (and a loop)
+            limiter._leak()
         limiter.time_period = 1 / rate
         limiter._rate_per_sec = rate
 
     def on_throttled(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last_decrease >= 1.0:
             self._last_decrease = now
             self._set(self.rate / 2)
@@ -263,7 +271,7 @@ class RateGovernor:
 
     def on_success(self) -> None:
         if self.rate < self.max_rate:
-            elapsed = time.monotonic() - self._last_change
+            elapsed = self.clock() - self._last_change
             self._set(self.rate + self.climb_per_s * elapsed)
 
 
