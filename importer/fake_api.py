@@ -138,6 +138,8 @@ class FakeApiState:
     def __init__(self) -> None:
         self.requests: list[RequestLog] = []
         self.applied: list[dict[str, Any]] = []
+        #: Requests that have arrived, answered or not yet (a slow answer is logged late).
+        self.arrived = 0
         self.lock = threading.Lock()
 
     def status_counts(self) -> dict[int, int]:
@@ -306,6 +308,8 @@ def create_app(
         if not first_request:
             first_request.append(now)
         seen[0] += 1
+        with state.lock:
+            state.arrived += 1
         # Draw the same number of values for every request so one fault does not
         # shift the ones after it.
         draws = [rng.random() for _ in range(5)]
@@ -443,6 +447,11 @@ class FakeApiServer:
         loop.run_forever()
         assert self._runner is not None
         loop.run_until_complete(self._runner.cleanup())
+        # Answers still sleeping (slow faults) are cancelled, not left to be destroyed pending.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     async def _start_site(self) -> None:
