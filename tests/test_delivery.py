@@ -299,8 +299,9 @@ def test_delivery_401_with_requests_in_flight(make_fake_api, tmp_path, cli):
     assert result.exit_code == 3
     assert "API key rejected (HTTP 401)" in result.stderr
     statuses = [r.status for r in server.state.requests]
-    # Only the requests already in flight when the first 401 came back can follow it.
-    assert statuses[:20] == [200] * 20
+    # Every request after the 20th is refused; only those already in flight when the
+    # first 401 came back (at most --concurrency) can follow it.
+    assert statuses.count(200) == 20
     assert 1 <= statuses.count(401) <= 4 and len(statuses) <= 24
     report = json.loads(report_path.read_text())
     assert report["accounting"]["balanced"] and report["dead_lettered"] == 0
@@ -378,31 +379,35 @@ def test_delivery_chaos_run_loses_nothing_and_dead_letter_rerun_delivers_all(
     make_fake_api, tmp_path
 ):
     n = 20_000
+    # 10% of requests misbehave: 8% error statuses, plus dropped connections,
+    # records applied and then a failure answered, and answers slower than the timeout.
     server = make_fake_api(
         faults={404: 0.01, 409: 0.01, 429: 0.02, 500: 0.01, 502: 0.01, 503: 0.01, 504: 0.01},
-        drop=0.01,
-        applied_then_fail=0.01,
+        drop=0.008,
+        applied_then_fail=0.008,
+        slow=0.004,
+        slow_seconds=1.0,
         record_errors=0.01,
         seed=2024,
     )
     dead = tmp_path / "dead.jsonl"
-    report = import_file(
-        _file(tmp_path, n),
-        fast_options(server, rate=5000.0, concurrency=8, dead_letter_path=dead, max_retries=8),
+    options = fast_options(
+        server, rate=5000.0, concurrency=8, timeout=0.5, dead_letter_path=dead, max_retries=8
     )
+    report = import_file(_file(tmp_path, n), options)
     faults = server.state.fault_counts()
     assert sum(faults.values()) > 0.08 * len(server.state.requests)
+    assert {"drop", "applied then 503", "status 500"} <= set(faults)
     lines = _dead(dead)
     dead_ids = {line["payload"]["email"] for line in lines}
     assert len(dead_ids) == len(lines) == report.dead_lettered > 0
-    # Zero lost: every row was applied or is in the dead-letter file.
-    assert set(server.state.applied_ids()) | dead_ids == _ids(n)
-    assert report.succeeded + report.dead_lettered == n
+    applied = set(server.state.applied_ids())
+    # Zero lost: every row was applied or is in the dead-letter file ...
+    assert applied | dead_ids == _ids(n)
+    # ... and every row counted as succeeded (all but the dead-lettered) really was applied.
+    assert report.succeeded == n - len(lines)
+    assert _ids(n) - dead_ids <= applied
     assert report.accounting_ok and report.rows_read == n
-    # Nothing counted as delivered unless the API applied it.
-    assert report.succeeded <= len(set(server.state.applied_ids()) - dead_ids) + len(
-        dead_ids & set(server.state.applied_ids())
-    )
 
     healthy = make_fake_api()
     again = import_file(dead, fast_options(healthy))
