@@ -40,7 +40,7 @@ DEFAULT_KEY = "fake-api-key"
 _E164 = re.compile(r"^\+[1-9]\d{4,12}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: The statuses ``--fault`` is meant for (any status is accepted).
-FAULT_STATUSES = (404, 409, 429, 500, 502, 503, 504)
+RETRYABLE_FAULTS = (404, 409, 429, 500, 502, 503, 504)
 
 
 @dataclass
