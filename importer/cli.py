@@ -22,7 +22,7 @@ import click
 from . import __version__
 from .batching import encode_payload
 from .config import ConfigFile, default_map, load_config
-from .errors import ImporterError, RunStopped, UsageError
+from .errors import AccountingMismatch, ImporterError, RunStopped, UsageError
 from .logs import LOG_FORMATS, protect_secret, setup_logging
 from .mapping import parse_map_option
 from .options import ImportOptions
@@ -88,6 +88,101 @@ def config_option(f: Any) -> Any:
     )(f)
 
 
+# -- fake API faults (shared by ``fake-api`` and ``run --mock``) ----------------
+def _fault_options(prefix: str) -> Any:
+    """The seeded fault flags of the fake API, named ``--{prefix}fault`` etc."""
+    p = prefix
+    options = [
+        click.option(
+            f"--{p}fault",
+            "fault_statuses",
+            multiple=True,
+            metavar="STATUS=P",
+            help="Answer STATUS with probability P, e.g. 503=0.1 (repeatable; "
+            "404, 409, 429, 500, 502, 503, 504).",
+        ),
+        click.option(
+            f"--{p}slow",
+            "fault_slow",
+            type=float,
+            default=0.0,
+            help=f"Probability of answering only after --{p}slow-seconds (records applied).",
+        ),
+        click.option(
+            f"--{p}slow-seconds",
+            "fault_slow_seconds",
+            type=float,
+            default=5.0,
+            show_default=True,
+            help="How late a slow answer comes.",
+        ),
+        click.option(
+            f"--{p}drop",
+            "fault_drop",
+            type=float,
+            default=0.0,
+            help="Probability of closing the connection with no answer.",
+        ),
+        click.option(
+            f"--{p}applied-then-fail",
+            "fault_applied_then_fail",
+            type=float,
+            default=0.0,
+            help="Probability of applying the records, then answering 503 or dropping.",
+        ),
+        click.option(
+            f"--{p}outage",
+            "fault_outage",
+            metavar="START:END",
+            help="Answer 503 to everything from START to END seconds after the first request.",
+        ),
+        click.option(
+            f"--{p}revoke-key-after",
+            "fault_revoke_key_after",
+            type=int,
+            help="Answer 401 to every request after the first N.",
+        ),
+        click.option(
+            f"--{p}record-errors",
+            "fault_record_errors",
+            type=float,
+            default=0.0,
+            help="Probability per record of a per-record error in a 200 (half transient).",
+        ),
+        click.option(f"--{p}seed", "fault_seed", type=int, help="Seed for the faults."),
+    ]
+
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _fake_config(kw: dict[str, Any], **config: Any) -> Any:
+    """A :class:`FakeApiConfig` from the fault flags in ``kw`` (removed from it)."""
+    from .fake_api import FakeApiConfig, parse_fault_spec, parse_outage_spec
+
+    try:
+        faults = dict(parse_fault_spec(spec) for spec in kw.pop("fault_statuses"))
+        outage = kw.pop("fault_outage")
+        return FakeApiConfig(
+            faults=faults,
+            slow=kw.pop("fault_slow"),
+            slow_seconds=kw.pop("fault_slow_seconds"),
+            drop=kw.pop("fault_drop"),
+            applied_then_fail=kw.pop("fault_applied_then_fail"),
+            outage=parse_outage_spec(outage) if outage else None,
+            revoke_key_after=kw.pop("fault_revoke_key_after"),
+            record_errors=kw.pop("fault_record_errors"),
+            seed=kw.pop("fault_seed"),
+            **config,
+        )
+    except ValueError as exc:
+        raise UsageError(f"fake API faults: {exc}") from None
+
+
 @main.command()
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
 # -- display, logging and configuration ---------------------------------------
@@ -134,6 +229,10 @@ def config_option(f: Any) -> Any:
     is_flag=True,
     help="Start the embedded fake API on a free loopback port and import into it.",
 )
+@click.option(
+    "--mock-rate", type=float, help="With --mock: the fake API's own rate limit (429 above it)."
+)
+@_fault_options("mock-")
 # -- pace and retries ---------------------------------------------------------
 @click.option(
     "--rate",
@@ -271,6 +370,8 @@ def run(input_path: str, **kw: Any) -> None:
     """
     mock = kw.pop("mock")
     ui = _display_settings(kw, mock)
+    mock_rate = kw.pop("mock_rate")
+    mock_config = _fake_config(kw)
     fields: dict[str, Any] = {
         "api_key": kw["api_key"],
         "region": kw["region"],
@@ -303,9 +404,12 @@ def run(input_path: str, **kw: Any) -> None:
     }
     _apply_config(fields, ui)
     if mock:
-        from .fake_api import DEFAULT_KEY, FakeApiConfig, FakeApiServer
+        import dataclasses
 
-        with FakeApiServer(FakeApiConfig(api_key=DEFAULT_KEY)) as server:
+        from .fake_api import DEFAULT_KEY, FakeApiServer
+
+        config = dataclasses.replace(mock_config, api_key=DEFAULT_KEY, rate=mock_rate)
+        with FakeApiServer(config) as server:
             click.echo(f"fake API listening on {server.url}", err=True)
             fields.update(api_key=DEFAULT_KEY, base_url=server.url)
             code = _run_import(input_path, fields)
@@ -336,12 +440,12 @@ def _run_import(input_path: str, fields: dict[str, Any]) -> int:
     try:
         with _open_display() as progress:
             report = import_file(input_path, options, observer=progress.observe, stop=stop)
-    except RunStopped as exc:
+    except (RunStopped, AccountingMismatch) as exc:
         stopped_report: ImportReport | None = getattr(exc, "report", None)
         if stopped_report is not None:
             _print_summary(stopped_report)
         click.echo(f"error: {exc}", err=True)
-        return EXIT_STOPPED
+        return exc.exit_code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -593,14 +697,7 @@ def _print_validation(report: ImportReport) -> None:
     show_default=True,
     help="Requests allowed at once above the rate.",
 )
-@click.option(
-    "--fault",
-    "faults",
-    multiple=True,
-    metavar="STATUS=P",
-    help="Answer STATUS with probability P, e.g. 503=0.1 (repeatable).",
-)
-@click.option("--seed", type=int, help="Seed for the faults.")
+@_fault_options("")
 @click.option(
     "--record",
     "record_path",
@@ -613,32 +710,22 @@ def fake_api(
     api_key: str,
     rate: float | None,
     burst: int,
-    faults: tuple[str, ...],
-    seed: int | None,
     record_path: Path | None,
+    **faults: Any,
 ) -> None:
     """Run the fake Blueshift API in the foreground, for dry runs and tests.
 
     \b
     Example:
       blueshift-import fake-api --port 8080 --rate 5 --fault 503=0.05
+      blueshift-import fake-api --fault 429=0.05 --fault 502=0.02 --drop 0.01 \\
+          --applied-then-fail 0.01 --record-errors 0.01 --seed 42
       BLUESHIFT_API_KEY=fake-api-key blueshift-import run customers.csv \\
           --base-url http://127.0.0.1:8080
     """
-    from .fake_api import FakeApiConfig, serve_forever
+    from .fake_api import serve_forever
 
-    parsed: dict[int, float] = {}
-    for spec in faults:
-        status, sep, prob = spec.partition("=")
-        try:
-            parsed[int(status)] = float(prob)
-        except ValueError:
-            raise UsageError(f"--fault expects STATUS=PROBABILITY, got {spec!r}") from None
-        if not sep:
-            raise UsageError(f"--fault expects STATUS=PROBABILITY, got {spec!r}")
-    config = FakeApiConfig(
-        api_key=api_key, rate=rate, burst=burst, faults=parsed, seed=seed, record_path=record_path
-    )
+    config = _fake_config(faults, api_key=api_key, rate=rate, burst=burst, record_path=record_path)
     click.echo(f"fake Blueshift API on http://{host}:{port} (Ctrl-C to stop)", err=True)
     serve_forever(config, host, port)
 

@@ -3,8 +3,11 @@
 Owns: ``POST /api/v1/customers/bulk`` as modelled in DESIGN.md — Basic auth
 (401), more than 50 customers (413), malformed JSON (400), a token-bucket rate
 limit (429 with ``Retry-After``), per-record validation reported as a 200
-with an ``errors`` array — plus seeded faults for testing. It records every
-request and every applied customer so tests and demos can see what arrived.
+with an ``errors`` array — plus seeded faults for testing: any status with a
+probability, slow answers, dropped connections, records applied and then a
+failure answered, an outage window, a key revoked after N requests, and
+per-record errors. It records every request and every applied customer so
+tests and demos can see what arrived.
 
 Runs standalone (``blueshift-import fake-api``), in a background thread
 (:class:`FakeApiServer`, for ``--mock`` and tests), or inside a running loop.
@@ -24,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from aiohttp import web
@@ -36,30 +39,97 @@ MAX_CUSTOMERS = 50
 DEFAULT_KEY = "fake-api-key"
 _E164 = re.compile(r"^\+[1-9]\d{4,12}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: The statuses ``--fault`` is meant for (any status is accepted).
 RETRYABLE_FAULTS = (404, 409, 429, 500, 502, 503, 504)
 
 
 @dataclass
 class FakeApiConfig:
-    """How the fake API behaves. ``rate`` None means no rate limit."""
+    """How the fake API behaves. ``rate`` None means no rate limit.
+
+    Every fault is drawn from one random generator seeded with ``seed``, so a
+    run with the same requests in the same order misbehaves the same way.
+    Probabilities are per request unless said otherwise.
+    """
 
     api_key: str = DEFAULT_KEY
     rate: float | None = None
     burst: int = 1
     #: Probability of answering each status instead of processing, e.g. ``{503: 0.1}``.
+    #: One draw per request: the probabilities add up (their sum must stay at or below 1).
     faults: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     #: Append every applied customer to this JSONL file as well.
     record_path: Path | None = None
+    #: ``Retry-After`` value sent with injected 429 and 503 answers (None: no header).
+    retry_after: str | None = "1"
+    #: Probability of answering only after ``slow_seconds`` (the records are applied then).
+    slow: float = 0.0
+    slow_seconds: float = 5.0
+    #: Probability of closing the connection without any answer (nothing applied).
+    drop: float = 0.0
+    #: Probability of applying the records, then answering 503 or dropping the connection.
+    applied_then_fail: float = 0.0
+    #: ``(start, end)`` seconds after the first request during which every call gets a 503.
+    outage: tuple[float, float] | None = None
+    #: Answer 401 to every request after this many (the key was revoked mid-run).
+    revoke_key_after: int | None = None
+    #: Probability, per valid record, of a per-record error in the 200: half of them
+    #: transient (``internal_error``), half permanent (``record_rejected``).
+    record_errors: float = 0.0
+    #: More customers than this in one call is answered with 413.
+    max_customers: int = MAX_CUSTOMERS
+    #: A call holding a customer with this attribute is refused whole with a 400.
+    bad_field: str | None = None
+
+    def __post_init__(self) -> None:
+        total = sum(self.faults.values())
+        if any(p < 0 for p in self.faults.values()) or total > 1:
+            raise ValueError(f"fault probabilities must be >= 0 and add up to at most 1: {total}")
+        for name in ("slow", "drop", "applied_then_fail", "record_errors"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability between 0 and 1")
+
+
+def parse_fault_spec(spec: str) -> tuple[int, float]:
+    """``"503=0.1"`` → ``(503, 0.1)``; raises ValueError for anything else."""
+    status, sep, prob = spec.partition("=")
+    try:
+        code, p = int(status), float(prob)
+    except ValueError:
+        raise ValueError(f"expected STATUS=PROBABILITY, got {spec!r}") from None
+    if not sep or not 100 <= code <= 599 or not 0 <= p <= 1:
+        raise ValueError(f"expected STATUS=PROBABILITY, got {spec!r}")
+    return code, p
+
+
+def parse_outage_spec(spec: str) -> tuple[float, float]:
+    """``"2:5"`` → ``(2.0, 5.0)``: an outage from 2 s to 5 s after the first request."""
+    start, sep, end = spec.partition(":")
+    try:
+        window = (float(start), float(end))
+    except ValueError:
+        raise ValueError(f"expected START:END in seconds, got {spec!r}") from None
+    if not sep or not 0 <= window[0] < window[1]:
+        raise ValueError(f"expected START:END in seconds, got {spec!r}")
+    return window
 
 
 @dataclass
 class RequestLog:
-    """One request as the fake API saw it."""
+    """One request as the fake API saw it.
+
+    ``status`` is what was answered (0 when the connection was dropped);
+    ``fault`` names an injected misbehaviour; ``ids`` are the identifiers
+    (email, else customer_id) of the customers in the body, in order, when
+    the body was read.
+    """
 
     at: float
     status: int
     customers: int
+    fault: str | None = None
+    ids: tuple[str, ...] = ()
 
 
 class FakeApiState:
@@ -68,6 +138,8 @@ class FakeApiState:
     def __init__(self) -> None:
         self.requests: list[RequestLog] = []
         self.applied: list[dict[str, Any]] = []
+        #: Requests that have arrived, answered or not yet (a slow answer is logged late).
+        self.arrived = 0
         self.lock = threading.Lock()
 
     def status_counts(self) -> dict[int, int]:
@@ -76,9 +148,30 @@ class FakeApiState:
             counts[r.status] = counts.get(r.status, 0) + 1
         return counts
 
+    def fault_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.requests:
+            if r.fault:
+                counts[r.fault] = counts.get(r.fault, 0) + 1
+        return counts
+
     def applied_ids(self) -> list[str]:
         """Identifiers of applied customers (email, else customer_id), in arrival order."""
-        return [str(c.get("email") or c.get("customer_id")) for c in self.applied]
+        return [_identifier(c) for c in self.applied]
+
+    def attempts_by_id(self) -> dict[str, int]:
+        """How many requests carried each identifier (a retried record counts every time)."""
+        counts: dict[str, int] = {}
+        for r in self.requests:
+            for ident in r.ids:
+                counts[ident] = counts.get(ident, 0) + 1
+        return counts
+
+
+def _identifier(customer: Any) -> str:
+    if not isinstance(customer, dict):
+        return ""
+    return str(customer.get("email") or customer.get("customer_id") or "")
 
 
 STATE_KEY: web.AppKey[FakeApiState] = web.AppKey("state", FakeApiState)
@@ -125,6 +218,29 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"status": status, "message": message}, status=status, headers=headers)
 
 
+#: Bodies of injected faults. Gateways answer 502/504 in HTML, and some answers are empty,
+#: so the client's error handling sees what it will meet in production.
+_GATEWAY_HTML = "<html><head><title>{0}</title></head><body><h1>{0}</h1></body></html>"
+
+
+def _fault_response(status: int, retry_after: str | None) -> web.Response:
+    headers = {"Retry-After": retry_after} if retry_after and status in (429, 503) else None
+    if status in (502, 504):
+        title = "502 Bad Gateway" if status == 502 else "504 Gateway Time-out"
+        return web.Response(
+            status=status, text=_GATEWAY_HTML.format(title), content_type="text/html"
+        )
+    if status == 404:
+        return web.Response(status=status, body=b"")
+    return _error(status, f"injected fault {status}", headers)
+
+
+def _drop_connection(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
 def create_app(
     config: FakeApiConfig | None = None, state: FakeApiState | None = None
 ) -> web.Application:
@@ -134,15 +250,80 @@ def create_app(
     bucket = _TokenBucket(config.rate, config.burst) if config.rate else None
     rng = random.Random(config.seed)
     record_file = open(config.record_path, "ab") if config.record_path else None  # noqa: SIM115
+    first_request: list[float] = []
+    seen = [0]
 
-    def answer(status: int, n: int, response: web.Response) -> web.Response:
+    def log_request(
+        status: int, n: int, fault: str | None = None, ids: tuple[str, ...] = ()
+    ) -> None:
         with state.lock:
-            state.requests.append(RequestLog(time.monotonic(), status, n))
+            state.requests.append(RequestLog(time.monotonic(), status, n, fault, ids))
+
+    def answer(
+        status: int,
+        n: int,
+        response: web.Response,
+        fault: str | None = None,
+        ids: tuple[str, ...] = (),
+    ) -> web.Response:
+        log_request(status, n, fault, ids)
         return response
 
+    def dropped(request: web.Request, n: int, fault: str, ids: tuple[str, ...]) -> NoReturn:
+        log_request(0, n, fault, ids)
+        _drop_connection(request)
+        # The transport is gone: this answer is never written; aiohttp discards it quietly.
+        raise web.HTTPServiceUnavailable()
+
+    def apply(customers: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        errors: list[dict[str, Any]] = []
+        applied: list[dict[str, Any]] = []
+        for index, customer in enumerate(customers):
+            problem = validate_customer(customer)
+            c = customer if isinstance(customer, dict) else {}
+            draw = rng.random()
+            if problem is None and draw < config.record_errors:
+                problem = "internal_error" if draw < config.record_errors / 2 else "record_rejected"
+            if problem:
+                error: dict[str, Any] = {
+                    "email": c.get("email"),
+                    "customer_id": c.get("customer_id"),
+                    "error": problem,
+                }
+                # Some errors name only the customer, not its position, as real APIs do.
+                if rng.random() < 0.7:
+                    error["index"] = index
+                errors.append(error)
+            else:
+                applied.append(customer)
+        with state.lock:
+            state.applied.extend(applied)
+        if record_file is not None and applied:
+            record_file.write(b"".join(orjson.dumps(c) + b"\n" for c in applied))
+            record_file.flush()
+        return applied, errors
+
     async def bulk(request: web.Request) -> web.Response:
+        now = time.monotonic()
+        if not first_request:
+            first_request.append(now)
+        seen[0] += 1
+        with state.lock:
+            state.arrived += 1
+        # Draw the same number of values for every request so one fault does not
+        # shift the ones after it.
+        draws = [rng.random() for _ in range(5)]
         if key_from_auth_header(request.headers.get("Authorization")) != config.api_key:
             return answer(401, 0, _error(401, "Invalid API key"))
+        if config.revoke_key_after is not None and seen[0] > config.revoke_key_after:
+            return answer(401, 0, _error(401, "API key revoked"), "revoked")
+        if config.outage is not None:
+            start, end = config.outage
+            if start <= now - first_request[0] < end:
+                html = _GATEWAY_HTML.format("503 Service Unavailable")
+                return answer(
+                    503, 0, web.Response(status=503, text=html, content_type="text/html"), "outage"
+                )
         if bucket is not None:
             wait = bucket.take()
             if wait:
@@ -150,10 +331,6 @@ def create_app(
                 return answer(
                     429, 0, _error(429, "rate limit exceeded", {"Retry-After": retry_after})
                 )
-        for status, probability in sorted(config.faults.items()):
-            if rng.random() < probability:
-                headers = {"Retry-After": "1"} if status in (429, 503) else None
-                return answer(status, 0, _error(status, f"injected fault {status}", headers))
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -162,37 +339,47 @@ def create_app(
         customers = body.get("customers") if isinstance(body, dict) else None
         if not isinstance(customers, list):
             return answer(400, 0, _error(400, "body must be an object with a 'customers' array"))
-        if len(customers) > MAX_CUSTOMERS:
+        ids = tuple(_identifier(c) for c in customers)
+        n = len(customers)
+        cumulative = 0.0
+        for status, probability in sorted(config.faults.items()):
+            cumulative += probability
+            if draws[0] < cumulative:
+                return answer(
+                    status, n, _fault_response(status, config.retry_after), f"status {status}", ids
+                )
+        if draws[1] < config.drop:
+            return dropped(request, n, "drop", ids)
+        if n > config.max_customers:
             return answer(
                 413,
-                len(customers),
-                _error(413, f"at most {MAX_CUSTOMERS} customers per call, got {len(customers)}"),
+                n,
+                _error(413, f"at most {config.max_customers} customers per call, got {n}"),
+                ids=ids,
             )
-        errors = []
-        applied = []
-        for index, customer in enumerate(customers):
-            problem = validate_customer(customer)
-            if problem:
-                c = customer if isinstance(customer, dict) else {}
-                errors.append(
-                    {
-                        "index": index,
-                        "email": c.get("email"),
-                        "customer_id": c.get("customer_id"),
-                        "error": problem,
-                    }
-                )
-            else:
-                applied.append(customer)
-        with state.lock:
-            state.applied.extend(applied)
-        if record_file is not None and applied:
-            record_file.write(b"".join(orjson.dumps(c) + b"\n" for c in applied))
-            record_file.flush()
+        if config.bad_field is not None:
+            for c in customers:
+                if isinstance(c, dict) and config.bad_field in c:
+                    message = f"malformed attribute {config.bad_field!r} in request"
+                    return answer(400, n, _error(400, message), ids=ids)
+        slow = draws[2] < config.slow
+        if slow:
+            await asyncio.sleep(config.slow_seconds)
+        applied, errors = apply(customers)
+        if draws[3] < config.applied_then_fail:
+            if draws[4] < 0.5:
+                return dropped(request, n, "applied then dropped", ids)
+            return answer(
+                503,
+                n,
+                _fault_response(503, config.retry_after),
+                "applied then 503",
+                ids,
+            )
         payload: dict[str, Any] = {"status": "ok", "processed": len(applied)}
         if errors:
             payload["errors"] = errors
-        return answer(200, len(customers), web.json_response(payload))
+        return answer(200, n, web.json_response(payload), "slow" if slow else None, ids)
 
     async def close_record_file(app: web.Application) -> None:
         if record_file is not None:
@@ -260,10 +447,18 @@ class FakeApiServer:
         loop.run_forever()
         assert self._runner is not None
         loop.run_until_complete(self._runner.cleanup())
+        # Answers still sleeping (slow faults) are cancelled, not left to be destroyed pending.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     async def _start_site(self) -> None:
-        self._runner = web.AppRunner(create_app(self.config, self.state), access_log=None)
+        # A short shutdown timeout: a deliberately slow answer must not hold up stop().
+        self._runner = web.AppRunner(
+            create_app(self.config, self.state), access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -283,4 +478,6 @@ class FakeApiServer:
 
 def serve_forever(config: FakeApiConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run the fake API in the foreground until interrupted."""
-    web.run_app(create_app(config), host=host, port=port, access_log=None, print=None)
+    web.run_app(
+        create_app(config), host=host, port=port, access_log=None, print=None, shutdown_timeout=1
+    )

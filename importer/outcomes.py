@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import pandas as pd
 
 from .errors import UsageError
 from .records import Outcome, Reject
@@ -147,8 +148,45 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
 
 
+#: Keys every dead-letter line has; a JSONL input whose rows all have them is a dead-letter file.
+DEAD_LETTER_KEYS = ("payload", "source", "record", "error", "attempts")
+
+
+def unwrap_dead_letter(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The payloads of a dead-letter chunk as a frame with one column per field, or None.
+
+    ``frame`` is a chunk of a JSONL input. When its columns are those of a
+    dead-letter line and every row's ``payload`` is an object, the result has
+    the same rows in the same order (same index), with the exact payload
+    values (no float conversion of integers; a field a payload lacks is None).
+    Otherwise the chunk is an ordinary input and None is returned.
+    """
+    if frame.empty or not all(k in frame.columns for k in DEAD_LETTER_KEYS):
+        return None
+    payloads = frame["payload"].tolist()
+    if not all(isinstance(p, dict) for p in payloads):
+        return None
+    fields: dict[str, None] = {}
+    for p in payloads:
+        fields.update(dict.fromkeys(p))
+    return pd.DataFrame(
+        {
+            str(k): pd.Series([p.get(k) for p in payloads], index=frame.index, dtype=object)
+            for k in fields
+        },
+        index=frame.index,
+    )
+
+
 class DeadLetterWriter:
-    """Appends undeliverable customers to a JSONL file that ``run`` can re-import."""
+    """Appends undeliverable customers to a JSONL file that ``run`` can re-import.
+
+    One line per customer: ``payload`` (exactly what was sent), ``source`` and
+    ``record``/``line`` (where it came from), ``status`` (the final HTTP
+    status, null when no answer came), ``kind`` (``http``, ``record``,
+    ``timeout``, ``connection``, ``unconfirmed``), ``error`` (the API's
+    message), ``attempts`` and ``at``. Written per batch and flushed.
+    """
 
     def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
         self.path = Path(path)
@@ -217,6 +255,8 @@ class ImportReport:
     rate_limit: float = 0.0
     achieved_rate: float = 0.0
     final_rate: float = 0.0
+    #: The lowest pace the sender fell to after 429s (equal to ``rate_limit`` when none came).
+    lowest_rate: float = 0.0
     stopped: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)

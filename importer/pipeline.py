@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -18,10 +19,16 @@ from pathlib import Path
 
 from .batching import BatchPacker
 from .cleaning import clean_chunk
-from .errors import AccountingMismatch, RunStopped
+from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions
-from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
+from .outcomes import (
+    DeadLetterWriter,
+    ImportReport,
+    RejectsWriter,
+    refuse_existing,
+    unwrap_dead_letter,
+)
 from .records import Batch
 from .sending import Sender
 from .source import Source
@@ -78,6 +85,10 @@ class _Run:
             self.rejects = RejectsWriter(o.rejects_path, self.path, overwrite=o.overwrite)
             self.report.files["rejects"] = str(o.rejects_path)
         if o.dead_letter_path and not o.dry_run:
+            if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
+                raise UsageError(
+                    f"{o.dead_letter_path} is the input; give the new dead-letter file another name"
+                )
             self.dead_letter = DeadLetterWriter(
                 o.dead_letter_path, self.path, overwrite=o.overwrite
             )
@@ -103,6 +114,10 @@ def _produce(
     for chunk in source.chunks():
         report.rows_read += chunk.rows_read
         report.bytes_read = source.bytes_read
+        # A dead-letter file is re-imported as the payloads it holds.
+        payloads = unwrap_dead_letter(chunk.frame)
+        if payloads is not None:
+            chunk = dataclasses.replace(chunk, frame=payloads)
         key = tuple(chunk.frame.columns)
         if key not in mappings:
             mappings[key] = resolve_mapping(
@@ -121,7 +136,7 @@ def _produce(
             report.requests += len(packer.add(result.customers))
             continue
         for batch in packer.add(result.customers):
-            if not put(batch):
+            if run.stopping.is_set() or not put(batch):
                 report.not_sent += len(batch)
         if run.stopping.is_set():
             report.not_sent += sum(len(b) for b in packer.flush())
@@ -184,11 +199,13 @@ async def _run(
                         try:
                             outcomes = await sender.send(batch)
                         except RunStopped as exc:
-                            report.not_sent += len(batch)
+                            # The part of the batch settled before the stop still counts.
+                            outcomes = getattr(exc, "outcomes", [])
                             if not failure:
                                 failure.append(exc)
                             run.stopping.set()
-                            continue
+                        # After a stop, customers whose delivery did not finish are left out.
+                        report.not_sent += len(batch) - len(outcomes)
                         report.count_outcomes(outcomes)
                         if run.dead_letter is not None:
                             run.dead_letter.write(outcomes)
@@ -197,10 +214,11 @@ async def _run(
                             observer(report)
 
                 async def watch_stop() -> None:
-                    while not run.stopping.is_set():
-                        if stop.is_set():
-                            run.stopping.set()
-                        await asyncio.sleep(0.1)
+                    while not stop.is_set():
+                        await asyncio.sleep(0.05)
+                    # Stop reading and start no new attempt; requests in flight finish.
+                    run.stopping.set()
+                    sender.interrupt()
 
                 workers = [asyncio.create_task(worker()) for _ in range(options.concurrency)]
                 watcher = asyncio.create_task(watch_stop())
@@ -231,7 +249,11 @@ async def _run(
         exc.report = report  # type: ignore[attr-defined]
         raise exc
     if not report.accounting_ok:
-        raise AccountingMismatch(report.accounting_line())
+        mismatch = AccountingMismatch(
+            f"accounting does not balance (a bug, please report it): {report.accounting_line()}"
+        )
+        mismatch.report = report  # type: ignore[attr-defined]
+        raise mismatch
     return report
 
 
@@ -242,3 +264,4 @@ def _sync_stats(report: ImportReport, sender: Sender) -> None:
     report.splits = stats.splits
     report.status_counts = dict(sorted(stats.status_counts.items()))
     report.final_rate = round(sender.governor.rate, 3)
+    report.lowest_rate = round(sender.governor.lowest_rate, 3)

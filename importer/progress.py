@@ -356,6 +356,11 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
         f"  requests         {report.requests} (retries {report.retries}, "
         f"splits {report.splits}, achieved {report.achieved_rate:g}/s of {report.rate_limit:g}/s)"
     )
+    if report.lowest_rate and report.lowest_rate < report.rate_limit:
+        lines.append(
+            f"  adaptive rate    lowered to {report.lowest_rate:g}/s after 429s, "
+            f"{report.final_rate:g}/s at the end"
+        )
     if report.status_counts:
         lines.append(
             "  API answers      " + ", ".join(f"{k}: {v}" for k, v in report.status_counts.items())

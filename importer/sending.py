@@ -18,7 +18,7 @@ import email.utils
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
 
@@ -27,19 +27,64 @@ import backoff
 import orjson
 from aiolimiter import AsyncLimiter
 
-from .errors import ApiKeyRejected, ApiUnavailable, TransientApiError
+from .errors import ApiKeyRejected, ApiUnavailable, RunStopped, TransientApiError
 from .options import ImportOptions
-from .records import Batch, Customer, Outcome
+from .records import Batch, Outcome
 
 log = logging.getLogger(__name__)
 
 BULK_PATH = "/api/v1/customers/bulk"
-#: Statuses that mean "try again later" (DESIGN.md).
-RETRYABLE_STATUSES = frozenset({404, 409, 429, 500, 502, 503, 504})
-#: A 500 may be a bug on the server's side: try it this many times in all, then give up.
+#: Statuses that mean "try again later" (DESIGN.md), retried up to ``max_retries`` times.
+RETRYABLE_STATUSES = frozenset({404, 408, 409, 429, 502, 503, 504})
+#: A 500 (or another 5xx) may be a bug on the server's side: this many attempts in all.
 MAX_ATTEMPTS_ON_500 = 3
+#: Statuses that refuse the content of a batch: bisect it to find the bad record(s).
+BISECT_STATUSES = frozenset({400, 422})
 #: Per-record error codes in a 2xx that are worth retrying for that record alone.
-TRANSIENT_RECORD_ERRORS = frozenset({"internal_error", "timeout", "temporarily_unavailable"})
+TRANSIENT_RECORD_ERRORS = frozenset(
+    {"internal_error", "timeout", "temporarily_unavailable", "service_unavailable"}
+)
+
+#: What to do with an answer, by status (see :func:`classify_status`).
+OK, STOP, RETRY, RETRY_FEW, SPLIT, BISECT, FAIL = (
+    "ok",
+    "stop",
+    "retry",
+    "retry-few",
+    "split",
+    "bisect",
+    "fail",
+)
+
+
+def classify_status(status: int) -> str:
+    """The response policy for one HTTP status.
+
+    ``ok`` 2xx (read the per-record errors); ``stop`` 401/403 (the key is
+    refused: stop the run); ``retry`` 404, 408, 409, 429, 502, 503, 504
+    (transient: retry up to ``max_retries``); ``retry-few`` 500 and other 5xx
+    (retry :data:`MAX_ATTEMPTS_ON_500` times in all); ``split`` 413 (halve
+    the batch); ``bisect`` 400/422 (halve to isolate the bad record); ``fail``
+    any other status (the batch cannot be delivered as it is).
+    """
+    if 200 <= status < 300:
+        return OK
+    if status in (401, 403):
+        return STOP
+    if status in RETRYABLE_STATUSES:
+        return RETRY
+    if status >= 500:
+        return RETRY_FEW
+    if status == 413:
+        return SPLIT
+    if status in BISECT_STATUSES:
+        return BISECT
+    return FAIL
+
+
+def is_transient_record_error(message: str) -> bool:
+    """True when a per-record error (``"internal_error"``, ``"timeout: ..."``) may pass."""
+    return message.split(":", 1)[0].strip().lower() in TRANSIENT_RECORD_ERRORS
 
 
 def basic_auth_header(api_key: str) -> str:
@@ -52,6 +97,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
     Returns None for a missing, unparseable, zero or negative value, so the
     caller falls back to its own computed wait instead of retrying at once.
+    ``now`` (epoch seconds) is the clock an HTTP date is compared with.
     """
     if not value:
         return None
@@ -71,6 +117,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return seconds
 
 
+def retry_wait(
+    computed: float, retry_after: float | None, status: int | None, ceiling: float
+) -> float:
+    """The wait before the next attempt.
+
+    The computed backoff wait, or the server's ``Retry-After`` when it asks
+    for longer on a 429 or 503; never more than ``ceiling`` (``--max-backoff``).
+    """
+    wait = computed
+    if retry_after is not None and status in (429, 503) and retry_after > wait:
+        wait = retry_after
+    return max(0.0, min(wait, ceiling))
+
+
 def error_message(status: int, body: bytes) -> str:
     """A short message for an error answer, whether its body is JSON, HTML or empty."""
     text = ""
@@ -84,20 +144,26 @@ def error_message(status: int, body: bytes) -> str:
                 value = data[key]
                 text = value if isinstance(value, str) else orjson.dumps(value).decode()
                 break
+    elif isinstance(data, str):
+        text = data
     elif body:
         snippet = body[:200].decode("utf-8", errors="replace")
-        text = " ".join(snippet.replace("<", " <").split())
-        if "<" in snippet:
-            text = "non-JSON (HTML) body"
+        text = "non-JSON (HTML) body" if "<" in snippet else " ".join(snippet.split())
+    text = text[:300]
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"
 
 
 @dataclass
 class Attribution:
-    """Per-record errors of a 2xx answer, matched to positions in the batch."""
+    """Per-record errors of a 2xx answer, matched to positions in the batch.
+
+    ``unreadable`` is set when the body is not JSON at all: nothing in it
+    can be trusted as a confirmation.
+    """
 
     errors: dict[int, str] = field(default_factory=dict)
     unattributed: list[str] = field(default_factory=list)
+    unreadable: bool = False
 
 
 def attribute_errors(batch: Batch, body: bytes) -> Attribution:
@@ -105,14 +171,16 @@ def attribute_errors(batch: Batch, body: bytes) -> Attribution:
 
     By ``index`` when it is a valid position, else by a unique ``email`` or
     ``customer_id``. Errors that match nothing are ``unattributed``: the
-    caller must not count the batch as confirmed.
+    caller must not count the batch as confirmed. An empty body carries no
+    errors; a body that is not JSON is ``unreadable``.
     """
     result = Attribution()
-    if not body:
+    if not body.strip():
         return result
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
+        result.unreadable = True
         return result
     errors = data.get("errors") if isinstance(data, dict) else None
     if not errors:
@@ -151,29 +219,51 @@ def attribute_errors(batch: Batch, body: bytes) -> Attribution:
 class RateGovernor:
     """The shared pace of every request: one every 1/rate seconds, adapting to 429s.
 
-    On a 429 the rate is halved (at most once per second, so one burst of
-    429s counts once); every success adds back ``max_rate / 20`` until the
+    AIMD: on a 429 the rate is halved (at most once per second, so the 429s
+    of requests already in flight count once); while requests succeed it
+    climbs back by ``max_rate / climb_seconds`` per second, up to the
     configured cap. The limiter has a capacity of one, so it never bursts.
     """
 
-    def __init__(self, max_rate: float, min_rate: float = 0.1):
+    def __init__(
+        self,
+        max_rate: float,
+        min_rate: float = 0.1,
+        climb_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.clock = clock
         self.max_rate = max_rate
         self.min_rate = min(min_rate, max_rate)
         self.rate = max_rate
+        self.lowest_rate = max_rate
+        self.climb_per_s = max_rate / climb_seconds
         self._limiter = AsyncLimiter(1, 1 / max_rate)
-        self._last_decrease = 0.0
+        self._last_decrease = -1e9
+        self._last_change = clock()
 
     async def acquire(self) -> None:
         await self._limiter.acquire()
 
     def _set(self, rate: float) -> None:
         rate = max(self.min_rate, min(self.max_rate, rate))
-        if rate != self.rate:
-            self.rate = rate
-            self._limiter = AsyncLimiter(1, 1 / rate)
+        self._last_change = self.clock()
+        if rate == self.rate:
+            return
+        self.rate = rate
+        self.lowest_rate = min(self.lowest_rate, rate)
+        # Re-pace the one shared limiter rather than replacing it: a new limiter
+        # starts with a free slot, and tasks queued on the old one would keep its
+        # pace, so every change would let a small burst through. Level is leaked
+        # at the old rate first so the change only affects the future.
+        limiter = self._limiter
+        if limiter._level:  # only a limiter already used has a level (and a loop)
+            limiter._leak()
+        limiter.time_period = 1 / rate
+        limiter._rate_per_sec = rate
 
     def on_throttled(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last_decrease >= 1.0:
             self._last_decrease = now
             self._set(self.rate / 2)
@@ -181,7 +271,8 @@ class RateGovernor:
 
     def on_success(self) -> None:
         if self.rate < self.max_rate:
-            self._set(self.rate + self.max_rate / 20)
+            elapsed = self.clock() - self._last_change
+            self._set(self.rate + self.climb_per_s * elapsed)
 
 
 @dataclass
@@ -203,8 +294,35 @@ def retry_waits(base: float, max_wait: float) -> Iterator[float]:
         yield min(max_wait, backoff.full_jitter(next(expo)))
 
 
+class _Failure(TransientApiError):
+    """An attempt that did not deliver, worth retrying; ``kind`` goes to the dead-letter line.
+
+    ``kind`` is ``http`` (an HTTP status), ``timeout``, ``connection``,
+    ``record`` (a per-record error in a 2xx) or ``unconfirmed`` (a 2xx that
+    could not be read).
+    """
+
+    def __init__(self, message: str, status: int | None, kind: str):
+        super().__init__(message, status)
+        self.kind = kind
+
+
+@dataclass
+class _Leftover:
+    """Records of a 2xx answer that are not settled yet: retry them, or split and re-check."""
+
+    batch: Batch
+    failure: _Failure
+    split: bool
+
+
 class Sender:
-    """Delivers batches; use as an async context manager within one event loop."""
+    """Delivers batches; use as an async context manager within one event loop.
+
+    Shared by every worker of a run: one session, one rate governor, one
+    stop flag. After :meth:`interrupt` no new attempt starts; after a fatal
+    stop (401/403, API down) no call at all is made.
+    """
 
     def __init__(self, options: ImportOptions, stats: SendStats | None = None):
         self.options = options
@@ -212,6 +330,8 @@ class Sender:
         self.url = options.resolved_base_url + BULK_PATH
         self.governor = RateGovernor(options.rate)
         self._session: aiohttp.ClientSession | None = None
+        self._fatal: RunStopped | None = None
+        self._interrupted = asyncio.Event()
 
     async def __aenter__(self) -> Sender:
         connector = aiohttp.TCPConnector(limit=self.options.concurrency)
@@ -231,10 +351,26 @@ class Sender:
         if self._session is not None:
             await self._session.close()
 
+    def interrupt(self) -> None:
+        """Start no new attempt; requests in flight finish (bounded by the timeout)."""
+        self._interrupted.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted.is_set()
+
+    def _halt(self, exc: RunStopped) -> RunStopped:
+        if self._fatal is None:
+            self._fatal = exc
+        return exc
+
+    def _check_halted(self) -> None:
+        if self._fatal is not None:
+            raise type(self._fatal)(str(self._fatal))
+
     async def _post(self, batch: Batch) -> tuple[int, bytes, float | None]:
-        """One attempt: wait for the limiter, POST, return status, body and Retry-After."""
+        """One HTTP attempt: POST, return status, body and Retry-After seconds."""
         assert self._session is not None, "use Sender as an async context manager"
-        await self.governor.acquire()
         self.stats.requests += 1
         try:
             async with self._session.post(self.url, data=batch.body()) as resp:
@@ -244,89 +380,159 @@ class Sender:
                 return resp.status, body, retry_after
         except TimeoutError as exc:
             self.stats.status_counts["timeout"] += 1
-            raise TransientApiError(f"no answer within {self.options.timeout:g} s") from exc
+            raise _Failure(f"no answer within {self.options.timeout:g} s", None, "timeout") from exc
         except aiohttp.ClientError as exc:
             self.stats.status_counts["connection_error"] += 1
-            raise TransientApiError(f"connection error ({type(exc).__name__})") from exc
-
-    def _failed(
-        self,
-        customers: tuple[Customer, ...],
-        status: int | None,
-        error: str,
-        attempts: int,
-        kind: str,
-    ) -> list[Outcome]:
-        return [Outcome(c, False, status, error, attempts, kind) for c in customers]
+            raise _Failure(f"connection error ({type(exc).__name__})", None, "connection") from exc
 
     async def send(self, batch: Batch) -> list[Outcome]:
         """Deliver one batch and return one outcome per customer.
 
-        Raises :class:`ApiKeyRejected` on 401/403 and :class:`ApiUnavailable`
-        when nothing has succeeded for ``give_up_after`` seconds; everything
-        else ends as outcomes (delivered, or undeliverable with the reason).
+        Everything the API does ends as outcomes: delivered, or undeliverable
+        with the reason. After :meth:`interrupt`, customers whose delivery was
+        not finished are left out of the list (the caller counts them as not
+        sent). Raises :class:`ApiKeyRejected` on 401/403 and
+        :class:`ApiUnavailable` when nothing has succeeded for
+        ``give_up_after`` seconds; the exception's ``outcomes`` attribute holds
+        the outcomes of the part of the batch finished before the stop.
+        """
+        done: list[Outcome] = []
+        try:
+            await self._deliver(batch, done, 0, 0)
+        except RunStopped as exc:
+            exc.outcomes = done  # type: ignore[attr-defined]
+            raise
+        return done
+
+    async def _deliver(self, batch: Batch, done: list[Outcome], prior: int, used: int) -> None:
+        """The retry loop for one batch, appending final outcomes to ``done``.
+
+        ``prior`` is how many attempts its records already had (reported in the
+        outcomes); ``used`` how many of those count against this batch's retry
+        budget (a split half starts a fresh budget; a re-send of the records
+        with transient per-record errors does not).
         """
         waits = retry_waits(self.options.backoff_base, self.options.max_backoff)
-        attempt = 0
+        attempts = prior
         while True:
-            attempt += 1
-            status: int | None = None
+            await self.governor.acquire()
+            self._check_halted()
+            if self.interrupted:
+                return
+            attempts += 1
+            used += 1
             retry_after: float | None = None
             try:
                 code, body, retry_after = await self._post(batch)
-            except TransientApiError as exc:
-                failure = str(exc)
-            else:
-                status = code
-                if 200 <= code < 300:
+                action = classify_status(code)
+                if action == OK:
                     self.stats.last_success = time.monotonic()
                     self.governor.on_success()
-                    return await self._confirmed(batch, body, attempt)
-                if code in (401, 403):
-                    raise ApiKeyRejected(f"API key rejected (HTTP {code})")
-                failure = error_message(code, body)
-                if code == 413 or (code not in RETRYABLE_STATUSES and code < 500):
-                    return await self._split(batch, code, failure, attempt)
+                    left = self._confirmed(batch, body, attempts, done)
+                    if left is None:
+                        return
+                    if left.split:
+                        await self._split(batch, done, attempts, left.failure)
+                        return
+                    batch = left.batch
+                    raise left.failure
+                if action == STOP:
+                    raise self._halt(ApiKeyRejected(f"API key rejected (HTTP {code})"))
+                message = error_message(code, body)
+                if action in (SPLIT, BISECT):
+                    await self._split(batch, done, attempts, _Failure(message, code, "http"))
+                    return
+                if action == FAIL:
+                    log.warning("batch %d: refused (%s)", batch.seq, message)
+                    done.extend(self._failed(batch, code, message, attempts, "http"))
+                    return
                 if code == 429:
                     self.governor.on_throttled()
-            limit = MAX_ATTEMPTS_ON_500 if status == 500 else self.options.max_retries + 1
-            if attempt >= limit:
-                kind = "network" if status is None else "http"
-                log.warning(
-                    "batch %d: giving up after %d attempts (%s)", batch.seq, attempt, failure
-                )
-                return self._failed(batch.customers, status, failure, attempt, kind)
-            wait = next(waits)
-            if retry_after is not None and status in (429, 503):
-                wait = max(wait, min(retry_after, self.options.max_backoff))
-            self._check_alive(wait)
-            self.stats.retries += 1
-            log.debug("batch %d: %s; retry %d in %.2f s", batch.seq, failure, attempt, wait)
-            await asyncio.sleep(wait)
+                raise _Failure(message, code, "http")
+            except _Failure as failure:
+                status = failure.status
+                few = status is not None and classify_status(status) == RETRY_FEW
+                limit = MAX_ATTEMPTS_ON_500 if few else self.options.max_retries + 1
+                if used >= limit:
+                    log.warning(
+                        "batch %d: giving up on %d record(s) after %d attempts (%s)",
+                        batch.seq,
+                        len(batch),
+                        attempts,
+                        failure,
+                    )
+                    done.extend(self._failed(batch, status, str(failure), attempts, failure.kind))
+                    return
+                wait = retry_wait(next(waits), retry_after, status, self.options.max_backoff)
+                self._check_alive(wait)
+                self.stats.retries += 1
+                log.debug("batch %d: %s; retry %d in %.3f s", batch.seq, failure, used, wait)
+                if not await self._pause(wait):
+                    return
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep before a retry; False when the run was interrupted meanwhile."""
+        try:
+            await asyncio.wait_for(self._interrupted.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    def _failed(
+        self, batch: Batch, status: int | None, error: str, attempts: int, kind: str
+    ) -> list[Outcome]:
+        return [Outcome(c, False, status, error, attempts, kind) for c in batch.customers]
 
     def _check_alive(self, upcoming_wait: float) -> None:
         idle = time.monotonic() + upcoming_wait - self.stats.last_success
         if idle > self.options.give_up_after:
-            raise ApiUnavailable(
-                f"API unavailable: no request has succeeded for {self.options.give_up_after:g} s"
+            raise self._halt(
+                ApiUnavailable(
+                    "API unavailable: no request has succeeded for "
+                    f"{self.options.give_up_after:g} s"
+                )
             )
 
-    async def _split(self, batch: Batch, status: int, failure: str, attempts: int) -> list[Outcome]:
+    async def _split(
+        self, batch: Batch, done: list[Outcome], attempts: int, failure: _Failure
+    ) -> None:
         """Send the halves of a refused batch; a single refused record is undeliverable.
 
-        For 413 this keeps every record deliverable whatever the size limit;
-        for 400 it bisects down to the offending record(s).
+        For 413 this keeps every record deliverable whatever the size limit
+        (only a record too large on its own fails); for 400 it bisects down to
+        the offending record(s), costing about 2·log2(n) extra calls per bad
+        record.
         """
         if len(batch) == 1:
-            return self._failed(batch.customers, status, failure, attempts, "http")
+            message = str(failure)
+            if failure.status == 413:
+                message = f"record too large to send even alone ({message})"
+            done.extend(self._failed(batch, failure.status, message, attempts, failure.kind))
+            return
         self.stats.splits += 1
         first, second = batch.split()
-        return [*await self.send(first), *await self.send(second)]
+        log.debug("batch %d: %s; splitting %d records in two", batch.seq, failure, len(batch))
+        await self._deliver(first, done, attempts, 0)
+        await self._deliver(second, done, attempts, 0)
 
-    async def _confirmed(self, batch: Batch, body: bytes, attempts: int) -> list[Outcome]:
-        """Turn a 2xx answer into outcomes, using the per-record errors it carries."""
+    def _confirmed(
+        self, batch: Batch, body: bytes, attempts: int, done: list[Outcome]
+    ) -> _Leftover | None:
+        """Record the outcomes a 2xx answer confirms; say what is left to do.
+
+        Returns None when every record is settled; else the records whose
+        per-record error was transient (retry them), or the whole batch when
+        errors could not be matched to records (it is suspect: re-check it in
+        halves). Raises :class:`_Failure` for a 2xx whose body cannot be read.
+        """
         found = attribute_errors(batch, body)
+        if found.unreadable:
+            # A 2xx we cannot read confirms nothing: resend it whole (upserts make that safe).
+            raise _Failure("2xx answer with an unreadable body", None, "unconfirmed")
         if found.unattributed:
+            failure = _Failure(
+                f"unattributed per-record error: {found.unattributed[0]}", 200, "record"
+            )
             if len(batch) > 1:
                 # Which records failed is unknown: re-check in halves rather than
                 # count any of them as delivered. Upserts make the resend safe.
@@ -335,23 +541,23 @@ class Sender:
                     batch.seq,
                     len(found.unattributed),
                 )
-                return await self._split(batch, 200, found.unattributed[0], attempts)
-            return self._failed(batch.customers, 200, found.unattributed[0], attempts, "record")
-        outcomes: list[Outcome] = []
+                return _Leftover(batch, failure, split=True)
+            done.extend(self._failed(batch, 200, str(failure), attempts, "record"))
+            return None
         retry: list[int] = []
         for i, customer in enumerate(batch.customers):
             error = found.errors.get(i)
             if error is None:
-                outcomes.append(Outcome(customer, True, 200, None, attempts))
-            elif error in TRANSIENT_RECORD_ERRORS and attempts <= self.options.max_retries:
+                done.append(Outcome(customer, True, 200, None, attempts))
+            elif is_transient_record_error(error):
                 retry.append(i)
             else:
-                outcomes.append(Outcome(customer, False, 200, error, attempts, "record"))
-        if retry:
-            again = Batch(
-                tuple(batch.customers[i] for i in retry),
-                tuple(batch.encoded[i] for i in retry),
-                batch.seq,
-            )
-            outcomes.extend(await self.send(again))
-        return outcomes
+                done.append(Outcome(customer, False, 200, error, attempts, "record"))
+        if not retry:
+            return None
+        again = Batch(
+            tuple(batch.customers[i] for i in retry),
+            tuple(batch.encoded[i] for i in retry),
+            batch.seq,
+        )
+        return _Leftover(again, _Failure(found.errors[retry[0]], 200, "record"), split=False)
