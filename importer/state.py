@@ -229,13 +229,17 @@ class RunInfo:
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    uri = Path(path).resolve().as_uri() + ("?mode=ro" if readonly else "")
     conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-    # FULL: in WAL mode a commit survives power loss, not only a killed process.
-    conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: in WAL mode a commit survives power loss, not only a killed process.
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StateError(f"{path} is not a blueshift-import state ({exc})") from exc
     return conn
 
 
