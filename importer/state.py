@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -716,14 +717,41 @@ class _Progress:
     dead_letter_offset: int | None = None
 
 
+@dataclass
+class _Entry:
+    """One batch's confirmation, waiting for the writer thread."""
+
+    delivered: list[int]
+    failed: list[int]
+    hashes: list[tuple[str, bytes]]
+    progress: _Progress
+    confirmed: int
+    dead: int
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
+
+    def resolve(self, exc: BaseException | None) -> None:
+        def settle() -> None:
+            if self.done.done():
+                return
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
 class ConfirmationWriter:
-    """Records confirmed batches, one transaction each, from one writer thread.
+    """Records confirmed batches from one writer thread, committed before the worker goes on.
 
     ``record`` is awaited by the worker that sent the batch, so a batch
     counts as done in the state before its worker takes the next one: a
-    crash re-sends at most the batches in flight. Progress notes (input
-    checkpoint, rejects file position) from the producer are kept in memory
-    and written with the next confirmation.
+    crash re-sends at most the batches in flight. Confirmations that arrive
+    while a commit is under way are written together in the next one (a
+    group commit), so a slow disk costs latency, not one fsync per batch.
+    Progress notes (input checkpoint, rejects file position) from the
+    producer are kept in memory and written with the next confirmation.
     """
 
     def __init__(self, store: StateStore, run: RunInfo, target: str):
@@ -739,6 +767,8 @@ class ConfirmationWriter:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-writer")
         self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: list[_Entry] = []
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -784,40 +814,58 @@ class ConfirmationWriter:
                     hashes.append((ident, payload_hash(o.customer.payload)))
             else:
                 failed.extend(records)
-        progress = _Progress(**vars(self.progress))
+        confirmed = sum(1 for o in outcomes if o.delivered)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._executor, self._write, delivered, failed, hashes, progress, len(outcomes)
-        )
+        done: asyncio.Future[None] = loop.create_future()
+        entry = _Entry(
+            delivered, failed, hashes, _Progress(**vars(self.progress)), confirmed,
+            len(outcomes) - confirmed, loop, done,
+        )  # fmt: skip
+        with self._lock:
+            self._pending.append(entry)
+        self._executor.submit(self._write_pending)
+        await done
 
-    def _write(
-        self,
-        delivered: list[int],
-        failed: list[int],
-        hashes: list[tuple[str, bytes]],
-        progress: _Progress,
-        n: int,
-    ) -> None:
+    def _write_pending(self) -> None:
+        """Write every confirmation waiting, in one transaction (a group commit)."""
+        with self._lock:
+            entries, self._pending = self._pending, []
+        if not entries:
+            return
         conn = self._connection()
         now = time.time()
         run_id = self.run.run_id
-        with _transaction(conn):
-            conn.executemany(
-                "INSERT OR IGNORE INTO done (run_id, lo, hi) VALUES (?, ?, ?)",
-                [(run_id, lo, hi) for lo, hi in record_ranges(delivered)],
-            )
-            if failed:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO failed (run_id, record) VALUES (?, ?)",
-                    [(run_id, r) for r in failed],
+        try:
+            with _transaction(conn):
+                for e in entries:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO done (run_id, lo, hi) VALUES (?, ?, ?)",
+                        [(run_id, lo, hi) for lo, hi in record_ranges(e.delivered)],
+                    )
+                    if e.failed:
+                        conn.executemany(
+                            "INSERT OR IGNORE INTO failed (run_id, record) VALUES (?, ?)",
+                            [(run_id, r) for r in e.failed],
+                        )
+                    conn.executemany(
+                        "INSERT INTO payloads (target, identifier, hash, confirmed_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (target, identifier) DO UPDATE "
+                        "SET hash = excluded.hash, confirmed_at = excluded.confirmed_at",
+                        [(self.target, ident, digest, now) for ident, digest in e.hashes],
+                    )
+                self._update_run(
+                    conn,
+                    entries[-1].progress,
+                    now,
+                    sum(e.confirmed for e in entries),
+                    sum(e.dead for e in entries),
                 )
-            conn.executemany(
-                "INSERT INTO payloads (target, identifier, hash, confirmed_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (target, identifier) DO UPDATE SET hash = excluded.hash, "
-                "confirmed_at = excluded.confirmed_at",
-                [(self.target, ident, digest, now) for ident, digest in hashes],
-            )
-            self._update_run(conn, progress, now, n - len(failed), len(failed))
+        except BaseException as exc:
+            for e in entries:
+                e.resolve(exc)
+            raise
+        for e in entries:
+            e.resolve(None)
 
     def _update_run(
         self, conn: sqlite3.Connection, p: _Progress, now: float, confirmed: int, dead: int
