@@ -28,6 +28,7 @@ from .mapping import parse_map_option
 from .options import ImportOptions
 from .outcomes import ImportReport
 from .progress import open_progress, rerun_command, summary_lines
+from .state import DEFAULT_STATE_PATH
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -329,6 +330,31 @@ def _fake_config(kw: dict[str, Any], **config: Any) -> Any:
     is_flag=True,
     help="Drop columns that match no standard field instead of sending them as custom attributes.",
 )
+# -- state: resume and incremental imports ------------------------------------
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_STATE_PATH,
+    envvar="BLUESHIFT_IMPORT_STATE",
+    show_default=True,
+    show_envvar=True,
+    help="SQLite file recording confirmed rows and payload hashes (for --resume, --changed-only).",
+)
+@click.option("--no-state", is_flag=True, help="Record nothing (no --resume after a crash).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run of FILE: skip rows already confirmed, append to outputs.",
+)
+@click.option(
+    "--force", is_flag=True, help="With --resume: start over even if FILE or the options changed."
+)
+@click.option(
+    "--changed-only",
+    is_flag=True,
+    help="Skip customers whose payload equals the last one the API confirmed (nightly imports).",
+)
 # -- outputs ------------------------------------------------------------------
 @click.option(
     "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
@@ -367,6 +393,8 @@ def run(input_path: str, **kw: Any) -> None:
           --report report.json --dead-letter failed.jsonl
       blueshift-import run customers.csv --mock     # no credentials needed
       blueshift-import run customers.csv --config import.toml --quiet
+      blueshift-import run customers.csv --resume   # after a crash or Ctrl-C
+      blueshift-import run nightly.csv --changed-only
     """
     mock = kw.pop("mock")
     ui = _display_settings(kw, mock)
@@ -401,6 +429,10 @@ def run(input_path: str, **kw: Any) -> None:
         "overwrite": kw["overwrite"],
         "dry_run": kw["dry_run"],
         "max_error_rate": kw["max_error_rate"],
+        "state_path": None if kw["no_state"] else kw["state_path"],
+        "resume": kw["resume"],
+        "force": kw["force"],
+        "changed_only": kw["changed_only"],
     }
     _apply_config(fields, ui)
     if mock:
@@ -677,6 +709,9 @@ def _print_validation(report: ImportReport) -> None:
             out("  " + encode_payload(payload).decode())
 
 
+validate.params[1:1] = [p for p in run.params if p.name in _VALIDATE_OPTIONS]
+
+
 @main.command("fake-api")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free port).")
@@ -730,4 +765,116 @@ def fake_api(
     serve_forever(config, host, port)
 
 
-validate.params[1:1] = [p for p in run.params if p.name in _VALIDATE_OPTIONS]
+# -- state: resume and incremental imports ------------------------------------
+_STATE_OPTION = click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_STATE_PATH,
+    envvar="BLUESHIFT_IMPORT_STATE",
+    show_default=True,
+    show_envvar=True,
+    help="The state file.",
+)
+
+
+@main.group("state")
+def state_group() -> None:
+    """Inspect and manage the state kept for --resume and --changed-only.
+
+    \b
+    Examples:
+      blueshift-import state show
+      blueshift-import state prune --older-than 90d
+      blueshift-import state reset --yes --state /var/lib/imports/state.sqlite
+    """
+
+
+@state_group.command("show")
+@_STATE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def state_show(state_path: Path, as_json: bool) -> None:
+    """Show the runs and payload hashes a state holds (safe while a run uses it).
+
+    \b
+    Example:
+      blueshift-import state show --state .blueshift-import/state.sqlite
+    """
+    from .state import open_summary
+
+    summary = open_summary(state_path)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"state {summary['path']} ({summary['size_bytes']} bytes)")
+    if summary["locked_by"]:
+        click.echo(f"  in use by the run with PID {summary['locked_by']}")
+    hashes = summary["payload_hashes"]
+    click.echo(
+        f"  confirmed payload hashes: {sum(hashes.values())}"
+        + (f" across {len(hashes)} destinations" if len(hashes) > 1 else "")
+    )
+    click.echo(f"  runs: {summary['run_count']} (latest first)")
+    for r in summary["runs"]:
+        click.echo(
+            f"  #{r['id']:<4} {r['status']:<11} {_when(r['updated_at'])}  "
+            f"confirmed {r['confirmed']}, dead-lettered {r['dead_lettered']}, "
+            f"attempts {r['attempts']}  {r['source']}"
+        )
+
+
+def _when(timestamp: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+@state_group.command("reset")
+@_STATE_OPTION
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def state_reset(state_path: Path, yes: bool) -> None:
+    """Forget every run and payload hash (the next --changed-only run sends everything).
+
+    \b
+    Example:
+      blueshift-import state reset --yes
+    """
+    from .state import StateStore
+
+    if not state_path.is_file():
+        raise UsageError(f"no state at {state_path}")
+    if not yes:
+        click.confirm(f"forget everything recorded in {state_path}?", abort=True)
+    with StateStore(state_path) as store:
+        store.reset()
+    click.echo(f"state {state_path} reset")
+
+
+@state_group.command("prune")
+@_STATE_OPTION
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="AGE",
+    help="Forget runs and payload hashes untouched for this long: 90d, 12h, 2w.",
+)
+def state_prune(state_path: Path, older_than: str) -> None:
+    """Forget runs and payload hashes older than AGE, keeping the state small.
+
+    \b
+    Example:
+      blueshift-import state prune --older-than 90d
+    """
+    from .state import StateStore, parse_age
+
+    seconds = parse_age(older_than)
+    if not state_path.is_file():
+        raise UsageError(f"no state at {state_path}")
+    with StateStore(state_path) as store:
+        removed = store.prune(seconds)
+    click.echo(
+        f"pruned {removed['runs']} run(s) and {removed['payloads']} payload hash(es) "
+        f"older than {older_than} from {state_path}"
+    )

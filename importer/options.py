@@ -63,6 +63,14 @@ class ImportOptions:
     empty_as_null: bool = False
 
     # -- state: resume and incremental imports --
+    #: The SQLite state store; None records nothing (and allows no resume).
+    state_path: Path | None = None
+    #: Continue the interrupted run of the same input, skipping rows already done.
+    resume: bool = False
+    #: With ``resume``: start over even when the input or the options changed.
+    force: bool = False
+    #: Skip customers whose payload equals the last one the API confirmed.
+    changed_only: bool = False
 
     # -- outputs --
     report_path: Path | None = None
@@ -113,6 +121,15 @@ class ImportOptions:
             raise UsageError(f"--show must be 0 or more, got {self.preview_size}")
         if self.delimiter is not None and len(self.delimiter) != 1:
             raise UsageError(f"--delimiter must be one character, got {self.delimiter!r}")
+        if (self.resume or self.changed_only) and self.state_path is None and not self.dry_run:
+            raise UsageError("--resume and --changed-only need a state store (--state PATH)")
+        if self.force and not self.resume:
+            raise UsageError("--force only goes with --resume (to start an interrupted run over)")
+        if self.resume and self.overwrite and not self.force:
+            raise UsageError(
+                "--resume appends to the output files; drop --overwrite "
+                "(or pass --resume --force to start over)"
+            )
         check_base_url(self.resolved_base_url, self.insecure_http)
 
     @property

@@ -31,7 +31,17 @@ from .outcomes import (
 )
 from .records import Batch
 from .sending import Sender
-from .source import Source
+from .source import Chunk, Source
+from .state import (
+    ConfirmationWriter,
+    Fingerprint,
+    InputHasher,
+    StateReader,
+    StateStore,
+    run_settings,
+    target_tag,
+    trim_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +85,58 @@ class _Run:
         self.stopping = threading.Event()
         self.rejects: RejectsWriter | None = None
         self.dead_letter: DeadLetterWriter | None = None
+        self.store: StateStore | None = None
+        self.reader: StateReader | None = None
+        self.writer: ConfirmationWriter | None = None
+        self.hasher_checkpoint: tuple[int, str | None] | None = None
+        self.content_hash: str | None = None
+        self.completed = False
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
+
+    def open_state(self) -> None:
+        """Lock the state store and begin (or resume) this input's run in it."""
+        o = self.options
+        if o.state_path is None or o.dry_run:
+            return
+        self.store = StateStore(o.state_path)
+        try:
+            info = self.store.begin_run(
+                Fingerprint.of(self.path),
+                run_settings(o),
+                resume=o.resume,
+                force=o.force,
+                rejects_path=o.rejects_path,
+                dead_letter_path=o.dead_letter_path,
+            )
+        except BaseException:
+            self.store.close()
+            raise
+        target = target_tag(o.resolved_base_url, o.api_key)
+        self.reader = StateReader(self.store, info, target)
+        self.writer = ConfirmationWriter(self.store, info, target)
+        if info.resumed:
+            self.hasher_checkpoint = (info.checkpoint_bytes, info.checkpoint_hash)
+            trim_output(o.rejects_path, info.rejects_path, info.rejects_offset)
+            trim_output(o.dead_letter_path, info.dead_letter_path, info.dead_letter_offset)
+            log.info("resuming run %d of %s", info.run_id, info.source)
+        self.report.files["state"] = str(o.state_path)
+
+    def close_state(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.store is not None:
+            self.store.close()
 
     def open_outputs(self) -> None:
         o = self.options
+        # A resumed run adds to the interrupted run's files (trimmed to what it recorded).
+        append = o.resume and not o.overwrite
         if o.report_path:
-            refuse_existing(o.report_path, overwrite=o.overwrite)
+            refuse_existing(o.report_path, overwrite=o.overwrite or o.resume)
         if o.rejects_path:
-            self.rejects = RejectsWriter(o.rejects_path, self.path, overwrite=o.overwrite)
+            self.rejects = RejectsWriter(
+                o.rejects_path, self.path, overwrite=o.overwrite, append=append
+            )
             self.report.files["rejects"] = str(o.rejects_path)
         if o.dead_letter_path and not o.dry_run:
             if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
@@ -90,9 +144,17 @@ class _Run:
                     f"{o.dead_letter_path} is the input; give the new dead-letter file another name"
                 )
             self.dead_letter = DeadLetterWriter(
-                o.dead_letter_path, self.path, overwrite=o.overwrite
+                o.dead_letter_path, self.path, overwrite=o.overwrite, append=append
             )
             self.report.files["dead_letter"] = str(o.dead_letter_path)
+        if self.writer is not None:
+            # Where the output files end now: a resumed run trims them back to this.
+            self.writer.start(
+                rejects_offset=None if self.rejects is None else self.rejects.path.stat().st_size,
+                dead_letter_offset=(
+                    None if self.dead_letter is None else self.dead_letter.path.stat().st_size
+                ),
+            )
 
     def close_outputs(self) -> None:
         for writer in (self.rejects, self.dead_letter):
@@ -104,16 +166,55 @@ def _produce(
     run: _Run,
     source: Source,
     put: Callable[[Batch], bool],
+    notify: Callable[..., object] = lambda *args: None,
 ) -> None:
-    """Read, clean and pack the input (in a worker thread), handing batches to ``put``."""
+    """Read, clean and pack the input (in a worker thread), handing batches to ``put``.
+
+    ``notify(fn, *args)`` runs ``fn`` in the event loop's thread, before any
+    batch put afterwards (it tells the state writer how far the input was read).
+    """
+    hasher: InputHasher | None = None
+    if run.writer is not None and source.info.name != "-":
+        hasher = InputHasher(run.path, run.hasher_checkpoint)
+    try:
+        _produce_batches(run, source, put, notify, hasher)
+    finally:
+        if hasher is not None:
+            hasher.close()
+        if run.reader is not None:
+            run.reader.close()
+
+
+def _produce_batches(
+    run: _Run,
+    source: Source,
+    put: Callable[[Batch], bool],
+    notify: Callable[..., object],
+    hasher: InputHasher | None,
+) -> None:
     o = run.options
     report = run.report
+    reader, writer = run.reader, run.writer
     packer = BatchPacker(o.batch_size, o.max_batch_bytes)
     mappings: dict[tuple[str, ...], ColumnMapping] = {}
     report.bytes_total = source.info.size
+    # On resume, batches wait here until the re-read input is verified against the checkpoint.
+    held: list[Batch] = []
+
+    def emit(batches: list[Batch]) -> None:
+        if hasher is not None and not hasher.verified:
+            held.extend(batches)
+            return
+        for batch in (*held, *batches):
+            if run.stopping.is_set() or not put(batch):
+                report.not_sent += len(batch)
+        held.clear()
+
     for chunk in source.chunks():
         report.rows_read += chunk.rows_read
         report.bytes_read = source.bytes_read
+        if hasher is not None and writer is not None:
+            notify(writer.note_input, hasher.advance(source.bytes_read))
         # A dead-letter file is re-imported as the payloads it holds.
         payloads = unwrap_dead_letter(chunk.frame)
         if payloads is not None:
@@ -128,25 +229,44 @@ def _produce(
         result = clean_chunk(chunk, mappings[key])
         report.count_rejects(result.rejects)
         if run.rejects is not None:
-            run.rejects.write(result.rejects)
+            run.rejects.write(
+                result.rejects if reader is None else reader.new_rejects(result.rejects)
+            )
+            if writer is not None:
+                notify(writer.note_rejects, _last_record(chunk), run.rejects.path.stat().st_size)
+        customers = result.customers
+        if reader is not None:
+            customers, done = reader.skip_done(customers)
+            report.already_done += done
+            if o.changed_only:
+                customers, unchanged = reader.skip_unchanged(customers)
+                report.unchanged_skipped += unchanged
         if o.dry_run:
             room = o.preview_size - len(report.preview)
-            report.preview.extend(c.payload for c in result.customers[:room])
-            report.not_sent += len(result.customers)
-            report.requests += len(packer.add(result.customers))
+            report.preview.extend(c.payload for c in customers[:room])
+            report.not_sent += len(customers)
+            report.requests += len(packer.add(customers))
             continue
-        for batch in packer.add(result.customers):
-            if run.stopping.is_set() or not put(batch):
-                report.not_sent += len(batch)
+        emit(packer.add(customers))
         if run.stopping.is_set():
-            report.not_sent += sum(len(b) for b in packer.flush())
+            report.not_sent += sum(len(b) for b in (*held, *packer.flush()))
             return
     report.bytes_read = source.bytes_read
-    for batch in packer.flush():
-        if o.dry_run:
-            report.requests += 1
-        elif not put(batch):
-            report.not_sent += len(batch)
+    if hasher is not None and writer is not None:
+        checkpoint = hasher.finish()
+        notify(writer.note_input, checkpoint)
+        run.content_hash = checkpoint[1]
+    if o.dry_run:
+        report.requests += len(packer.flush())
+    else:
+        emit(packer.flush())
+    run.completed = not run.stopping.is_set()
+
+
+def _last_record(chunk: Chunk) -> int:
+    """The highest record number in ``chunk``, rows and unparseable rows alike."""
+    last = int(chunk.records.max()) if len(chunk.records) else 0
+    return max([last, *(r.record for r in chunk.rejects)])
 
 
 async def _run(
@@ -184,8 +304,9 @@ async def _run(
         max_json_depth=options.max_json_depth,
         max_line_bytes=options.max_line_bytes,
     ) as source:
-        run.open_outputs()
         try:
+            run.open_state()
+            run.open_outputs()
             async with Sender(options) as sender:
 
                 async def worker() -> None:
@@ -207,8 +328,14 @@ async def _run(
                         # After a stop, customers whose delivery did not finish are left out.
                         report.not_sent += len(batch) - len(outcomes)
                         report.count_outcomes(outcomes)
+                        offset = None
                         if run.dead_letter is not None:
                             run.dead_letter.write(outcomes)
+                            if not all(o.delivered for o in outcomes):
+                                offset = run.dead_letter.path.stat().st_size
+                        if run.writer is not None:
+                            # Awaited before the next batch: a crash re-sends only those in flight.
+                            await run.writer.record(outcomes, offset)
                         if observer is not None:
                             _sync_stats(report, sender)
                             observer(report)
@@ -223,7 +350,7 @@ async def _run(
                 workers = [asyncio.create_task(worker()) for _ in range(options.concurrency)]
                 watcher = asyncio.create_task(watch_stop())
                 try:
-                    await asyncio.to_thread(_produce, run, source, put)
+                    await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
                 finally:
                     # Workers drain what is queued (counting it as not sent when stopping).
                     for _ in workers:
@@ -232,8 +359,13 @@ async def _run(
                     watcher.cancel()
                     if not options.dry_run:
                         _sync_stats(report, sender)
+                    if run.writer is not None:
+                        done = run.completed and not failure and not run.stopping.is_set()
+                        status = "completed" if done else ("stopped" if failure else "interrupted")
+                        await run.writer.finish(status, run.content_hash if done else None)
         finally:
             run.close_outputs()
+            run.close_state()
     if failure:
         report.stopped = str(failure[0])
     elif stop.is_set():

@@ -90,8 +90,10 @@ def generated_rows(n: int, seed: int = 7, invalid_every: int = 0) -> list[list[s
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Result]:
     """Invoke ``blueshift-import`` in-process; returns click's Result (exit_code, output)."""
+    # The default state lives in the working directory: keep it in the test's temp dir.
+    monkeypatch.setenv("BLUESHIFT_IMPORT_STATE", str(tmp_path / "state" / "state.sqlite"))
     monkeypatch.delenv("BLUESHIFT_API_KEY", raising=False)
     monkeypatch.delenv("BLUESHIFT_REGION", raising=False)
     monkeypatch.delenv("BLUESHIFT_BASE_URL", raising=False)

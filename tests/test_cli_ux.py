@@ -226,7 +226,8 @@ def test_json_report_schema(cli, fake_api, tmp_path):
     assert report["reject_reasons"] == {"missing identifier": 1}
     assert report["error_rate"] == pytest.approx(1 / 61, abs=1e-6)
     assert report["mapping"] == [["email", "email"], ["customer_id", "customer_id"]]
-    assert report["files"] == {"report": str(report_path)}
+    assert report["files"]["report"] == str(report_path)
+    assert set(report["files"]) == {"report", "state"}
     assert set(report["accounting"]) == {"balanced", "line"}
     assert "preview" not in report
 

@@ -51,8 +51,9 @@ def _check(case: Case, code: int, stdout: str, stderr: str, out: Path) -> None:
     assert code in expected, f"{case.name}: exit {code}\n{stdout}\n{stderr}"
     assert "Traceback" not in stdout + stderr
     assert SECRET not in stdout + stderr
-    for written in out.iterdir():
-        assert SECRET.encode() not in written.read_bytes(), written
+    for written in out.rglob("*"):
+        if written.is_file():
+            assert SECRET.encode() not in written.read_bytes(), written
     if code == 2:
         errors = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, stderr

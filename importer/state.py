@@ -1,0 +1,930 @@
+"""State store: what earlier runs confirmed, for ``--resume`` and ``--changed-only``.
+
+Owns: one SQLite database (stdlib ``sqlite3``, WAL journal, ``synchronous=FULL``),
+created with mode 0600, and the lock file beside it that keeps two runs from
+using one state at once. It records, per run, the input's fingerprint, the
+options that shape the payloads and batches, which source records are done
+(as short ranges of record numbers), and, per customer identifier, a hash of
+the last payload the API confirmed.
+
+Written only after the API confirmed a batch (:class:`ConfirmationWriter`).
+
+Threads: a :mod:`sqlite3` connection belongs to the thread that opened it.
+The pipeline reads in its producer thread through a :class:`StateReader`
+(its own connection) and writes through a :class:`ConfirmationWriter`, whose
+connection lives in one dedicated writer thread; WAL lets the reader see
+every committed batch while the writer works.
+
+How the content hash is checked on resume: a hash of the whole file is only
+known at its end, so the run records a *checkpoint* instead — the number of
+bytes read so far and the SHA-256 of exactly those bytes, taken as each chunk
+is read (by hashing the same bytes from a second handle, so the first request
+is never delayed by a scan). A chunk's checkpoint is recorded before any of
+its rows can be confirmed, so every row marked done lies within the
+checkpointed bytes. On ``--resume``, size and modification time are compared
+at once; the content is re-hashed as the file is read again, and no batch is
+sent until the re-read reaches the checkpoint and the hashes match. A
+mismatch raises :class:`~importer.errors.InputChanged` before anything from
+the changed file was sent.
+
+Must not: send anything, read the input's records, or decide validity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .errors import InputChanged, StateError, StateLocked, UsageError
+from .records import Customer, Outcome, Reject
+
+log = logging.getLogger(__name__)
+
+#: The default state store, relative to the working directory.
+DEFAULT_STATE_PATH = Path(".blueshift-import") / "state.sqlite"
+SCHEMA_VERSION = 1
+#: A recorded range of record numbers never spans more than this many numbers,
+#: so the rows overlapping [a, b] are found with an index scan of lo in [a - span, b].
+RANGE_SPAN = 64
+#: Identifiers per ``IN (...)`` query: well under SQLite's variable limit.
+LOOKUP_BATCH = 500
+#: Bytes read at a time when hashing the input.
+HASH_BLOCK = 1 << 20
+
+#: The options that decide what the payloads and batches of a file are: a resumed
+#: run must use the same ones, or rows "already done" would mean something else.
+SETTINGS_FIELDS = (
+    "format",
+    "encoding",
+    "delimiter",
+    "max_field_bytes",
+    "max_columns",
+    "max_json_depth",
+    "column_map",
+    "drop_columns",
+    "drop_unmapped",
+    "mapping_file",
+    "phone_region",
+    "on_invalid",
+    "empty_as_null",
+    "batch_size",
+    "max_batch_bytes",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    settings TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pid INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    checkpoint_bytes INTEGER NOT NULL DEFAULT 0,
+    checkpoint_hash TEXT,
+    content_hash TEXT,
+    rejects_path TEXT,
+    rejects_through INTEGER NOT NULL DEFAULT 0,
+    rejects_offset INTEGER,
+    dead_letter_path TEXT,
+    dead_letter_offset INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_by_source ON runs (source, id);
+CREATE TABLE IF NOT EXISTS done (
+    run_id INTEGER NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    PRIMARY KEY (run_id, lo, hi)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failed (
+    run_id INTEGER NOT NULL,
+    record INTEGER NOT NULL,
+    PRIMARY KEY (run_id, record)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS payloads (
+    target TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    confirmed_at REAL NOT NULL,
+    PRIMARY KEY (target, identifier)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS payloads_by_age ON payloads (confirmed_at);
+"""
+
+
+# -- pure helpers --------------------------------------------------------------
+
+
+def payload_hash(payload: dict[str, Any]) -> bytes:
+    """A 16-byte digest of a payload, independent of its keys' order."""
+    data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def run_settings(options: Any) -> dict[str, Any]:
+    """The :data:`SETTINGS_FIELDS` of ``options`` as plain JSON-able values."""
+    settings = {}
+    for name in SETTINGS_FIELDS:
+        value = getattr(options, name, None)
+        if isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        elif isinstance(value, Path):
+            value = str(value)
+        settings[name] = value
+    return settings
+
+
+def target_tag(base_url: str, api_key: str | None) -> str:
+    """Which account a payload hash was confirmed by: the base URL and a digest of the key.
+
+    The key itself is never stored; an unkeyed digest of a random API key does
+    not reveal it, but keeps imports into two accounts apart.
+    """
+    key_digest = hashlib.blake2b((api_key or "").encode(), digest_size=6).hexdigest()
+    return f"{base_url.rstrip('/')}#{key_digest}"
+
+
+def record_ranges(records: Iterable[int], span: int = RANGE_SPAN) -> list[tuple[int, int]]:
+    """Compress record numbers into sorted ``(lo, hi)`` runs of consecutive numbers.
+
+    No run covers more than ``span`` numbers, which keeps look-ups indexable.
+    """
+    ranges: list[tuple[int, int]] = []
+    for r in sorted(set(records)):
+        if ranges and r == ranges[-1][1] + 1 and r - ranges[-1][0] < span:
+            ranges[-1] = (ranges[-1][0], r)
+        else:
+            ranges.append((r, r))
+    return ranges
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """Seconds in an age such as ``90d``, ``12h``, ``2w``, ``30m`` or ``45s``."""
+    match = _AGE.match(text.lower())
+    if not match:
+        raise UsageError(f"expected an age like 90d, 12h or 2w, got {text!r}")
+    return float(match.group(1)) * _AGE_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Where the input is and what it looked like on disk (None fields for stdin)."""
+
+    source: str
+    size: int | None
+    mtime_ns: int | None
+
+    @classmethod
+    def of(cls, path: str | Path) -> Fingerprint:
+        if str(path) == "-":
+            return cls("-", None, None)
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError:
+            # The source stage reports missing or unreadable input with a better message.
+            return cls(str(p.resolve()), None, None)
+        return cls(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run a pipeline is recording into, and what an interrupted attempt left."""
+
+    run_id: int
+    resumed: bool
+    source: str
+    checkpoint_bytes: int = 0
+    checkpoint_hash: str | None = None
+    rejects_path: str | None = None
+    rejects_through: int = 0
+    rejects_offset: int | None = None
+    dead_letter_path: str | None = None
+    dead_letter_offset: int | None = None
+    confirmed: int = 0
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = Path(path).resolve().as_uri() + ("?mode=ro" if readonly else "")
+    conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: in WAL mode a commit survives power loss, not only a killed process.
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StateError(f"{path} is not a blueshift-import state ({exc})") from exc
+    return conn
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` (and its directory) with owner-only permissions if missing."""
+    if path.parent != Path("") and not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+# -- the store -----------------------------------------------------------------
+
+
+class StateStore:
+    """An opened, locked state database. Use as a context manager.
+
+    Opening creates the file with mode 0600 (SQLite gives its ``-wal`` and
+    ``-shm`` files the same mode) and takes an exclusive lock on
+    ``<path>.lock``; the lock is released on close and by the OS when the
+    process dies, so a killed run never leaves a stale lock. Raises
+    :class:`StateLocked` (naming the holder's PID) when another run holds it,
+    and :class:`StateError` when the file is not a state database.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock: IO[str] | None = None
+        try:
+            if self.path.is_dir():
+                raise StateError(f"--state {self.path} is a directory; give a file name")
+            _create_private(self.path)
+            self._acquire_lock()
+            conn = _connect(self.path)
+            try:
+                self._check_schema(conn)
+            finally:
+                conn.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def _acquire_lock(self) -> None:
+        lock_path = _lock_path(self.path)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise StateLocked(
+                f"the state {self.path} is in use by another run (PID {holder}); "
+                "wait for it to finish, or give this run another --state"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path} is not a blueshift-import state ({exc})") from exc
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} has state schema {row[0]}, this version reads {SCHEMA_VERSION}"
+            )
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self._lock.seek(0)
+                self._lock.truncate()
+            self._lock.close()  # closing the descriptor releases the lock
+            self._lock = None
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection for the calling thread."""
+        return _connect(self.path)
+
+    # -- runs --
+
+    def begin_run(
+        self,
+        fingerprint: Fingerprint,
+        settings: dict[str, Any],
+        *,
+        resume: bool = False,
+        force: bool = False,
+        rejects_path: Path | None = None,
+        dead_letter_path: Path | None = None,
+    ) -> RunInfo:
+        """Start a run of ``fingerprint``'s input, or continue its interrupted one.
+
+        With ``resume``, the latest unfinished run of the same input is
+        continued; its size, modification time and ``settings`` (the options
+        that shape payloads and batches) must match, else
+        :class:`InputChanged`. ``force`` starts over instead. Without
+        ``resume`` (or when nothing was interrupted) a new run starts, and an
+        unfinished run of the same input is superseded.
+        """
+        if resume and fingerprint.source == "-":
+            raise UsageError("--resume needs a file: standard input cannot be read again")
+        settings_json = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS).decode()
+        now = time.time()
+        conn = self.connect()
+        try:
+            with _transaction(conn):
+                prev = conn.execute(
+                    "SELECT id, status, size, mtime_ns, settings, checkpoint_bytes, "
+                    "checkpoint_hash, rejects_path, rejects_through, rejects_offset, "
+                    "dead_letter_path, dead_letter_offset, confirmed "
+                    "FROM runs WHERE source = ? ORDER BY id DESC LIMIT 1",
+                    (fingerprint.source,),
+                ).fetchone()
+                unfinished = prev is not None and prev[1] != "completed"
+                if resume and unfinished and not force:
+                    _check_same_input(fingerprint, settings, prev[2], prev[3], prev[4])
+                    conn.execute(
+                        "UPDATE runs SET status = 'running', pid = ?, attempts = attempts + 1, "
+                        "updated_at = ? WHERE id = ?",
+                        (os.getpid(), now, prev[0]),
+                    )
+                    return RunInfo(
+                        run_id=prev[0],
+                        resumed=True,
+                        source=fingerprint.source,
+                        checkpoint_bytes=prev[5],
+                        checkpoint_hash=prev[6],
+                        rejects_path=prev[7],
+                        rejects_through=prev[8],
+                        rejects_offset=prev[9],
+                        dead_letter_path=prev[10],
+                        dead_letter_offset=prev[11],
+                        confirmed=prev[12],
+                    )
+                if resume and not unfinished:
+                    log.info("nothing to resume for %s; starting a new run", fingerprint.source)
+                if unfinished:
+                    if not resume:
+                        log.warning(
+                            "an earlier run of %s did not finish; starting over "
+                            "(pass --resume to continue it instead)",
+                            fingerprint.source,
+                        )
+                    self._supersede(conn, prev[0])
+                cur = conn.execute(
+                    "INSERT INTO runs (source, size, mtime_ns, settings, status, pid, "
+                    "started_at, updated_at, rejects_path, dead_letter_path) "
+                    "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                    (
+                        fingerprint.source,
+                        fingerprint.size,
+                        fingerprint.mtime_ns,
+                        settings_json,
+                        os.getpid(),
+                        now,
+                        now,
+                        _resolved(rejects_path),
+                        _resolved(dead_letter_path),
+                    ),
+                )
+                assert cur.lastrowid is not None
+                return RunInfo(
+                    run_id=cur.lastrowid,
+                    resumed=False,
+                    source=fingerprint.source,
+                    rejects_path=_resolved(rejects_path),
+                    dead_letter_path=_resolved(dead_letter_path),
+                )
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _supersede(conn: sqlite3.Connection, run_id: int) -> None:
+        conn.execute("UPDATE runs SET status = 'superseded' WHERE id = ?", (run_id,))
+        conn.execute("DELETE FROM done WHERE run_id = ?", (run_id,))
+        conn.execute("DELETE FROM failed WHERE run_id = ?", (run_id,))
+
+    # -- management --
+
+    def summary(self) -> dict[str, Any]:
+        """What the state holds: runs (newest first) and payload hashes per destination."""
+        conn = self.connect()
+        try:
+            return _summary(conn, self.path)
+        finally:
+            conn.close()
+
+    def prune(self, older_than: float) -> dict[str, int]:
+        """Forget runs and payload hashes not touched for ``older_than`` seconds.
+
+        Returns how many runs and payload hashes were removed.
+        """
+        cutoff = time.time() - older_than
+        conn = self.connect()
+        try:
+            with _transaction(conn):
+                old = [
+                    r[0]
+                    for r in conn.execute("SELECT id FROM runs WHERE updated_at < ?", (cutoff,))
+                ]
+                for run_id in old:
+                    conn.execute("DELETE FROM done WHERE run_id = ?", (run_id,))
+                    conn.execute("DELETE FROM failed WHERE run_id = ?", (run_id,))
+                    conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                payloads = conn.execute(
+                    "DELETE FROM payloads WHERE confirmed_at < ?", (cutoff,)
+                ).rowcount
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return {"runs": len(old), "payloads": payloads}
+        finally:
+            conn.close()
+
+    def reset(self) -> None:
+        """Forget everything: every run and every payload hash."""
+        conn = self.connect()
+        try:
+            with _transaction(conn):
+                for table in ("done", "failed", "payloads", "runs"):
+                    conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            conn.execute("VACUUM")
+        finally:
+            conn.close()
+
+
+def _resolved(path: Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _check_same_input(
+    fp: Fingerprint, settings: dict[str, Any], size: int | None, mtime_ns: int | None, old: str
+) -> None:
+    if (fp.size, fp.mtime_ns) != (size, mtime_ns):
+        raise InputChanged(
+            f"{fp.source} changed since the interrupted run (size {size} → {fp.size} bytes, "
+            "or a new modification time); refusing to resume. "
+            "Pass --resume --force to start over."
+        )
+    previous = orjson.loads(old)
+    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    if changed:
+        raise InputChanged(
+            "the options that shape payloads and batches changed since the interrupted run "
+            f"({', '.join(changed)}); resume with the same options, "
+            "or pass --resume --force to start over"
+        )
+
+
+def open_summary(path: str | Path) -> dict[str, Any]:
+    """Read a state's summary without taking its lock (safe during a run, thanks to WAL)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StateError(f"no state at {path}")
+    conn = _connect(path, readonly=True)
+    try:
+        summary = _summary(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path} is not a blueshift-import state ({exc})") from exc
+    finally:
+        conn.close()
+    lock = _lock_path(path)
+    summary["locked_by"] = None
+    if lock.exists():
+        with open(lock) as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                summary["locked_by"] = f.read().strip() or "unknown"
+    return summary
+
+
+def _summary(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    runs = [
+        {
+            "id": r[0],
+            "source": r[1],
+            "status": r[2],
+            "pid": r[3],
+            "attempts": r[4],
+            "started_at": r[5],
+            "updated_at": r[6],
+            "confirmed": r[7],
+            "dead_lettered": r[8],
+        }
+        for r in conn.execute(
+            "SELECT id, source, status, pid, attempts, started_at, updated_at, confirmed, "
+            "dead_lettered FROM runs ORDER BY id DESC LIMIT 20"
+        )
+    ]
+    targets = dict(conn.execute("SELECT target, COUNT(*) FROM payloads GROUP BY target").fetchall())
+    return {
+        "path": str(path),
+        "schema_version": SCHEMA_VERSION,
+        "size_bytes": sum(
+            p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()
+        ),
+        "runs": runs,
+        "run_count": conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0],
+        "payload_hashes": targets,
+    }
+
+
+# -- the producer side ------------------------------------------------------------
+
+
+class InputHasher:
+    """SHA-256 of the input's first bytes, advanced as the source reads (producer thread).
+
+    It reads the file through its own handle, block by block, just behind
+    the source, so it never delays the first request. ``verify`` is the
+    ``(bytes, hexdigest)`` checkpoint of an interrupted run: crossing it
+    compares the hashes and raises :class:`InputChanged` on a mismatch;
+    :attr:`verified` says whether it has been passed.
+    """
+
+    def __init__(self, path: str | Path, verify: tuple[int, str | None] | None = None):
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._hash = hashlib.sha256()
+        self.position = 0
+        self._verify = verify if verify and verify[0] > 0 and verify[1] else None
+        self.verified = self._verify is None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def advance(self, upto: int) -> tuple[int, str]:
+        """Hash the file up to byte ``upto``; return the checkpoint ``(bytes, hexdigest)``."""
+        if self._verify is not None and not self.verified and upto >= self._verify[0]:
+            self._read_to(self._verify[0])
+            if self.position != self._verify[0] or self._hash.hexdigest() != self._verify[1]:
+                raise InputChanged(
+                    "the input's content changed since the interrupted run (its first "
+                    f"{self._verify[0]} bytes hash differently); refusing to resume. "
+                    "Pass --resume --force to start over."
+                )
+            self.verified = True
+        self._read_to(upto)
+        return self.position, self._hash.hexdigest()
+
+    def finish(self) -> tuple[int, str]:
+        """Hash to the end of the file: the whole content's checkpoint."""
+        return self.advance(1 << 62)
+
+    def _read_to(self, upto: int) -> None:
+        while self.position < upto:
+            block = self._file.read(min(HASH_BLOCK, upto - self.position))
+            if not block:
+                return
+            self._hash.update(block)
+            self.position += len(block)
+
+
+class StateReader:
+    """Look-ups for the producer thread: rows already done, payloads unchanged.
+
+    Opens its own connection in the thread that first uses it. Look-ups go to
+    SQLite a chunk (or :data:`LOOKUP_BATCH` identifiers) at a time, so memory
+    does not grow with the size of the state.
+    """
+
+    def __init__(self, store: StateStore, run: RunInfo, target: str):
+        self.store = store
+        self.run = run
+        self.target = target
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self.store.connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def done_records(self, first: int, last: int) -> set[int]:
+        """Record numbers in ``[first, last]`` that an earlier attempt of this run finished."""
+        if not self.run.resumed or last < first:
+            return set()
+        rows = self.conn.execute(
+            "SELECT lo, hi FROM done WHERE run_id = ? AND lo BETWEEN ? AND ? AND hi >= ?",
+            (self.run.run_id, first - RANGE_SPAN, last, first),
+        ).fetchall()
+        rows += self.conn.execute(
+            "SELECT record, record FROM failed WHERE run_id = ? AND record BETWEEN ? AND ?",
+            (self.run.run_id, first, last),
+        ).fetchall()
+        done: set[int] = set()
+        for lo, hi in rows:
+            done.update(range(max(lo, first), min(hi, last) + 1))
+        return done
+
+    def skip_done(self, customers: list[Customer]) -> tuple[list[Customer], int]:
+        """The customers not yet done, and how many were skipped (a chunk at a time)."""
+        if not self.run.resumed or not customers:
+            return customers, 0
+        records = [c.record for c in customers]
+        done = self.done_records(min(records), max(records))
+        if not done:
+            return customers, 0
+        kept = [c for c in customers if c.record not in done]
+        return kept, len(customers) - len(kept)
+
+    def new_rejects(self, rejects: list[Reject]) -> list[Reject]:
+        """Rejects not yet written to the rejects file by an earlier attempt."""
+        through = self.run.rejects_through if self.run.resumed else 0
+        return [r for r in rejects if r.record > through] if through else rejects
+
+    def skip_unchanged(self, customers: list[Customer]) -> tuple[list[Customer], int]:
+        """The customers whose payload differs from the last confirmed one (or is new)."""
+        kept: list[Customer] = []
+        for start in range(0, len(customers), LOOKUP_BATCH):
+            group = customers[start : start + LOOKUP_BATCH]
+            idents = [c.identifier or "" for c in group]
+            marks = ",".join("?" * len(idents))
+            known = dict(
+                self.conn.execute(
+                    f"SELECT identifier, hash FROM payloads WHERE target = ? "  # noqa: S608
+                    f"AND identifier IN ({marks})",
+                    (self.target, *idents),
+                ).fetchall()
+            )
+            for customer, ident in zip(group, idents, strict=True):
+                old = known.get(ident)
+                if old is None or old != payload_hash(customer.payload):
+                    kept.append(customer)
+        return kept, len(customers) - len(kept)
+
+
+# -- the writer side ----------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Bookkeeping that travels with the next confirmation."""
+
+    checkpoint_bytes: int = 0
+    checkpoint_hash: str | None = None
+    rejects_through: int = 0
+    rejects_offset: int | None = None
+    dead_letter_offset: int | None = None
+
+
+@dataclass
+class _Entry:
+    """One batch's confirmation, waiting for the writer thread."""
+
+    delivered: list[int]
+    failed: list[int]
+    hashes: list[tuple[str, bytes]]
+    progress: _Progress
+    confirmed: int
+    dead: int
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
+
+    def resolve(self, exc: BaseException | None) -> None:
+        def settle() -> None:
+            if self.done.done():
+                return
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
+class ConfirmationWriter:
+    """Records confirmed batches from one writer thread, committed before the worker goes on.
+
+    ``record`` is awaited by the worker that sent the batch, so a batch
+    counts as done in the state before its worker takes the next one: a
+    crash re-sends at most the batches in flight. Confirmations that arrive
+    while a commit is under way are written together in the next one (a
+    group commit), so a slow disk costs latency, not one fsync per batch.
+    Progress notes (input checkpoint, rejects file position) from the
+    producer are kept in memory and written with the next confirmation.
+    """
+
+    def __init__(self, store: StateStore, run: RunInfo, target: str):
+        self.store = store
+        self.run = run
+        self.target = target
+        self.progress = _Progress(
+            checkpoint_bytes=run.checkpoint_bytes,
+            checkpoint_hash=run.checkpoint_hash,
+            rejects_through=run.rejects_through,
+            rejects_offset=run.rejects_offset,
+            dead_letter_offset=run.dead_letter_offset,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: list[_Entry] = []
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self.store.connect()
+        return self._conn
+
+    def start(self, rejects_offset: int | None, dead_letter_offset: int | None) -> None:
+        """Record where the output files end as the run (re)starts; blocks until written."""
+        self.progress.rejects_offset = rejects_offset
+        self.progress.dead_letter_offset = dead_letter_offset
+        progress = _Progress(**vars(self.progress))
+        now = time.time()
+
+        def write() -> None:
+            conn = self._connection()
+            with _transaction(conn):
+                self._update_run(conn, progress, now, 0, 0)
+
+        self._executor.submit(write).result()
+
+    def note_input(self, checkpoint: tuple[int, str]) -> None:
+        """The producer hashed the input up to here (event-loop thread)."""
+        self.progress.checkpoint_bytes, self.progress.checkpoint_hash = checkpoint
+
+    def note_rejects(self, through: int, offset: int | None) -> None:
+        """Rejects of records up to ``through`` are written; the rejects file ends at ``offset``."""
+        self.progress.rejects_through = through
+        self.progress.rejects_offset = offset
+
+    async def record(self, outcomes: Sequence[Outcome], dead_letter_offset: int | None) -> None:
+        """Write one batch's outcomes: done records, failed records, confirmed payload hashes."""
+        if dead_letter_offset is not None:
+            self.progress.dead_letter_offset = dead_letter_offset
+        delivered: list[int] = []
+        failed: list[int] = []
+        hashes: list[tuple[str, bytes]] = []
+        for o in outcomes:
+            records = (o.customer.record, *o.customer.merged_records)
+            if o.delivered:
+                delivered.extend(records)
+                ident = o.customer.identifier
+                if ident is not None:
+                    hashes.append((ident, payload_hash(o.customer.payload)))
+            else:
+                failed.extend(records)
+        confirmed = sum(1 for o in outcomes if o.delivered)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        entry = _Entry(
+            delivered, failed, hashes, _Progress(**vars(self.progress)), confirmed,
+            len(outcomes) - confirmed, loop, done,
+        )  # fmt: skip
+        with self._lock:
+            self._pending.append(entry)
+        self._executor.submit(self._write_pending)
+        await done
+
+    def _write_pending(self) -> None:
+        """Write every confirmation waiting, in one transaction (a group commit)."""
+        with self._lock:
+            entries, self._pending = self._pending, []
+        if not entries:
+            return
+        conn = self._connection()
+        now = time.time()
+        run_id = self.run.run_id
+        try:
+            with _transaction(conn):
+                for e in entries:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO done (run_id, lo, hi) VALUES (?, ?, ?)",
+                        [(run_id, lo, hi) for lo, hi in record_ranges(e.delivered)],
+                    )
+                    if e.failed:
+                        conn.executemany(
+                            "INSERT OR IGNORE INTO failed (run_id, record) VALUES (?, ?)",
+                            [(run_id, r) for r in e.failed],
+                        )
+                    conn.executemany(
+                        "INSERT INTO payloads (target, identifier, hash, confirmed_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (target, identifier) DO UPDATE "
+                        "SET hash = excluded.hash, confirmed_at = excluded.confirmed_at",
+                        [(self.target, ident, digest, now) for ident, digest in e.hashes],
+                    )
+                self._update_run(
+                    conn,
+                    entries[-1].progress,
+                    now,
+                    sum(e.confirmed for e in entries),
+                    sum(e.dead for e in entries),
+                )
+        except BaseException as exc:
+            for e in entries:
+                e.resolve(exc)
+            raise
+        for e in entries:
+            e.resolve(None)
+
+    def _update_run(
+        self, conn: sqlite3.Connection, p: _Progress, now: float, confirmed: int, dead: int
+    ) -> None:
+        conn.execute(
+            "UPDATE runs SET confirmed = confirmed + ?, dead_lettered = dead_lettered + ?, "
+            "checkpoint_bytes = ?, checkpoint_hash = ?, rejects_through = ?, "
+            "rejects_offset = ?, dead_letter_offset = ?, updated_at = ? WHERE id = ?",
+            (
+                confirmed,
+                dead,
+                p.checkpoint_bytes,
+                p.checkpoint_hash,
+                p.rejects_through,
+                p.rejects_offset,
+                p.dead_letter_offset,
+                now,
+                self.run.run_id,
+            ),
+        )
+
+    async def finish(self, status: str, content_hash: str | None = None) -> None:
+        """Mark the run ``completed`` (forgetting its per-record bookkeeping) or stopped."""
+        progress = _Progress(**vars(self.progress))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._finish, status, content_hash, progress)
+
+    def _finish(self, status: str, content_hash: str | None, progress: _Progress) -> None:
+        conn = self._connection()
+        with _transaction(conn):
+            self._update_run(conn, progress, time.time(), 0, 0)
+            conn.execute(
+                "UPDATE runs SET status = ?, pid = NULL, content_hash = ? WHERE id = ?",
+                (status, content_hash, self.run.run_id),
+            )
+            if status == "completed":
+                # Only an unfinished run is ever resumed: its record numbers are no longer needed.
+                conn.execute("DELETE FROM done WHERE run_id = ?", (self.run.run_id,))
+                conn.execute("DELETE FROM failed WHERE run_id = ?", (self.run.run_id,))
+
+    def close(self) -> None:
+        def close_conn() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._executor.submit(close_conn).result()
+        self._executor.shutdown(wait=True)
+
+
+def trim_output(path: Path | None, recorded_path: str | None, offset: int | None) -> None:
+    """Cut an output file back to what an interrupted run had recorded as written.
+
+    Lines past ``offset`` belong to rows the state does not count as done;
+    the resumed run writes them again, so they are removed first. Nothing is
+    done when the file is another one than the run used.
+    """
+    if path is None or offset is None or recorded_path != _resolved(path):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        if Path(path).stat().st_size > offset:
+            os.truncate(path, offset)

@@ -1,0 +1,217 @@
+"""The state store alone: schema, lock, file modes, resume decisions, look-ups, management."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from importer.errors import InputChanged, StateError, StateLocked, UsageError
+from importer.records import Customer, Reject
+from importer.state import (
+    RANGE_SPAN,
+    Fingerprint,
+    InputHasher,
+    StateReader,
+    StateStore,
+    parse_age,
+    payload_hash,
+    record_ranges,
+)
+
+SETTINGS = {"batch_size": 50, "column_map": []}
+
+
+def _input(tmp_path: Path, text: str = "email\na@example.com\n") -> Path:
+    path = tmp_path / "in.csv"
+    path.write_text(text)
+    return path
+
+
+def test_record_ranges_compress_consecutive_numbers_and_cap_the_span():
+    assert record_ranges([5, 1, 2, 3, 7, 8, 3]) == [(1, 3), (5, 5), (7, 8)]
+    assert record_ranges([]) == []
+    ranges = record_ranges(range(1, 201))
+    assert all(hi - lo + 1 <= RANGE_SPAN for lo, hi in ranges)
+    assert sum(hi - lo + 1 for lo, hi in ranges) == 200
+
+
+def test_payload_hash_ignores_key_order_but_not_values():
+    assert payload_hash({"a": 1, "b": "x"}) == payload_hash({"b": "x", "a": 1})
+    assert payload_hash({"a": 1}) != payload_hash({"a": 2})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90d", 90 * 86400), ("12h", 43200), ("2w", 1209600), ("30m", 1800)]
+)
+def test_parse_age_reads_units(text, seconds):
+    assert parse_age(text) == seconds
+
+
+def test_parse_age_refuses_nonsense():
+    with pytest.raises(UsageError):
+        parse_age("ninety days")
+
+
+def test_state_files_are_private_and_lock_names_the_holder(tmp_path):
+    path = tmp_path / "sub" / "state.sqlite"
+    with StateStore(path) as store:
+        conn = store.connect()  # keeps the -wal file in existence
+        conn.execute("SELECT 1")
+        for p in (path, path.with_name("state.sqlite.lock"), path.with_name("state.sqlite-wal")):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        with pytest.raises(StateLocked, match=f"PID {os.getpid()}"):
+            StateStore(path)
+        conn.close()
+    # Released on close: a second run may use it now.
+    StateStore(path).close()
+
+
+def test_a_file_that_is_not_a_state_is_refused(tmp_path):
+    path = tmp_path / "state.sqlite"
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StateError, match="not a blueshift-import state"):
+        StateStore(path)
+
+
+def test_resume_continues_the_unfinished_run_and_refuses_changes(tmp_path):
+    src = _input(tmp_path)
+    with StateStore(tmp_path / "s.sqlite") as store:
+        first = store.begin_run(Fingerprint.of(src), SETTINGS)
+        assert not first.resumed
+        again = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
+        assert again.resumed and again.run_id == first.run_id
+        with pytest.raises(InputChanged, match="batch_size"):
+            store.begin_run(Fingerprint.of(src), {**SETTINGS, "batch_size": 20}, resume=True)
+        src.write_text("email\nb@example.com\nc@example.com\n")
+        with pytest.raises(InputChanged, match="changed since the interrupted run"):
+            store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
+        forced = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True, force=True)
+        assert not forced.resumed and forced.run_id != first.run_id
+
+
+def test_resume_of_stdin_is_refused(tmp_path):
+    store = StateStore(tmp_path / "s.sqlite")
+    with store, pytest.raises(UsageError, match="standard input"):
+        store.begin_run(Fingerprint.of("-"), SETTINGS, resume=True)
+
+
+def test_input_hasher_checks_the_checkpoint_when_it_passes_it(tmp_path):
+    src = _input(tmp_path, "x" * 5000)
+    hasher = InputHasher(src)
+    checkpoint = hasher.advance(3000)
+    hasher.close()
+    ok = InputHasher(src, checkpoint)
+    assert not ok.verified
+    ok.advance(1000)
+    assert not ok.verified
+    ok.advance(4000)
+    assert ok.verified
+    ok.close()
+    src.write_text("y" + "x" * 4999)
+    bad = InputHasher(src, checkpoint)
+    with pytest.raises(InputChanged, match="content changed"):
+        bad.finish()
+    bad.close()
+
+
+async def _confirm(store: StateStore, run, customers: list[Customer], delivered: bool = True):
+    from importer.records import Outcome
+    from importer.state import ConfirmationWriter
+
+    writer = ConfirmationWriter(store, run, "t")
+    await writer.record([Outcome(c, delivered) for c in customers], None)
+    await writer.finish("interrupted")
+    writer.close()
+
+
+def test_reader_skips_done_rows_and_unchanged_payloads_in_batches(tmp_path):
+    import asyncio
+
+    src = _input(tmp_path)
+    customers = [Customer({"email": f"u{i}@example.com", "n": i}, i, i + 1) for i in range(1, 1201)]
+    with StateStore(tmp_path / "s.sqlite") as store:
+        run = store.begin_run(Fingerprint.of(src), SETTINGS)
+        asyncio.run(_confirm(store, run, customers[:700]))
+        asyncio.run(_confirm(store, run, customers[700:710], delivered=False))
+        resumed = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
+        reader = StateReader(store, resumed, "t")
+        kept, done = reader.skip_done(customers)
+        assert done == 710 and [c.record for c in kept] == list(range(711, 1201))
+        changed = [Customer({**c.payload, "n": -1}, c.record, c.line) for c in customers[:5]]
+        kept, unchanged = reader.skip_unchanged(changed + customers)
+        assert unchanged == 700  # the dead-lettered ten were never confirmed
+        assert len(kept) == 5 + 500
+        assert reader.new_rejects([Reject(3, 4, "x")]) == [Reject(3, 4, "x")]
+        reader.close()
+        other = StateReader(store, resumed, "another-destination")
+        assert other.skip_unchanged(customers)[1] == 0
+        other.close()
+
+
+def test_prune_and_reset_forget_old_entries(tmp_path):
+    import asyncio
+
+    src = _input(tmp_path)
+    path = tmp_path / "s.sqlite"
+    with StateStore(path) as store:
+        run = store.begin_run(Fingerprint.of(src), SETTINGS)
+        asyncio.run(_confirm(store, run, [Customer({"email": "a@example.com"}, 1, 2)]))
+        assert store.prune(3600) == {"runs": 0, "payloads": 0}
+        conn = sqlite3.connect(path)
+        old = time.time() - 100 * 86400
+        conn.execute("UPDATE payloads SET confirmed_at = ?", (old,))
+        conn.execute("UPDATE runs SET updated_at = ?", (old,))
+        conn.commit()
+        conn.close()
+        assert store.prune(parse_age("90d")) == {"runs": 1, "payloads": 1}
+        store.begin_run(Fingerprint.of(src), SETTINGS)
+        store.reset()
+        assert store.summary()["run_count"] == 0
+
+
+def test_cli_state_commands_show_prune_reset(cli, tmp_path, fake_api):
+    from .conftest import API_KEY, write_csv
+
+    state = tmp_path / "s.sqlite"
+    src = write_csv(tmp_path / "c.csv", [{"email": "a@example.com", "city": "Oslo"}])
+    result = cli(
+        "run", str(src), "--base-url", fake_api.url, "--state", str(state),
+        env={"BLUESHIFT_API_KEY": API_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = cli("state", "show", "--state", str(state))
+    assert result.exit_code == 0, result.output
+    assert "confirmed payload hashes: 1" in result.output
+    assert "completed" in result.output and "c.csv" in result.output
+    result = cli("state", "prune", "--older-than", "90d", "--state", str(state))
+    assert result.exit_code == 0 and "pruned 0 run(s)" in result.output
+    result = cli("state", "reset", "--yes", "--state", str(state))
+    assert result.exit_code == 0
+    result = cli("state", "show", "--state", str(state), "--json")
+    assert '"run_count": 0' in result.output
+    assert cli("state", "show", "--state", str(tmp_path / "none.sqlite")).exit_code == 2
+
+
+def test_cli_state_commands_have_examples_and_readme_mentions_them(cli):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for command in ("show", "reset", "prune"):
+        result = cli("state", command, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.output and f"blueshift-import state {command}" in result.output
+        assert f"blueshift-import state {command}" in readme
+    for option in ("--resume", "--changed-only", "--state", "--force"):
+        assert option in readme
+
+
+def test_resume_and_changed_only_need_a_state():
+    from importer.options import ImportOptions
+
+    with pytest.raises(UsageError, match="state"):
+        ImportOptions(resume=True)
+    with pytest.raises(UsageError, match="--force"):
+        ImportOptions(force=True, state_path=Path("s"))
