@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .batching import BatchPacker
-from .cleaning import clean_chunk
+from .cleaning import clean_chunk, infer_column_types
+from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped
 from .mapping import ColumnMapping, resolve_mapping
 from .options import ImportOptions
@@ -96,6 +97,8 @@ def _produce(
     report = run.report
     packer = BatchPacker(o.batch_size, o.max_batch_bytes)
     mappings: dict[tuple[str, ...], ColumnMapping] = {}
+    # One type per CSV column for the whole file, inferred from its first chunk.
+    column_types: dict[tuple[str, ...], dict[str, str]] = {}
     for chunk in source.chunks():
         report.rows_read += chunk.rows_read
         key = tuple(chunk.frame.columns)
@@ -103,10 +106,16 @@ def _produce(
             mappings[key] = resolve_mapping(key, o.column_map, o.drop_columns, o.drop_unmapped)
             if not report.mapping:
                 report.mapping = mappings[key].describe()
-        result = clean_chunk(chunk, mappings[key])
+        if key not in column_types and len(chunk.frame):
+            column_types[key] = (
+                infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
+            )
+        result = clean_chunk(chunk, mappings[key], o, column_types.get(key))
         report.count_rejects(result.rejects)
         if run.rejects is not None:
             run.rejects.write(result.rejects)
+        result.customers, merged = merge_repeats(result.customers)
+        report.merged_duplicates += merged
         if o.dry_run:
             room = PREVIEW_SIZE - len(report.preview)
             report.preview.extend(c.payload for c in result.customers[:room])
