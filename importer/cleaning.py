@@ -91,7 +91,7 @@ BOOLEANS = {
 # unchanged; anything else (unicode, quoted parts, IDNA, odd domains) goes to
 # the library.
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = r"(?!xn--)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _FAST_EMAIL = rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}"
 # Internationalised local parts made of letters and numbers (which the library
 # accepts unchanged when already in NFC) before a plain ASCII domain; at most
@@ -320,7 +320,7 @@ def _rule_phone(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarr
         result[national] = "+1" + digits[national]
     else:
         national = np.zeros(len(s), bool)
-    sub_out = result.to_numpy(dtype=object)
+    sub_out = result.to_numpy(dtype=object, copy=True)
     sub_reasons = np.full(len(s), None, object)
     rest = ~intl & ~national
     if rest.any():
