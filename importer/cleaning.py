@@ -1,25 +1,127 @@
 """Cleaning stage: turn a mapped chunk into payloads or rejects, vectorised.
 
-Owns: normalising values (trim, case, formats), the API's field rules, and
-the reasons rows are refused. Every row of a chunk leaves either as a
-:class:`~importer.records.Customer` payload or as a
-:class:`~importer.records.Reject`. Works column by column with pandas; per-row
-Python only where a payload dict is finally built.
+Owns: normalising values (trim, case, formats), the API's field rules, the
+types of custom attributes, and the reasons rows are refused. Every row of a
+chunk leaves either as a :class:`~importer.records.Customer` payload or as a
+:class:`~importer.records.Reject` (``--on-invalid drop-field`` adds a reject
+marked ``dropped_field`` to a customer that is still sent). Works column by
+column with pandas; per-row Python only where a payload dict is finally built
+and where a distinct value has to go to a validation library (each distinct
+value once).
 
-Must not: read files, send anything, or keep state between chunks.
+Must not: read files, send anything, merge repeated customers (that is
+:mod:`importer.dedupe`), or keep state between chunks other than the column
+types the caller passes in and bounded caches of pure functions.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
+import numpy as np
+import orjson
 import pandas as pd
+import phonenumbers
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
+from .errors import UsageError
 from .mapping import ColumnMapping
+from .options import ImportOptions
 from .records import Customer, Reject
 from .source import Chunk
 
 IDENTIFIERS = ("email", "customer_id")
+#: Fields with a fixed rule; they are never type-inferred.
+STANDARD_FIELDS = frozenset(
+    {
+        "email",
+        "customer_id",
+        "phone_number",
+        "firstname",
+        "lastname",
+        "gender",
+        "joined_at",
+        "unsubscribed",
+        "unsubscribed_at",
+        "subscription_groups",
+    }
+)
+#: The flat pair that builds one ``subscription_groups`` entry per row.
+GROUP_ID, GROUP_SUBSCRIBED = "subscription_group_id", "subscription_group_subscribed"
+COLUMN_TYPES = ("int", "float", "bool", "date", "string")
+
+MAX_EMAIL = 64
+MAX_NAME = 64
+#: The API's phone rule: ``+``, no ``0`` after it, 6 to 14 characters.
+E164 = re.compile(r"^\+[1-9]\d{4,12}$")
+#: Integers beyond this lose precision in JSON consumers that read numbers as doubles.
+MAX_SAFE_INT = 2**53
+
+GENDERS = {
+    **dict.fromkeys(("m", "male", "man", "boy", "masculine", "mr", "h"), "male"),
+    **dict.fromkeys(("f", "female", "woman", "girl", "feminine", "w", "mrs", "ms"), "female"),
+    **dict.fromkeys(
+        (
+            "u",
+            "unknown",
+            "unspecified",
+            "not specified",
+            "prefer not to say",
+            "x",
+            "other",
+            "diverse",
+            "non-binary",
+            "nonbinary",
+        ),
+        "unknown",
+    ),
+}
+BOOLEANS = {
+    **dict.fromkeys(("true", "t", "yes", "y", "1"), True),
+    **dict.fromkeys(("false", "f", "no", "n", "0"), False),
+}
+
+# A conservative shape for plain ASCII addresses that email-validator accepts
+# unchanged; anything else (unicode, quoted parts, IDNA, odd domains) goes to
+# the library.
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"(?!xn--)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_FAST_EMAIL = rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}"
+# Internationalised local parts made of letters and numbers (which the library
+# accepts unchanged when already in NFC) before a plain ASCII domain; at most
+# 63 characters so the address stays within the library's 254-byte limit.
+_INTL_ATOM = r"[\w!#$%&'*+/=?^`{|}~-]+"
+_FAST_INTL_EMAIL = rf"(?=.{{1,63}}$){_INTL_ATOM}(?:\.{_INTL_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}"
+_SPECIAL_SUFFIXES = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
+
+# Phone shapes normalised without the library.
+_NANP_INTL = r"\+1[ .-]?(?:\([2-9]\d{2}\)|[2-9]\d{2})[ .-]?[2-9]\d{2}[ .-]?\d{4}"
+_NANP_NATIONAL = r"(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-]?)[2-9]\d{2}[ .-]?\d{4}"
+_UK_MOBILE = r"\+44 ?7\d{3} ?\d{6}"
+_SEPARATORS = r"[ .()-]"
+_NANP_REGIONS = frozenset(phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1])
+
+_INT_TEXT = re.compile(r"^-?(?:0|[1-9]\d*)$")
+_FLOAT_TEXT = re.compile(r"^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$")
+_DATE_TEXT = r"\d{4}-\d{2}-\d{2}"
+_DATETIME_TEXT = re.compile(
+    r"^\d{4}[-/]\d{2}[-/]\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?)?$"
+)
+
+#: Marks a value left out of the payload (``None`` is a JSON null, sent only
+#: with ``--empty-as-null``).
+_OMIT: Any = object()
+
+
+class InvalidRecord(UsageError):
+    """``--on-invalid stop`` met a row it would have rejected; names its record and line."""
 
 
 @dataclass
@@ -30,55 +132,712 @@ class CleanResult:
     rejects: list[Reject] = field(default_factory=list)
 
 
-def _strip_text(series: pd.Series) -> pd.Series:
-    """Trim string cells and turn empty or missing cells into None; leave other types alone."""
-    values = series.astype(object)
-    is_text = values.map(type).eq(str)
-    if is_text.all():
-        stripped = values.str.strip()
-    else:
-        stripped = values.copy()
-        stripped[is_text] = values[is_text].str.strip()
-    empty = stripped.isna() | (is_text & stripped.eq(""))
-    return stripped.where(~empty, None).astype(object)
+@dataclass
+class _Cleaned:
+    """One target field of a chunk after cleaning, aligned with the chunk's rows.
 
-
-def clean_chunk(chunk: Chunk, mapping: ColumnMapping) -> CleanResult:
-    """Clean one chunk: map columns, trim, drop empty cells, check identifiers.
-
-    Rows with neither ``email`` nor ``customer_id`` are rejected. Empty cells
-    are left out of the payload so an import never blanks a profile field.
+    ``values`` holds the payload value or :data:`_OMIT`; ``reasons`` a reason
+    where the cell was invalid, else None; ``column`` and ``raw`` say which
+    input cell a reject should quote.
     """
+
+    values: np.ndarray
+    reasons: np.ndarray
+    column: np.ndarray
+    raw: np.ndarray
+    empty: np.ndarray
+
+    @property
+    def bad(self) -> np.ndarray:
+        return pd.notna(self.reasons)
+
+
+# -- column preparation --------------------------------------------------------
+
+
+def _prepare(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Trim text cells; return the values and a mask of empty cells.
+
+    Empty means missing, NaN, or text that is blank after trimming. Text such
+    as ``"NA"``, ``"null"`` or ``"nan"`` is data, not a missing value.
+    """
+    values = series.to_numpy(dtype=object, copy=True)
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        stripped = pd.Series(values, dtype=object).str.strip().to_numpy(dtype=object)
+        return stripped, stripped == ""
+    is_str = _is_text(values)
+    empty = np.zeros(len(values), bool)
+    if is_str.any():
+        stripped = pd.Series(values[is_str], dtype=object).str.strip().to_numpy(dtype=object)
+        values[is_str] = stripped
+        empty[is_str] = stripped == ""
+    others = ~is_str
+    if others.any():
+        # JSON null and keys missing from a JSONL line (NaN in the frame) are empty.
+        empty[others] = pd.isna(values[others])
+    return values, empty
+
+
+def _is_text(values: np.ndarray) -> np.ndarray:
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return np.ones(len(values), bool)
+    return np.fromiter((type(v) is str for v in values), bool, len(values))
+
+
+def _as_text(values: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """JSON numbers become text (``123`` → ``"123"``); booleans, arrays and objects are refused."""
+    text = _is_text(values)
+    if text.all():
+        return values, np.full(len(values), None, object)
+    out = values.copy()
+    reasons = np.full(len(values), None, object)
+    for i in np.flatnonzero(~text):
+        v = values[i]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            reasons[i] = f"invalid {what}: expected text"
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                reasons[i] = f"invalid {what}: expected text"
+            else:
+                out[i] = str(int(v)) if v.is_integer() else repr(v)
+        else:
+            out[i] = str(v)
+    return out, reasons
+
+
+# -- value rules: each takes the non-empty cells, returns (values, reasons) -----
+
+Rule = Callable[[np.ndarray, "_Context"], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class _Context:
+    phone_region: str
+
+
+def _reasons_where(mask: np.ndarray, reason: str) -> np.ndarray:
+    """An object array holding ``reason`` where ``mask`` is true, else None."""
+    out = np.full(len(mask), None, object)
+    out[mask] = reason
+    return out
+
+
+def _map_distinct(
+    values: np.ndarray, fn: Callable[[Any], tuple[Any, str | None]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``fn`` once per distinct value; ``fn`` returns (value, reason)."""
+    if not len(values):
+        return values, np.full(0, None, object)
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
+    results = [fn(u) for u in uniques]
+    out_u = np.empty(len(results), object)
+    reason_u = np.empty(len(results), object)
+    for i, (v, r) in enumerate(results):
+        out_u[i] = v
+        reason_u[i] = r
+    return out_u[codes], reason_u[codes]
+
+
+@lru_cache(maxsize=65536)
+def _email_by_library(value: str) -> tuple[str | None, str | None]:
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return None, f"invalid email: {exc}"
+    normalized = result.normalized.lower()
+    if len(normalized) > MAX_EMAIL:
+        return None, f"invalid email: longer than {MAX_EMAIL} characters"
+    return normalized, None
+
+
+def _rule_email(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    text, reasons = _as_text(values, "email")
+    ok = pd.isna(reasons)
+    s = pd.Series(text[ok], dtype=object).str.lower()
+    out = np.full(len(values), None, object)
+    sub_out = s.to_numpy(dtype=object, copy=True)
+    sub_reasons = np.full(len(s), None, object)
+    long_ = (s.str.len() > MAX_EMAIL).to_numpy()
+    fast = s.str.fullmatch(_FAST_EMAIL).to_numpy(dtype=bool, copy=True)
+    if not fast.all():
+        intl = np.flatnonzero(~fast)
+        candidates = s.iloc[intl]
+        ok_intl = candidates.str.fullmatch(_FAST_INTL_EMAIL).to_numpy(dtype=bool) & (
+            candidates.str.normalize("NFC") == candidates
+        ).to_numpy(dtype=bool)
+        fast[intl[ok_intl]] = True
+    fast &= ~s.str.endswith(_SPECIAL_SUFFIXES).to_numpy(dtype=bool)
+    sub_reasons[fast & long_] = f"invalid email: longer than {MAX_EMAIL} characters"
+    rest = ~fast
+    if rest.any():
+        sub_out[rest], sub_reasons[rest] = _map_distinct(sub_out[rest], _email_by_library)
+    out[ok] = sub_out
+    reasons[ok] = sub_reasons
+    return out, reasons
+
+
+_PARSE_ERRORS = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "no valid country code",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "not a phone number",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+    phonenumbers.NumberParseException.TOO_LONG: "too long",
+}
+_POSSIBLE_ERRORS = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "no valid country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "too short for its country",
+    phonenumbers.ValidationResult.TOO_LONG: "too long for its country",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "wrong length for its country",
+    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "a local number without area code",
+}
+
+
+@lru_cache(maxsize=65536)
+def _phone_by_library(value: str, region: str) -> tuple[str | None, str | None]:
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        return None, f"invalid phone number: {_PARSE_ERRORS.get(exc.error_type, 'not parseable')}"
+    verdict = phonenumbers.is_possible_number_with_reason(number)
+    if verdict != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None, f"invalid phone number: {_POSSIBLE_ERRORS.get(verdict, 'not possible')}"
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if not E164.match(e164):
+        return None, "invalid phone number: E.164 form must be 6 to 14 characters"
+    return e164, None
+
+
+def _rule_phone(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    text, reasons = _as_text(values, "phone number")
+    ok = pd.isna(reasons)
+    s = pd.Series(text[ok], dtype=object)
+    digits = s.str.replace(_SEPARATORS, "", regex=True)
+    result = pd.Series(None, index=s.index, dtype=object)
+    intl = s.str.fullmatch(f"{_NANP_INTL}|{_UK_MOBILE}").to_numpy(dtype=bool)
+    result[intl] = digits[intl]
+    if ctx.phone_region in _NANP_REGIONS:
+        national = ~intl & s.str.fullmatch(_NANP_NATIONAL).to_numpy(dtype=bool)
+        result[national] = "+1" + digits[national]
+    else:
+        national = np.zeros(len(s), bool)
+    sub_out = result.to_numpy(dtype=object, copy=True)
+    sub_reasons = np.full(len(s), None, object)
+    rest = ~intl & ~national
+    if rest.any():
+        region = ctx.phone_region
+        sub_out[rest], sub_reasons[rest] = _map_distinct(
+            s.to_numpy(dtype=object)[rest], lambda v: _phone_by_library(v, region)
+        )
+    out = np.full(len(values), None, object)
+    out[ok] = sub_out
+    reasons[ok] = sub_reasons
+    return out, reasons
+
+
+def _rule_text(what: str, limit: int | None = None) -> Rule:
+    def rule(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+        text, reasons = _as_text(values, what)
+        if limit is not None:
+            ok = pd.isna(reasons)
+            lengths = pd.Series(text[ok], dtype=object).str.len().to_numpy()
+            idx = np.flatnonzero(ok)[lengths > limit]
+            reasons[idx] = f"invalid {what}: longer than {limit} characters"
+        return text, reasons
+
+    return rule
+
+
+def _rule_vocabulary(what: str, vocabulary: dict[str, Any], json_bools: bool = False) -> Rule:
+    def rule(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+        text = _is_text(values)
+        out = np.full(len(values), None, object)
+        reasons = np.full(len(values), None, object)
+        mapped = pd.Series(values[text], dtype=object).str.lower().map(vocabulary)
+        out[text] = mapped.to_numpy(dtype=object)
+        if not text.all():
+            # JSON values: true/false as is, and 0/1 for booleans.
+            for i in np.flatnonzero(~text):
+                v = values[i]
+                if json_bools and isinstance(v, bool):
+                    out[i] = v
+                elif json_bools and isinstance(v, int | float) and v in (0, 1):
+                    out[i] = bool(v)
+        bad = pd.isna(out)
+        reasons[bad] = f"invalid {what}: not one of the known spellings"
+        out[bad] = None
+        return out, reasons
+
+    return rule
+
+
+_rule_gender = _rule_vocabulary("gender", GENDERS)
+_rule_bool = _rule_vocabulary("boolean", BOOLEANS, json_bools=True)
+
+
+@lru_cache(maxsize=65536)
+def _date_by_parsing(value: str) -> tuple[str | None, str | None]:
+    if not _DATETIME_TEXT.match(value):
+        return None, "invalid date: not an ISO 8601 date or time"
+    text = value[:10].replace("/", "-") + value[10:]
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None, "invalid date: no such date or time"
+    if len(value) == 10:
+        return parsed.date().isoformat(), None
+    if parsed.tzinfo is not None:
+        return parsed.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z", None
+    return parsed.isoformat(), None
+
+
+def _rule_date(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    text = _is_text(values)
+    out = np.full(len(values), None, object)
+    reasons = np.full(len(values), None, object)
+    reasons[~text] = "invalid date: expected text in ISO 8601"
+    s = pd.Series(values[text], dtype=object)
+    plain = s.str.fullmatch(_DATE_TEXT).to_numpy(dtype=bool)
+    sub_out = np.full(len(s), None, object)
+    sub_reasons = np.full(len(s), None, object)
+    if plain.any():
+        parsed = pd.to_datetime(s[plain], format="%Y-%m-%d", errors="coerce")
+        valid = parsed.notna().to_numpy()
+        idx = np.flatnonzero(plain)
+        sub_out[idx[valid]] = s.to_numpy(dtype=object)[idx[valid]]
+        sub_reasons[idx[~valid]] = "invalid date: no such date"
+    rest = ~plain
+    if rest.any():
+        sub_out[rest], sub_reasons[rest] = _map_distinct(
+            s.to_numpy(dtype=object)[rest], _date_by_parsing
+        )
+    out[text] = sub_out
+    reasons[text] = sub_reasons
+    return out, reasons
+
+
+def _rule_int(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    text = _is_text(values)
+    out = np.full(len(values), None, object)
+    reasons = np.full(len(values), None, object)
+    s = pd.Series(values[text], dtype=object)
+    ok = s.str.fullmatch(_INT_TEXT.pattern).to_numpy(dtype=bool) & (s.str.len() <= 16).to_numpy()
+    sub_out = np.full(len(s), None, object)
+    if ok.any():
+        numbers = s[ok].astype("int64")
+        in_range = (numbers.abs() <= MAX_SAFE_INT).to_numpy()
+        idx = np.flatnonzero(ok)
+        sub_out[idx[in_range]] = numbers[in_range].tolist()
+        ok[idx[~in_range]] = False
+    sub_reasons = _reasons_where(~ok, "invalid integer: not a whole number in plain digits")
+    out[text] = sub_out
+    reasons[text] = sub_reasons
+    for i in np.flatnonzero(~text):
+        v = values[i]
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_SAFE_INT:
+            out[i] = v
+        elif isinstance(v, float) and v.is_integer() and abs(v) <= MAX_SAFE_INT:
+            out[i] = int(v)
+        else:
+            reasons[i] = "invalid integer: not a whole number"
+    return out, reasons
+
+
+def _rule_float(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    text = _is_text(values)
+    out = np.full(len(values), None, object)
+    reasons = np.full(len(values), None, object)
+    s = pd.Series(values[text], dtype=object)
+    ok = s.str.fullmatch(_FLOAT_TEXT.pattern).to_numpy(dtype=bool, copy=True)
+    sub_out = np.full(len(s), None, object)
+    if ok.any():
+        numbers = s[ok].astype("float64")
+        finite = np.isfinite(numbers.to_numpy())
+        idx = np.flatnonzero(ok)
+        sub_out[idx[finite]] = numbers[finite].tolist()
+        ok[idx[~finite]] = False
+    out[text] = sub_out
+    reasons[text] = _reasons_where(~ok, "invalid number: not a decimal number")
+    for i in np.flatnonzero(~text):
+        v = values[i]
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out[i] = float(v)
+        else:
+            reasons[i] = "invalid number: not a decimal number"
+    return out, reasons
+
+
+def _rule_keep(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    """Untyped values as they came: CSV text, or JSON values of any type."""
+    out = values.copy()
+    reasons = np.full(len(values), None, object)
+    floats = np.fromiter((type(v) is float for v in values), bool, len(values))
+    for i in np.flatnonzero(floats):
+        if not math.isfinite(values[i]):
+            reasons[i] = "invalid number: not finite"
+    return out, reasons
+
+
+def _rule_string(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    return _as_text(values, "text")
+
+
+_TYPE_RULES: dict[str, Rule] = {
+    "int": _rule_int,
+    "float": _rule_float,
+    "bool": _rule_bool,
+    "date": _rule_date,
+    "string": _rule_string,
+}
+_STANDARD_RULES: dict[str, Rule] = {
+    "email": _rule_email,
+    "customer_id": _rule_text("customer_id"),
+    "phone_number": _rule_phone,
+    "firstname": _rule_text("firstname", MAX_NAME),
+    "lastname": _rule_text("lastname", MAX_NAME),
+    "gender": _rule_gender,
+    "joined_at": _rule_date,
+    "unsubscribed_at": _rule_date,
+    "unsubscribed": _rule_bool,
+}
+
+
+# -- subscription groups ---------------------------------------------------------
+
+
+def _group_entry(item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        return None
+    gid = item.get("id")
+    if isinstance(gid, bool) or not isinstance(gid, str | int) or str(gid).strip() == "":
+        return None
+    subscribed = item.get("subscribed", True)
+    if not isinstance(subscribed, bool):
+        subscribed = BOOLEANS.get(str(subscribed).strip().lower())
+        if subscribed is None:
+            return None
+    return {"id": gid.strip() if isinstance(gid, str) else gid, "subscribed": subscribed}
+
+
+def _groups_from_value(value: Any) -> tuple[Any, str | None]:
+    """A list of ``{"id", "subscribed"}`` from a JSON text, list or object."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None, "invalid subscription groups: not valid JSON"
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        return None, "invalid subscription groups: expected a list of objects"
+    entries = [_group_entry(item) for item in items]
+    if any(e is None for e in entries):
+        return None, "invalid subscription groups: each needs an id and a true/false subscribed"
+    return tuple(tuple(e.items()) for e in entries if e is not None), None
+
+
+def _rule_groups(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    # Lists are not hashable, so JSONL arrays are parsed one by one; JSON text once per value.
+    hashable = _is_text(values)
+    out = np.full(len(values), None, object)
+    reasons = np.full(len(values), None, object)
+    if hashable.any():
+        out[hashable], reasons[hashable] = _map_distinct(values[hashable], _groups_from_value)
+    for i in np.flatnonzero(~hashable):
+        out[i], reasons[i] = _groups_from_value(values[i])
+    return out, reasons
+
+
+# -- the chunk ---------------------------------------------------------------------
+
+
+def check_phone_region(region: str) -> str:
+    """The upper-case region code, or :class:`UsageError` if phonenumbers does not know it."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise UsageError(
+            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+        )
+    return code
+
+
+def infer_column_types(chunk: Chunk, mapping: ColumnMapping) -> dict[str, str]:
+    """One type per custom-attribute column of a CSV file, from its first chunk.
+
+    A column is ``int``, ``float``, ``bool`` or ``date`` when every non-empty
+    value in ``chunk`` parses as that type without loss (so ``00123``, ``+5``
+    or ``1.0`` in an integer-looking column keep it text), else ``string``.
+    Standard fields and columns typed in ``mapping.types`` are left out.
+    Call it once, on the first chunk, and pass the result to every
+    :func:`clean_chunk` of the file, so one file never sends a column with
+    mixed types.
+    """
+    types: dict[str, str] = {}
+    ctx = _Context("US")
+    for src, target in mapping.targets.items():
+        if target in STANDARD_FIELDS or target in (GROUP_ID, GROUP_SUBSCRIBED):
+            continue
+        if target in mapping.types or src not in chunk.frame.columns:
+            continue
+        values, empty = _prepare(chunk.frame[src])
+        present = values[~empty]
+        if not len(present) or not _is_text(present).all():
+            types[target] = "string"
+            continue
+        s = pd.Series(present, dtype=object)
+        if s.str.fullmatch(_INT_TEXT.pattern).all() and pd.isna(_rule_int(present, ctx)[1]).all():
+            types[target] = "int"
+        elif (
+            s.str.fullmatch(_FLOAT_TEXT.pattern).all()
+            # 15 significant digits survive a round trip through a double.
+            and (
+                s.str.replace(r"[-.]|[eE].*$", "", regex=True).str.lstrip("0").str.len() <= 15
+            ).all()
+        ):
+            types[target] = "float"
+        elif s.str.lower().isin(list(BOOLEANS)).all():
+            types[target] = "bool"
+        elif pd.isna(_rule_date(present, ctx)[1]).all():
+            types[target] = "date"
+        else:
+            types[target] = "string"
+    return types
+
+
+def clean_chunk(
+    chunk: Chunk,
+    mapping: ColumnMapping,
+    options: ImportOptions | None = None,
+    column_types: dict[str, str] | None = None,
+) -> CleanResult:
+    """Clean one chunk into payloads and rejects.
+
+    ``mapping`` says which column feeds which field; its ``types`` declare
+    custom-attribute types and win over ``column_types`` (from
+    :func:`infer_column_types`). Custom attributes without a type keep their
+    value as read (CSV text, JSON values). ``options`` supplies
+    ``phone_region``, ``on_invalid`` and ``empty_as_null`` (defaults:
+    ``US``, ``skip-row``, False). Source rejects in ``chunk`` are passed on.
+
+    Raises :class:`InvalidRecord` at the chunk's first bad row when
+    ``on_invalid`` is ``stop``, and :class:`UsageError` for an unknown phone
+    region or column type.
+    """
+    options = options or ImportOptions()
     result = CleanResult(rejects=list(chunk.rejects))
     frame = chunk.frame
-    if frame.empty:
-        return result
-    columns = {src: tgt for src, tgt in mapping.targets.items() if src in frame.columns}
-    data = pd.DataFrame(
-        {tgt: _strip_text(frame[src]) for src, tgt in columns.items()}, index=frame.index
-    )
-    if "email" in data:
-        email = data["email"]
-        is_text = email.map(type).eq(str)
-        data.loc[is_text, "email"] = email[is_text].str.lower()
-    has_id = pd.Series(False, index=data.index)
-    for ident in IDENTIFIERS:
-        if ident in data:
-            has_id |= data[ident].notna()
-    records = chunk.records
-    lines = chunk.lines
-    for pos in (~has_id).to_numpy().nonzero()[0]:
-        result.rejects.append(
-            Reject(
-                int(records[pos]), int(lines[pos]), "missing identifier: no email or customer_id"
+    ctx = _Context(check_phone_region(options.phone_region))
+    types = {**(column_types or {}), **mapping.types}
+    for target, kind in types.items():
+        if kind not in COLUMN_TYPES:
+            raise UsageError(
+                f"unknown type {kind!r} for {target!r}; use one of {', '.join(COLUMN_TYPES)}"
             )
-        )
-    keep = has_id.to_numpy()
-    rows = data[keep].to_dict("records")
+    n = len(frame)
+    records = np.asarray(chunk.records)
+    lines = np.asarray(chunk.lines)
+    fields: dict[str, _Cleaned] = {}
+    group_pair: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
+    for src, target in mapping.targets.items():
+        if src not in frame.columns or n == 0:
+            continue
+        raw = frame[src].to_numpy(dtype=object)
+        values, empty = _prepare(frame[src])
+        if target in (GROUP_ID, GROUP_SUBSCRIBED):
+            group_pair[target] = (src, raw, values, empty)
+            continue
+        if target in _STANDARD_RULES:
+            rule = _STANDARD_RULES[target]
+        elif target == "subscription_groups":
+            rule = _rule_groups
+        else:
+            rule = _TYPE_RULES.get(types.get(target, ""), _rule_keep)
+        fields[target] = _apply(rule, ctx, src, raw, values, empty)
+    if group_pair:
+        pair = _groups_from_pair(group_pair, n, ctx)
+        fields["subscription_groups"] = _combine_groups(fields.get("subscription_groups"), pair)
+    if "subscription_groups" in fields:
+        f = fields["subscription_groups"]
+        has = np.flatnonzero(~f.empty & ~f.bad)
+        f.values[has] = [[dict(e) for e in v] for v in f.values[has]]
+    if n:
+        _finish(result, fields, records, lines, options, n)
+    if options.on_invalid == "stop":
+        _stop_at_first(result.rejects)
+    return result
+
+
+def _apply(
+    rule: Rule, ctx: _Context, src: str, raw: np.ndarray, values: np.ndarray, empty: np.ndarray
+) -> _Cleaned:
+    n = len(values)
+    out = np.full(n, _OMIT, object)
+    reasons = np.full(n, None, object)
+    present = ~empty
+    if present.any():
+        v, r = rule(values[present], ctx)
+        r = np.asarray(r, dtype=object)
+        bad = pd.notna(r)
+        v = np.asarray(v, dtype=object)
+        v[bad] = _OMIT
+        out[present] = v
+        reasons[present] = r
+    return _Cleaned(out, reasons, np.full(n, src, object), raw, empty)
+
+
+def _groups_from_pair(
+    pair: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]], n: int, ctx: _Context
+) -> _Cleaned:
+    """One group per row from ``subscription_group_id`` + ``subscription_group_subscribed``."""
+    none = np.full(n, None, object)
+    id_src, id_raw, ids, no_id = pair.get(GROUP_ID, (GROUP_ID, none, none, np.ones(n, bool)))
+    sub_src, sub_raw, subs, no_sub = pair.get(
+        GROUP_SUBSCRIBED, (GROUP_SUBSCRIBED, none, none, np.ones(n, bool))
+    )
+    flags = _apply(_rule_bool, ctx, sub_src, sub_raw, subs, no_sub)
+    ids_text = _apply(_rule_text("subscription group id"), ctx, id_src, id_raw, ids, no_id)
+    out = np.full(n, _OMIT, object)
+    reasons = np.full(n, None, object)
+    column = np.full(n, id_src, object)
+    raw = id_raw.copy()
+    both = ~no_id & ~no_sub & ~flags.bad & ~ids_text.bad
+    idx = np.flatnonzero(both)
+    out[idx] = [
+        ((("id", i), ("subscribed", s)),)
+        for i, s in zip(ids_text.values[idx], flags.values[idx], strict=True)
+    ]
+    bad_id = ids_text.bad
+    reasons[bad_id] = "invalid subscription groups: the id must be text or a number"
+    bad_flag = flags.bad | (~no_id & no_sub)
+    reasons[bad_flag & ~bad_id] = (
+        "invalid subscription groups: subscription_group_subscribed must be true or false"
+    )
+    column[bad_flag & ~bad_id] = sub_src
+    raw[bad_flag & ~bad_id] = sub_raw[bad_flag & ~bad_id]
+    lone_flag = no_id & ~no_sub & ~flags.bad
+    reasons[lone_flag] = "invalid subscription groups: subscribed without a subscription_group_id"
+    column[lone_flag] = sub_src
+    raw[lone_flag] = sub_raw[lone_flag]
+    return _Cleaned(out, reasons, column, raw, no_id & no_sub)
+
+
+def _combine_groups(json_groups: _Cleaned | None, pair: _Cleaned) -> _Cleaned:
+    if json_groups is None:
+        return pair
+    both = ~json_groups.empty & ~pair.empty & ~json_groups.bad & ~pair.bad
+    values = json_groups.values.copy()
+    for i in np.flatnonzero(both):
+        values[i] = values[i] + pair.values[i]
+    only_pair = json_groups.empty & ~pair.empty
+    values[only_pair] = pair.values[only_pair]
+    reasons = json_groups.reasons.copy()
+    take_pair = pd.isna(reasons) & pair.bad
+    reasons[take_pair] = pair.reasons[take_pair]
+    column = np.where(take_pair | only_pair, pair.column, json_groups.column)
+    raw = np.where(take_pair | only_pair, pair.raw, json_groups.raw)
+    values[pd.notna(reasons)] = _OMIT
+    return _Cleaned(values, reasons, column, raw, json_groups.empty & pair.empty)
+
+
+def _finish(
+    result: CleanResult,
+    fields: dict[str, _Cleaned],
+    records: np.ndarray,
+    lines: np.ndarray,
+    options: ImportOptions,
+    n: int,
+) -> None:
+    """Decide each row's fate and build the payload dicts and rejects."""
+    drop_field = options.on_invalid == "drop-field"
+    order = [f for f in IDENTIFIERS if f in fields] + [f for f in fields if f not in IDENTIFIERS]
+    bad = {f: fields[f].bad for f in order}
+    any_bad = np.zeros(n, bool)
+    for f in order:
+        any_bad |= bad[f]
+    has_id = np.zeros(n, bool)
+    for ident in IDENTIFIERS:
+        if ident in fields:
+            has_id |= ~fields[ident].empty & ~bad[ident]
+    rejected = ~has_id if drop_field else (~has_id | any_bad)
+    identifier = np.full(n, None, object)
+    for ident in reversed(IDENTIFIERS):
+        if ident in fields:
+            good = ~fields[ident].empty & ~bad[ident]
+            identifier[good] = fields[ident].values[good]
+
+    for pos in np.flatnonzero(rejected):
+        culprit = next((f for f in order if bad[f][pos]), None)
+        if culprit is None:
+            result.rejects.append(
+                Reject(
+                    int(records[pos]),
+                    int(lines[pos]),
+                    "missing identifier: no email or customer_id",
+                )
+            )
+        else:
+            c = fields[culprit]
+            result.rejects.append(
+                Reject(
+                    int(records[pos]),
+                    int(lines[pos]),
+                    str(c.reasons[pos]),
+                    column=str(c.column[pos]),
+                    value=c.raw[pos],
+                    identifier=identifier[pos],
+                )
+            )
+    keep = ~rejected
+    if drop_field:
+        dropped: list[tuple[int, Reject]] = []
+        for f in order:
+            for pos in np.flatnonzero(bad[f] & keep):
+                c = fields[f]
+                dropped.append(
+                    (
+                        int(pos),
+                        Reject(
+                            int(records[pos]),
+                            int(lines[pos]),
+                            str(c.reasons[pos]),
+                            column=str(c.column[pos]),
+                            value=c.raw[pos],
+                            identifier=identifier[pos],
+                            dropped_field=True,
+                        ),
+                    )
+                )
+        dropped.sort(key=lambda pr: pr[0])
+        result.rejects.extend(r for _, r in dropped)
+
+    columns = []
+    for f in order:
+        values = fields[f].values
+        if options.empty_as_null and f not in IDENTIFIERS:
+            values = values.copy()
+            values[fields[f].empty] = None
+        columns.append(values[keep])
     kept_records = records[keep].tolist()
     kept_lines = lines[keep].tolist()
-    result.customers = [
-        Customer({k: v for k, v in row.items() if v is not None}, rec, line)
-        for row, rec, line in zip(rows, kept_records, kept_lines, strict=True)
-    ]
-    return result
+    omit = _OMIT
+    result.customers = (
+        [
+            Customer({k: v for k, v in zip(order, row, strict=True) if v is not omit}, rec, line)
+            for row, rec, line in zip(
+                zip(*columns, strict=True), kept_records, kept_lines, strict=True
+            )
+        ]
+        if columns
+        else []
+    )
+
+
+def _stop_at_first(rejects: list[Reject]) -> None:
+    if not rejects:
+        return
+    first = min(rejects, key=lambda r: r.record)
+    where = f" in column {first.column!r}" if first.column else ""
+    raise InvalidRecord(
+        f"stopped at record {first.record} (line {first.line}){where}: {first.reason} "
+        "(--on-invalid stop)"
+    )

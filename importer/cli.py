@@ -330,6 +330,25 @@ def _fake_config(kw: dict[str, Any], **config: Any) -> Any:
     is_flag=True,
     help="Drop columns that match no standard field instead of sending them as custom attributes.",
 )
+@click.option(
+    "--phone-region",
+    default="US",
+    show_default=True,
+    metavar="CC",
+    help="Region for phone numbers written without a country code (e.g. US, GB, DE).",
+)
+@click.option(
+    "--on-invalid",
+    type=click.Choice(["skip-row", "drop-field", "stop"]),
+    default="skip-row",
+    show_default=True,
+    help="A bad value rejects its row, drops only that field, or stops the run.",
+)
+@click.option(
+    "--empty-as-null",
+    is_flag=True,
+    help="Send empty cells as null (clearing the profile field) instead of leaving them out.",
+)
 # -- state: resume and incremental imports ------------------------------------
 @click.option(
     "--state",
@@ -423,6 +442,9 @@ def run(input_path: str, **kw: Any) -> None:
         "column_map": parse_map_option(kw["maps"]),
         "drop_columns": tuple(kw["drops"]),
         "drop_unmapped": kw["drop_unmapped"],
+        "phone_region": kw["phone_region"],
+        "on_invalid": kw["on_invalid"],
+        "empty_as_null": kw["empty_as_null"],
         "report_path": kw["report_path"],
         "dead_letter_path": kw["dead_letter_path"],
         "rejects_path": kw["rejects_path"],

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .batching import BatchPacker
-from .cleaning import clean_chunk
+from .cleaning import clean_chunk, infer_column_types
+from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions
@@ -210,6 +211,8 @@ def _produce_batches(
                 report.not_sent += len(batch)
         held.clear()
 
+    # One type per CSV column for the whole file, inferred from its first chunk.
+    column_types: dict[tuple[str, ...], dict[str, str]] = {}
     for chunk in source.chunks():
         report.rows_read += chunk.rows_read
         report.bytes_read = source.bytes_read
@@ -226,7 +229,11 @@ def _produce_batches(
             )
             if not report.mapping:
                 report.mapping = mappings[key].describe()
-        result = clean_chunk(chunk, mappings[key])
+        if key not in column_types and len(chunk.frame):
+            column_types[key] = (
+                infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
+            )
+        result = clean_chunk(chunk, mappings[key], o, column_types.get(key))
         report.count_rejects(result.rejects)
         if run.rejects is not None:
             run.rejects.write(
@@ -234,7 +241,8 @@ def _produce_batches(
             )
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.path.stat().st_size)
-        customers = result.customers
+        customers, merged = merge_repeats(result.customers)
+        report.merged_duplicates += merged
         if reader is not None:
             customers, done = reader.skip_done(customers)
             report.already_done += done

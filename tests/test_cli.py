@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,24 +16,26 @@ from .conftest import API_KEY
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
 
 
-def _sample_identifiers(path: Path) -> tuple[set[str], list[int]]:
-    """Customer ids of sample rows that have an identifier, and record numbers of those without."""
-    ids, missing = set(), []
+def _sample_rows(path: Path) -> list[dict[str, str]]:
     if path.suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as f:
-            for n, row in enumerate(csv.DictReader(f), start=1):
-                if row["Customer ID"].strip() or row["Email Address"].strip():
-                    ids.add(row["Customer ID"])
-                else:
-                    missing.append(n)
-    else:
-        for n, line in enumerate(path.read_bytes().splitlines(), start=1):
-            obj = orjson.loads(line)
-            if obj.get("Customer ID") or obj.get("Email Address"):
-                ids.add(obj["Customer ID"])
-            else:
-                missing.append(n)
-    return ids, missing
+            return list(csv.DictReader(f))
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _sample_identifiers(path: Path) -> tuple[set[str], list[int], list[int]]:
+    """Customer ids of valid sample rows, and record numbers of rows without an
+    identifier and of rows whose email has no @-sign."""
+    ids, missing, bad_email = set(), [], []
+    for n, row in enumerate(_sample_rows(path), start=1):
+        email = row.get("Email Address", "").strip()
+        if not row.get("Customer ID", "").strip() and not email:
+            missing.append(n)
+        elif email and "@" not in email:
+            bad_email.append(n)
+        else:
+            ids.add(row["Customer ID"])
+    return ids, missing, bad_email
 
 
 def _run_sample(cli, fake_api, tmp_path: Path, name: str):
@@ -62,21 +65,31 @@ def test_cli_imports_sample_files_each_valid_customer_once(cli, fake_api, tmp_pa
         out.mkdir()
         sample, result = _run_sample(cli, fake_api, out, name)
         assert result.exit_code in (0, 1), result.output
-        ids, missing = _sample_identifiers(sample)
+        ids, missing, bad_email = _sample_identifiers(sample)
+        assert bad_email, "the sample should contain malformed emails"
         received = [c["customer_id"] for c in fake_api.state.applied]
         assert len(received) == len(set(received)), "a customer arrived twice"
-        dead = [orjson.loads(line) for line in (out / "dead.jsonl").read_bytes().splitlines()]
-        dead_ids = {d["payload"]["customer_id"] for d in dead}
-        assert set(received) | dead_ids == ids
-        assert not set(received) & dead_ids
+        # National-format phones are normalised, so every valid customer arrives.
+        assert set(received) == ids
+        assert all(
+            re.fullmatch(r"\+[1-9]\d{4,12}", c.get("phone_number", "+10000"))
+            for c in fake_api.state.applied
+        )
+        assert (out / "dead.jsonl").read_bytes() == b""
         with (out / "rejects.csv").open(newline="") as f:
-            rejected = [int(r["record"]) for r in csv.DictReader(f)]
-        assert sorted(rejected) == missing
+            rejected = {int(r["record"]): r["reason"] for r in csv.DictReader(f)}
+        assert sorted(rejected) == sorted(missing + bad_email)
+        assert all(rejected[n].startswith("missing identifier") for n in missing)
+        assert all(rejected[n].startswith("invalid email") for n in bad_email)
         report = json.loads((out / "report.json").read_text())
-        assert report["rows_read"] == len(ids) + len(missing)
+        assert report["rows_read"] == len(ids) + len(missing) + len(bad_email)
         assert report["succeeded"] == len(received)
-        assert report["rejected"] == len(missing)
-        assert report["dead_lettered"] == len(dead)
+        assert report["rejected"] == len(missing) + len(bad_email)
+        assert report["reject_reasons"] == {
+            "missing identifier": len(missing),
+            "invalid email": len(bad_email),
+        }
+        assert report["dead_lettered"] == 0
         assert report["accounting"]["balanced"] is True
         assert "accounting" in result.stdout
 

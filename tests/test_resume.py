@@ -29,9 +29,11 @@ from .conftest import API_KEY, fast_options, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 4
-#: Every BAD_EMAIL-th row has a malformed email (refused by the API, dead-lettered);
+#: Every BAD_EMAIL-th row carries an attribute the fake API refuses (a 400, bisected down to
+#: that row, which is dead-lettered);
 #: every NO_ID-th row has no identifier at all (rejected before sending).
 BAD_EMAIL, NO_ID = 89, 97
+POISON = "refused_by_api"
 
 
 def _rows(
@@ -43,10 +45,17 @@ def _rows(
         cid = f"C{i:08d}"
         if i % NO_ID == 0:
             email = cid = ""
-        elif bad_emails and i % BAD_EMAIL == 0:
-            email = f"user{i}-at-example.com"
+        poison = "yes" if bad_emails and i % NO_ID and i % BAD_EMAIL == 0 else ""
         points = str(i % 1000 + (5000 if i in changed else 0))
-        rows.append({"email": email, "customer_id": cid, "city": "Oslo", "loyalty_points": points})
+        rows.append(
+            {
+                "email": email,
+                "customer_id": cid,
+                "city": "Oslo",
+                "loyalty_points": points,
+                POISON: poison,
+            }
+        )
     return rows
 
 
@@ -153,7 +162,7 @@ def test_resume_after_kill_sends_every_row_and_no_confirmed_row_again(
     n = 20_000
     path = write_csv(tmp_path / "customers.csv", _rows(n))
     state = tmp_path / "state.sqlite"
-    first = make_fake_api()
+    first = make_fake_api(bad_field=POISON)
     proc = _start_run(path, first, state, tmp_path)
     kill_at = random.Random(seed).randint(10, 150)
     _wait_for_requests(first, proc, kill_at)
@@ -163,7 +172,7 @@ def test_resume_after_kill_sends_every_row_and_no_confirmed_row_again(
     confirmed = _confirmed_records(state)
     assert confirmed, "no batch was recorded before the kill"
 
-    second = make_fake_api()
+    second = make_fake_api(bad_field=POISON)
     result = cli(*_resume_args(path, second, state, tmp_path))
     assert result.exit_code == 1, result.output  # the malformed emails are dead-lettered
     assert "already done" in result.output
@@ -184,10 +193,10 @@ def test_ctrl_c_then_resume_gives_the_same_set_as_an_uninterrupted_run(
     n = 5_000
     path = write_csv(tmp_path / "customers.csv", _rows(n))
     state = tmp_path / "state.sqlite"
-    baseline = make_fake_api()
+    baseline = make_fake_api(bad_field=POISON)
     import_file(path, fast_options(baseline))
 
-    first = make_fake_api()
+    first = make_fake_api(bad_field=POISON)
     proc = _start_run(path, first, state, tmp_path)
     _wait_for_requests(first, proc, 20)
     proc.send_signal(signal.SIGINT)
@@ -195,7 +204,7 @@ def test_ctrl_c_then_resume_gives_the_same_set_as_an_uninterrupted_run(
     assert proc.returncode == 130, (out, err)
     assert "stopping" in err
 
-    second = make_fake_api()
+    second = make_fake_api(bad_field=POISON)
     result = cli(*_resume_args(path, second, state, tmp_path))
     assert result.exit_code == 1, result.output
 
@@ -229,10 +238,10 @@ def test_resume_refuses_an_input_whose_size_changed(make_fake_api, cli, tmp_path
     cli = _with_key(cli)
     path = write_csv(tmp_path / "c.csv", _rows(3_000))
     state = tmp_path / "state.sqlite"
-    _interrupted_run(path, make_fake_api(), state)
+    _interrupted_run(path, make_fake_api(bad_field=POISON), state)
     with path.open("a") as f:
         f.write("new@example.com,C99999999,Oslo,1\n")
-    second = make_fake_api()
+    second = make_fake_api(bad_field=POISON)
     result = cli(*_resume_args(path, second, state, tmp_path))
     assert result.exit_code == 2
     assert "changed since the interrupted run" in result.output
@@ -245,21 +254,21 @@ def test_resume_refuses_same_size_same_mtime_content_change_before_sending(
     cli = _with_key(cli)
     path = write_csv(tmp_path / "c.csv", _rows(3_000))
     state = tmp_path / "state.sqlite"
-    _interrupted_run(path, make_fake_api(), state)
+    _interrupted_run(path, make_fake_api(bad_field=POISON), state)
     st = path.stat()
     data = path.read_bytes().replace(b"user10@example.com", b"user10@example.org", 1)
     path.write_bytes(data)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_size == st.st_size
 
-    second = make_fake_api()
+    second = make_fake_api(bad_field=POISON)
     result = cli(*_resume_args(path, second, state, tmp_path))
     assert result.exit_code == 2
     assert "content changed" in result.output
     assert second.state.requests == []
 
     # --resume --force starts over: every valid row is sent.
-    third = make_fake_api()
+    third = make_fake_api(bad_field=POISON)
     result = cli(*_resume_args(path, third, state, tmp_path), "--force")
     assert result.exit_code == 1, result.output
     assert len(_ids(third)) == len(_expected_ids(3_000))
@@ -269,8 +278,10 @@ def test_resume_refuses_changed_batching_options(make_fake_api, cli, tmp_path):
     cli = _with_key(cli)
     path = write_csv(tmp_path / "c.csv", _rows(3_000))
     state = tmp_path / "state.sqlite"
-    _interrupted_run(path, make_fake_api(), state)
-    result = cli(*_resume_args(path, make_fake_api(), state, tmp_path), "--batch-size", "20")
+    _interrupted_run(path, make_fake_api(bad_field=POISON), state)
+    result = cli(
+        *_resume_args(path, make_fake_api(bad_field=POISON), state, tmp_path), "--batch-size", "20"
+    )
     assert result.exit_code == 2
     assert "batch_size" in result.output
 
@@ -292,7 +303,7 @@ def test_nightly_changed_only_sends_only_changed_and_new_customers(make_fake_api
         )
 
     # One API throughout: payload hashes belong to the destination they were confirmed by.
-    api = make_fake_api()
+    api = make_fake_api(bad_field=POISON)
     assert night(a).exit_code == 1  # the rows without an identifier are rejected
     seen = len(api.state.applied), len(api.state.requests)
     result = night(a2, "--changed-only")
@@ -315,10 +326,10 @@ def test_second_concurrent_run_on_one_state_exits_2_naming_the_first(make_fake_a
     n = 2_000
     path = write_csv(tmp_path / "c.csv", _rows(n))
     state = tmp_path / "state.sqlite"
-    first = make_fake_api()
+    first = make_fake_api(bad_field=POISON)
     proc = _start_run(path, first, state, tmp_path, "--rate", "20", "--max-error-rate", "0.1")
     _wait_for_requests(first, proc, 2)
-    second = make_fake_api()
+    second = make_fake_api(bad_field=POISON)
     result = cli("run", str(path), "--base-url", second.url, "--state", str(state))
     assert result.exit_code == 2
     assert f"PID {proc.pid}" in result.output

@@ -30,11 +30,16 @@ SECRET = "sk-live-SECRET-0a1b2c3d4e5f"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: A custom attribute the fake API refuses (HTTP 400), so its record is dead-lettered.
+REFUSED = "refused_by_api"
+
+
 def _mixed_file(tmp_path: Path) -> Path:
-    """Valid rows, a row without identifier (rejected), a bad email (refused by the API)."""
-    rows = [[f"user{i}@example.com", f"C{i}", "Ann"] for i in range(30)]
-    rows += [["", "", "Nobody"], ["not-an-email", "", "Bad"], ["x@example.com", "C99"]]
-    return write_csv(tmp_path / "in.csv", rows, ["email", "customer_id", "First Name"])
+    """Valid rows, rows rejected by cleaning, and one the API refuses (see ``REFUSED``)."""
+    rows = [[f"user{i}@example.com", f"C{i}", "Ann", ""] for i in range(30)]
+    rows += [["", "", "Nobody", ""], ["not-an-email", "", "Bad", ""], ["x@example.com", "C99"]]
+    rows += [["refused@example.com", "C100", "Refused", "yes"]]
+    return write_csv(tmp_path / "in.csv", rows, ["email", "customer_id", "First Name", REFUSED])
 
 
 def _assert_no_secret(*texts: str, files: Path | None = None) -> None:
@@ -69,7 +74,7 @@ def test_security_help_never_shows_the_key(cli, args):
 
 
 def test_security_run_with_retries_rejects_and_dead_letters_leaks_nothing(make_fake_api, tmp_path):
-    server = make_fake_api(api_key=SECRET, faults={503: 0.3, 500: 0.1}, seed=3)
+    server = make_fake_api(api_key=SECRET, faults={503: 0.3, 500: 0.1}, seed=3, bad_field=REFUSED)
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.run(
@@ -104,7 +109,7 @@ def test_security_run_with_retries_rejects_and_dead_letters_leaks_nothing(make_f
 
 
 def test_security_library_and_fake_api_logs_hold_no_key(make_fake_api, tmp_path, caplog):
-    server = make_fake_api(api_key=SECRET, faults={503: 0.3}, seed=5)
+    server = make_fake_api(api_key=SECRET, faults={503: 0.5}, seed=5, bad_field=REFUSED)
     caplog.set_level(logging.DEBUG)
     options = fast_options(
         server,

@@ -1,0 +1,79 @@
+"""Cleaning throughput: rows per second through clean_chunk and merge_repeats.
+
+Generates a customer file with every standard column (benchmarks/datagen.py),
+reads it chunk by chunk and times only the cleaning stage (type inference,
+:func:`clean_chunk`, :func:`merge_repeats`) on one core; reading the file is
+timed separately and not included in the figure.
+
+    .venv/bin/python benchmarks/bench_cleaning.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.datagen import write_file
+from importer.cleaning import clean_chunk, infer_column_types
+from importer.dedupe import merge_repeats
+from importer.mapping import resolve_mapping
+from importer.options import ImportOptions
+from importer.source import read_chunks
+
+
+def measure(path: Path, chunk_rows: int) -> dict[str, float]:
+    options = ImportOptions()
+    rows = customers = rejects = merged = 0
+    clean_s = total_s = 0.0
+    types: dict[str, str] | None = None
+    t_total = time.perf_counter()
+    for chunk in read_chunks(path, chunk_rows=chunk_rows):
+        t0 = time.perf_counter()
+        mapping = resolve_mapping(chunk.frame.columns)
+        if types is None:
+            types = infer_column_types(chunk, mapping)
+        result = clean_chunk(chunk, mapping, options, types)
+        kept, n_merged = merge_repeats(result.customers)
+        clean_s += time.perf_counter() - t0
+        rows += chunk.rows_read
+        customers += len(kept)
+        rejects += len(result.rejects)
+        merged += n_merged
+    total_s = time.perf_counter() - t_total
+    return {
+        "rows": rows,
+        "customers": customers,
+        "rejects": rejects,
+        "merged": merged,
+        "clean_s": clean_s,
+        "clean_rows_per_s": rows / clean_s,
+        "read_and_clean_rows_per_s": rows / total_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=20_000)
+    parser.add_argument("--invalid-every", type=int, default=97)
+    parser.add_argument("--file", type=Path, help="Reuse (or create) this file.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.file or Path(tmp) / "bench.csv"
+        if not path.exists():
+            t0 = time.perf_counter()
+            write_file(path, args.rows, seed=11, invalid_every=args.invalid_every)
+            print(f"generated {args.rows} rows in {time.perf_counter() - t0:.1f} s: {path}")
+        stats = measure(path, args.chunk_rows)
+    print(
+        f"rows {stats['rows']:.0f}: customers {stats['customers']:.0f}, "
+        f"rejects {stats['rejects']:.0f}, merged {stats['merged']:.0f}"
+    )
+    print(f"cleaning: {stats['clean_s']:.2f} s, {stats['clean_rows_per_s']:,.0f} rows/s")
+    print(f"reading + cleaning: {stats['read_and_clean_rows_per_s']:,.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()
