@@ -238,7 +238,8 @@ def measure(
         if client == "importer":
             rate = UNCAPPED_RATE if args.mode == "uncapped" else args.rate
             cmd = [sys.executable, "-m", "importer", "run", str(data), "--base-url", url]
-            cmd += ["--rate", str(rate), "--concurrency", str(args.concurrency)]
+            cmd += ["--concurrency", str(args.concurrency)]
+            cmd += ["--rate", str(rate)] if rate is not None else []
             cmd += ["--report", str(report_path), "--overwrite", "--max-error-rate", "1"]
             cmd += ["--dry-run"] if dry_run else []
             cmd += args.importer_arg
