@@ -36,8 +36,11 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff format importer tests benchmarks
 	$(BIN)/ruff check --fix importer tests benchmarks
 
+# Other modes: make bench BENCH_ARGS="--rows 15000 --rate 5" (see README, Performance).
+BENCH_ARGS ?= --rows 20000 --uncapped
+
 bench: $(TEST_STAMP)
-	$(BIN)/python benchmarks/run.py --rows 20000 --uncapped
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

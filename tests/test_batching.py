@@ -4,7 +4,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from importer.batching import BatchPacker, pack_batches
+from importer.batching import BatchPacker, encode_payload, pack_batches
 from importer.records import Customer
 
 
@@ -47,3 +47,19 @@ def test_batching_split_keeps_order():
     a, b = batch.split()
     assert [c.record for c in a.customers + b.customers] == list(range(1, 8))
     assert len(a) == 4 and a.encoded == batch.encoded[:4]
+
+
+def test_batching_encoded_payloads_hold_only_their_own_bytes():
+    import tracemalloc
+
+    payload = {"email": "ana.smith@example.com", "customer_id": "C00000001", "firstname": "Ana"}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        encoded = [encode_payload(payload) for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert encoded[0] == orjson.dumps(payload)
+    # Each bytes object is about 33 bytes of header plus the JSON; a 4 KiB buffer would show.
+    assert held < 1000 * (len(encoded[0]) + 200)

@@ -1,0 +1,70 @@
+"""A small run of ``benchmarks/run.py`` so the benchmark keeps working. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import run_benchmark
+
+ROWS = 2000
+INVALID_EVERY = 97
+
+
+def test_benchmark_uncapped_runs_both_clients_against_the_fake_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    results = run_benchmark(
+        ["--rows", str(ROWS), "--uncapped", "--data-dir", str(tmp_path), "--json", str(out)]
+    )
+    ours, base = results["importer"], results["baseline"]
+    # datagen: every k-th row has no identifier, every (k+3)-th a malformed email;
+    # cleaning rejects both before anything is sent.
+    invalid = sum(
+        1 for i in range(1, ROWS + 1) if i % INVALID_EVERY == 0 or i % (INVALID_EVERY + 3) == 0
+    )
+    assert ours["rows"] == base["rows"] == ROWS
+    assert ours["sent"] == ROWS - invalid
+    assert ours["calls"] == math.ceil(ours["sent"] / 50)
+    assert ours["status_counts"] == {"200": ours["calls"]}
+    assert ours["first_request_s"] is not None and ours["cpu_s"] > 0
+    assert ours["peak_rss_mb"] > 0
+    # The hand-written script sends every row, identifiers or not, 50 at a time.
+    assert base["calls"] == math.ceil(ROWS / 50)
+    assert base["status_counts"] == {"200": base["calls"]}
+    table = capsys.readouterr().out
+    assert f"| calls | {ours['calls']} | {base['calls']} |" in table
+    assert "PASS  packing" in table
+    assert json.loads(out.read_text())["mode"] == "uncapped"
+
+
+def test_benchmark_dry_run_measures_the_importer_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_benchmark(
+        [
+            "--rows",
+            str(ROWS),
+            "--dry-run",
+            "--no-baseline",
+            "--compare-rows",
+            "500",
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
+    ours, small = results["importer"], results["small"]
+    assert results["baseline"] is None
+    assert ours["rows"] == ROWS and small["rows"] == 500
+    assert ours["calls"] == math.ceil(ours["sent"] / 50)
+    assert ours["first_request_s"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "customers-2000-s7-i97.csv",
+        "customers-500-s7-i97.csv",
+    ]
+    table = capsys.readouterr().out
+    assert "memory: peak RSS 2,000 / 500 rows" in table
