@@ -188,13 +188,11 @@ def attribute_errors(batch: Batch, body: bytes) -> Attribution:
     if not isinstance(errors, list):
         result.unattributed.append(str(errors)[:200])
         return result
+    # Identifier indexes are built only if an error lacks a usable index (the common
+    # answer names positions, and building them for every batch costs per customer).
     by_email: dict[str, list[int]] = {}
     by_id: dict[str, list[int]] = {}
-    for i, c in enumerate(batch.customers):
-        if c.payload.get("email") is not None:
-            by_email.setdefault(str(c.payload["email"]).lower(), []).append(i)
-        if c.payload.get("customer_id") is not None:
-            by_id.setdefault(str(c.payload["customer_id"]), []).append(i)
+    indexed = False
     for err in errors:
         if not isinstance(err, dict):
             result.unattributed.append(str(err)[:200])
@@ -204,6 +202,13 @@ def attribute_errors(batch: Batch, body: bytes) -> Attribution:
         if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(batch):
             result.errors[index] = message
             continue
+        if not indexed:
+            indexed = True
+            for i, c in enumerate(batch.customers):
+                if c.payload.get("email") is not None:
+                    by_email.setdefault(str(c.payload["email"]).lower(), []).append(i)
+                if c.payload.get("customer_id") is not None:
+                    by_id.setdefault(str(c.payload["customer_id"]), []).append(i)
         matches: list[int] = []
         if err.get("email") is not None:
             matches = by_email.get(str(err["email"]).lower(), [])
