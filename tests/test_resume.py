@@ -217,7 +217,11 @@ def test_ctrl_c_then_resume_gives_the_same_set_as_an_uninterrupted_run(
 
 
 def _interrupted_run(path: Path, server: FakeApiServer, state: Path) -> int:
-    """Import ``path`` until a few batches are confirmed, then stop as Ctrl-C would."""
+    """Import ``path`` until a few batches are confirmed, then stop as Ctrl-C would.
+
+    The pace leaves the stop flag time to be seen long before the file ends, even on a
+    busy machine.
+    """
     stop = threading.Event()
 
     def observer(report) -> None:
@@ -226,7 +230,7 @@ def _interrupted_run(path: Path, server: FakeApiServer, state: Path) -> int:
 
     report = import_file(
         path,
-        fast_options(server, state_path=state, rate=200.0, chunk_rows=500),
+        fast_options(server, state_path=state, rate=50.0, chunk_rows=500),
         observer=observer,
         stop=stop,
     )
