@@ -557,6 +557,8 @@ class Source:
                         value=feeder.record_text(),
                     )
                 )
+            if record <= skip:
+                rows, records, lines, rejects = [], [], [], []
             if len(rows) >= self.chunk_rows:
                 yield self._csv_chunk(names, rows, records, lines, rejects)
                 rows, records, lines, rejects = [], [], [], []
@@ -767,6 +769,7 @@ def _depth(value: Any, cap: int) -> int:
 #: Bytes Arrow parses per block: bounds memory; a record longer than this falls back.
 ARROW_BLOCK_BYTES = 4 << 20
 _LF, _CR, _QUOTE = 10, 13, 34
+_NEVER = 1 << 62
 
 
 class _FastPathUnsure(Exception):
@@ -792,8 +795,9 @@ class _RawScan:
         self.quotes = 0  # quotes seen so far
         self.close_at_end = False  # the last block ended with a closing quote
         self.empty: deque[int] = deque()  # data-line indices of empty physical lines
-        self.bad = False
+        self.bad_line = _NEVER  # data-line index of the first quote Arrow would misread
         self.closed = False
+        self.held = b""
 
     def readable(self) -> bool:
         return True
@@ -805,16 +809,21 @@ class _RawScan:
         self.closed = True
 
     def read(self, n: int = -1) -> bytes:
-        data = self.stream.read(n if n is not None and n >= 0 else -1)
+        data = self.held + self.stream.read(n if n is not None and n >= 0 else -1)
+        self.held = b""
+        # Arrow drops the \n of a quoted \r\n split between two blocks: never end on a \r.
+        if len(data) > 1 and data.endswith(b"\r"):
+            data, self.held = data[:-1], data[-1:]
         if data:
             self._scan(bytes([self.prev]) + data)
             self.prev = data[-1]
         elif self.quotes % 2:
-            self.bad = True  # a quote still open at the end of the input
+            self.bad_line = 0  # a quote still open at the end of the input
         return data
 
     def _scan(self, head: bytes) -> None:
         """Scan one block; ``head`` is the block after the previous block's last byte."""
+        base = self.lines
         if b"\n\n" in head or b"\n\r" in head or b"\r\r" in head:
             self._scan_lines(head)
         else:
@@ -824,9 +833,17 @@ class _RawScan:
         if self.close_at_end:
             self.close_at_end = False
             if head[1] not in (self.delim, _LF, _CR, _QUOTE):
-                self.bad = True
+                self._bad_at(head, 1, base)
         if b'"' in head:
-            self._scan_quotes(head)
+            self._scan_quotes(head, base)
+
+    def _bad_at(self, head: bytes, pos: int, base: int) -> None:
+        """Note a misplaced quote at ``head[pos]``; ``base`` counts the lines before ``head``."""
+        seg = head[1:pos]
+        line = base + seg.count(b"\n") + seg.count(b"\r") - seg.count(b"\r\n")
+        if head[:2] == b"\r\n" and pos > 1:
+            line -= 1  # that \n ends a line counted with the previous block
+        self.bad_line = min(self.bad_line, line)
 
     def _scan_lines(self, head: bytes) -> None:
         arr = np.frombuffer(head, dtype=np.uint8)
@@ -850,7 +867,7 @@ class _RawScan:
         self.empty.extend(empty.tolist())
         self.lines += len(starts)
 
-    def _scan_quotes(self, head: bytes) -> None:
+    def _scan_quotes(self, head: bytes, base: int) -> None:
         arr = np.frombuffer(head, dtype=np.uint8)
         size = len(arr)
         pos = np.flatnonzero(arr[1:] == _QUOTE) + 1
@@ -867,7 +884,7 @@ class _RawScan:
         ok_close[inside] = allowed[closing[inside] + 1]
         ok[~opening] = ok_close
         if not ok.all():
-            self.bad = True
+            self._bad_at(head, int(pos[np.argmin(ok)]), base)
         if len(pos) and not opening[-1] and pos[-1] == size - 1:
             self.close_at_end = True
         self.quotes += len(pos)
@@ -947,8 +964,8 @@ class _ArrowRows:
 
     def _batch_chunks(self, batch: pa.RecordBatch | None) -> Iterator[Chunk]:
         scan = self.scan
-        if scan.bad or self.unnumbered:
-            raise _FastPathUnsure("quotes the strict reader rejects, or unnumbered rows")
+        if self.unnumbered:
+            raise _FastPathUnsure("rows without numbers")
         valid = 0 if batch is None else batch.num_rows
         # The invalid rows Arrow skipped among (or, at the end, after) this batch's rows.
         taken: list[tuple[int, int, str]] = []
@@ -1003,6 +1020,8 @@ class _ArrowRows:
             value = text if len(text) <= REJECT_TEXT_CHARS else text[:REJECT_TEXT_CHARS] + "…"
             reasons[slot] = (f"ragged row: expected {self.ncols} fields, found {len(row)}", value)
         starts = self._start_lines(nlines)
+        if self.line > scan.bad_line:
+            raise _FastPathUnsure("a quote the strict reader rejects")
         records = self.record + np.cumsum(is_record)
         self.record = int(records[-1])
         self.rows_done += total
