@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
 import logging
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+from importer import source as importer_source
 from importer.errors import InputUnreadable, MappingError
 from importer.source import Source, detect_encoding, read_chunks, sniff_delimiter
 
@@ -290,3 +296,172 @@ def test_source_directory_and_missing_file(tmp_path):
         Source(tmp_path / "d.csv")
     with pytest.raises(InputUnreadable, match="no such file"):
         Source(tmp_path / "missing.csv")
+
+
+# -- the Arrow reader against the Python reader ----------------------------------------------
+
+
+def _python_read(path: Path, **kw):
+    """Every chunk's content read with the exact Python reader only."""
+    with Source(path, **kw) as source:
+        source._arrow_start = lambda: None  # type: ignore[method-assign]
+        return _flatten(source.chunks())
+
+
+def _fast_read(path: Path, **kw):
+    with Source(path, **kw) as source:
+        return _flatten(source.chunks())
+
+
+def _flatten(chunks):
+    frames, records, lines, rejects = [], [], [], []
+    for chunk in chunks:
+        assert all(dtype is np.dtype(object) for dtype in chunk.frame.dtypes)
+        frames.extend(chunk.frame.itertuples(index=False, name=None))
+        records.extend(chunk.records.tolist())
+        lines.extend(chunk.lines.tolist())
+        rejects.extend((r.record, r.line, r.reason, r.value) for r in chunk.rejects)
+        columns = list(chunk.frame.columns)
+    for row in frames:
+        assert all(type(v) is str for v in row)
+    return columns if frames or rejects else None, frames, records, lines, rejects
+
+
+def _used_arrow(path: Path, **kw) -> bool:
+    """True when the Arrow reader read the whole file without giving up."""
+    with Source(path, **kw) as source:
+        start = source._arrow_start()
+        if start is None:
+            return False
+        try:
+            for _ in importer_source._ArrowRows(source, start).chunks():
+                pass
+        except Exception:
+            return False
+        return True
+
+
+_cell = st.one_of(
+    st.sampled_from(
+        ["", " ", "a@x.io", "Zoë", "O'Brien", "x,y", 'say "hi"', "a\nb", "c\r\nd", "A\x00nn"]
+    ),
+    st.text(alphabet='ab ,;"\n\r\t€é', max_size=6),
+)
+_line = st.one_of(
+    st.lists(_cell, min_size=3, max_size=3).map(lambda r: ("row", r)),
+    st.lists(_cell, min_size=1, max_size=5).map(lambda r: ("row", r)),
+    st.sampled_from(["", "  ", '"x",y,z', '"bad"x,1,2', '""x,1,2', 'a,"open,2', 'O"Brien,1,2']).map(
+        lambda t: ("raw", t)
+    ),
+)
+
+
+def _render(kind: str, value, delim: str, quote_all: bool) -> str:
+    if kind == "raw":
+        return value.replace(",", delim)
+    out = []
+    for cell in value:
+        needs = (
+            quote_all or any(c in cell for c in (delim, '"', "\n", "\r")) or cell != cell.strip()
+        )
+        out.append('"' + cell.replace('"', '""') + '"' if needs else cell)
+    return delim.join(out)
+
+
+@settings(
+    max_examples=int(os.environ.get("PARITY_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    body=st.lists(_line, max_size=25),
+    delim=st.sampled_from([",", ";", "\t"]),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+    bom=st.booleans(),
+    quote_all=st.booleans(),
+    final_newline=st.booleans(),
+    chunk_rows=st.sampled_from([1, 3, 1000]),
+    block=st.sampled_from([1 << 20, 64, 29]),
+)
+def test_source_arrow_and_python_readers_agree(
+    tmp_path, monkeypatch, body, delim, newline, bom, quote_all, final_newline, chunk_rows, block
+):
+    header = delim.join(["email", "name", "note"])
+    text = newline.join([header] + [_render(k, v, delim, quote_all) for k, v in body])
+    if final_newline:
+        text += newline
+    path = tmp_path / "p.csv"
+    path.write_bytes((codecs.BOM_UTF8 if bom else b"") + text.encode())
+    kw = {"delimiter": delim, "chunk_rows": chunk_rows}
+    monkeypatch.setattr(importer_source, "ARROW_BLOCK_BYTES", block)
+    event(f"arrow reader {'used' if _used_arrow(path, **kw) else 'gave up'}")
+    assert _fast_read(path, **kw) == _python_read(path, **kw)
+
+
+def test_source_arrow_reader_is_used_for_clean_files(tmp_path):
+    text = 'email,name,note\r\n\r\na@x.io,Ann,"two\nlines"\nb@x.io,"B, ""Bob""",\n\n,,\n'
+    path = _write(tmp_path, "c.csv", codecs.BOM_UTF8 + text.encode())
+    assert _used_arrow(path)
+    assert _fast_read(path) == _python_read(path)
+    _, rows, records, lines, rejects = _fast_read(path)
+    assert rows == [("a@x.io", "Ann", "two\nlines"), ("b@x.io", 'B, "Bob"', ""), ("", "", "")]
+    assert (records, lines, rejects) == ([1, 2, 3], [3, 5, 7], [])
+
+
+def test_source_unterminated_quote_mid_file_falls_back_without_loss_or_repeat(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(importer_source, "ARROW_BLOCK_BYTES", 64 * 1024)
+    good = [f"u{i}@x.io,N{i}\n" for i in range(60_000)]
+    good[30_000] = 'broken@x.io,"Ann\n'
+    path = _write(tmp_path, "c.csv", ("email,name\n" + "".join(good)).encode())
+    with Source(path, chunk_rows=5000) as source:
+        start = source._arrow_start()
+        assert start is not None
+        arrow = importer_source._ArrowRows(source, start).chunks()
+        assert next(arrow).records[0] == 1  # the Arrow reader starts the file
+        arrow.close()
+    rows, rejects = _read(path, chunk_rows=5000)
+    assert [(r.record, r.line) for r in rejects] == [(30_001, 30_002)]
+    assert "unterminated quote" in rejects[0].reason
+    expected = [(i + 1, i + 2, f"u{i}@x.io") for i in range(60_000) if i != 30_000]
+    assert [(r, line, row["email"]) for r, line, row in rows] == expected
+
+
+@pytest.mark.parametrize(
+    ("kw", "data"),
+    [
+        ({"max_field_bytes": 100}, "a@x.io," + "x" * 150),
+        ({"max_line_bytes": 300}, "a@x.io," + "y" * 400),
+        ({}, 'a@x.io,"An"n"'),
+        ({}, 'a@x.io,"multi\nline,ragged",x'),
+    ],
+)
+def test_source_limits_and_broken_rows_fall_back_after_the_rows_read(tmp_path, kw, data):
+    rows = [f"u{i}@x.io,N{i}" for i in range(3000)]
+    text = "email,name\n" + "\n".join(rows[:1500] + [data] + rows[1500:]) + "\n"
+    path = _write(tmp_path, "c.csv", text.encode())
+    fast = _fast_read(path, chunk_rows=100, **kw)
+    assert fast == _python_read(path, chunk_rows=100, **kw)
+    _, frame, records, lines, rejects = fast
+    assert len(frame) == 3000 and len(set(records)) == 3000
+    assert [r[:2] for r in rejects] == [(1501, 1502)]
+
+
+def test_source_arrow_reader_handles_gzip_and_skips_stdin_and_other_encodings(
+    tmp_path, monkeypatch
+):
+    data = b"email,name\n" + b"".join(f"u{i}@x.io,Né{i}\n".encode() for i in range(500))
+    gz = _write(tmp_path, "c.csv.gz", gzip.compress(data))
+    assert _used_arrow(gz)
+    assert _fast_read(gz) == _python_read(gz)
+    latin = _write(tmp_path, "l.csv", data.decode().encode("latin-1"))
+    assert not _used_arrow(latin)
+    assert _fast_read(latin)[1][0] == ("u0@x.io", "Né0")
+    utf16 = _write(tmp_path, "u.csv", data.decode().encode("utf-16"))
+    assert not _used_arrow(utf16)
+    assert _fast_read(utf16) == _fast_read(gz)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    with Source("-", format="csv") as source:
+        assert source._arrow_start() is None
+        assert _flatten(source.chunks()) == _fast_read(gz)
