@@ -257,6 +257,7 @@ class ImportReport:
     final_rate: float = 0.0
     #: The lowest pace the sender fell to after 429s (equal to ``rate_limit`` when none came).
     lowest_rate: float = 0.0
+    first_request_s: float | None = None
     stopped: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)
@@ -328,6 +329,10 @@ class ImportReport:
         self.duration_s = round(time.monotonic() - self._t0, 3)
         if self.duration_s > 0 and self.requests:
             self.achieved_rate = round(self.requests / self.duration_s, 3)
+
+    def started_monotonic(self) -> float:
+        """``time.monotonic()`` when the run started, for timing events against it."""
+        return self._t0
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}

@@ -47,8 +47,8 @@ from .state import (
 log = logging.getLogger(__name__)
 
 Observer = Callable[[ImportReport], None]
-#: How many customers a dry run keeps to show as a preview.
-PREVIEW_SIZE = 5
+#: Rows of the first chunk cleaned and sent before the rest of it.
+FIRST_PIECE_ROWS = 1_000
 
 
 def import_file(
@@ -211,29 +211,9 @@ def _produce_batches(
                 report.not_sent += len(batch)
         held.clear()
 
-    # One type per CSV column for the whole file, inferred from its first chunk.
-    column_types: dict[tuple[str, ...], dict[str, str]] = {}
-    for chunk in source.chunks():
-        report.rows_read += chunk.rows_read
-        report.bytes_read = source.bytes_read
-        if hasher is not None and writer is not None:
-            notify(writer.note_input, hasher.advance(source.bytes_read))
-        # A dead-letter file is re-imported as the payloads it holds.
-        payloads = unwrap_dead_letter(chunk.frame)
-        if payloads is not None:
-            chunk = dataclasses.replace(chunk, frame=payloads)
-        key = tuple(chunk.frame.columns)
-        if key not in mappings:
-            mappings[key] = resolve_mapping(
-                key, o.column_map, o.drop_columns, o.drop_unmapped, run.column_specs
-            )
-            if not report.mapping:
-                report.mapping = mappings[key].describe()
-        if key not in column_types and len(chunk.frame):
-            column_types[key] = (
-                infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
-            )
-        result = clean_chunk(chunk, mappings[key], o, column_types.get(key))
+    def handle(chunk: Chunk, mapping: ColumnMapping, types: dict[str, str] | None) -> bool:
+        """Clean, filter and pack one piece of the input; False once the run is stopping."""
+        result = clean_chunk(chunk, mapping, o, types)
         report.count_rejects(result.rejects)
         if run.rejects is not None:
             run.rejects.write(
@@ -254,11 +234,48 @@ def _produce_batches(
             report.preview.extend(c.payload for c in customers[:room])
             report.not_sent += len(customers)
             report.requests += len(packer.add(customers))
-            continue
+            return True
         emit(packer.add(customers))
         if run.stopping.is_set():
             report.not_sent += sum(len(b) for b in (*held, *packer.flush()))
-            return
+            return False
+        return True
+
+    # One type per CSV column for the whole file, inferred from its first chunk.
+    column_types: dict[tuple[str, ...], dict[str, str]] = {}
+    first = True
+    for chunk in source.chunks():
+        report.rows_read += chunk.rows_read
+        report.bytes_read = source.bytes_read
+        if hasher is not None and writer is not None:
+            notify(writer.note_input, hasher.advance(source.bytes_read))
+        # A dead-letter file is re-imported as the payloads it holds.
+        payloads = unwrap_dead_letter(chunk.frame)
+        if payloads is not None:
+            chunk = dataclasses.replace(chunk, frame=payloads)
+        key = tuple(chunk.frame.columns)
+        if key not in mappings:
+            mappings[key] = resolve_mapping(
+                key, o.column_map, o.drop_columns, o.drop_unmapped, run.column_specs
+            )
+            if not report.mapping:
+                report.mapping = mappings[key].describe()
+        if key not in column_types and len(chunk.frame):
+            column_types[key] = (
+                infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
+            )
+        pieces = [chunk]
+        if first and len(chunk.frame) > FIRST_PIECE_ROWS:
+            # Types come from the whole first chunk, but only a small piece of it is
+            # cleaned before the first request goes out: the first call does not wait
+            # for a full chunk to be cleaned.
+            pieces = list(chunk.split(FIRST_PIECE_ROWS))
+        first = False
+        for i, piece in enumerate(pieces):
+            if not handle(piece, mappings[key], column_types.get(key)):
+                # Rows read but never cleaned (the rest of a split chunk) were not sent either.
+                report.not_sent += sum(p.rows_read for p in pieces[i + 1 :])
+                return
     report.bytes_read = source.bytes_read
     if hasher is not None and writer is not None:
         checkpoint = hasher.finish()
@@ -405,3 +422,5 @@ def _sync_stats(report: ImportReport, sender: Sender) -> None:
     report.status_counts = dict(sorted(stats.status_counts.items()))
     report.final_rate = round(sender.governor.rate, 3)
     report.lowest_rate = round(sender.governor.lowest_rate, 3)
+    if stats.first_request_at is not None and report.first_request_s is None:
+        report.first_request_s = round(stats.first_request_at - report.started_monotonic(), 3)

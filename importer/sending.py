@@ -289,6 +289,8 @@ class SendStats:
     splits: int = 0
     status_counts: Counter[str] = field(default_factory=Counter)
     last_success: float = field(default_factory=time.monotonic)
+    #: ``time.monotonic()`` when the first request left, or None before it.
+    first_request_at: float | None = None
 
 
 def retry_waits(base: float, max_wait: float) -> Iterator[float]:
@@ -377,6 +379,8 @@ class Sender:
         """One HTTP attempt: POST, return status, body and Retry-After seconds."""
         assert self._session is not None, "use Sender as an async context manager"
         self.stats.requests += 1
+        if self.stats.first_request_at is None:
+            self.stats.first_request_at = time.monotonic()
         try:
             async with self._session.post(self.url, data=batch.body()) as resp:
                 body = await resp.read()

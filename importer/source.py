@@ -87,6 +87,25 @@ class Chunk:
     def rows_read(self) -> int:
         return len(self.frame) + len(self.rejects)
 
+    def split(self, n: int) -> tuple[Chunk, Chunk]:
+        """The first ``n`` rows and the rest; each reject goes with the rows around it."""
+        cut = int(self.records[n - 1]) if 0 < n <= len(self.records) else 0
+        head = Chunk(
+            self.frame.iloc[:n],
+            self.records[:n],
+            self.lines[:n],
+            [r for r in self.rejects if r.record <= cut],
+            self.bytes_read,
+        )
+        tail = Chunk(
+            self.frame.iloc[n:],
+            self.records[n:],
+            self.lines[n:],
+            [r for r in self.rejects if r.record > cut],
+            self.bytes_read,
+        )
+        return head, tail
+
 
 @dataclass(frozen=True)
 class SourceInfo:

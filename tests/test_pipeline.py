@@ -83,3 +83,13 @@ def test_import_wrong_key_stops_with_report(make_fake_api, tmp_path):
     assert report.accounting_ok
     assert (tmp_path / "r.json").exists()
     assert len(server.state.requests) <= options.concurrency
+
+
+def test_import_first_chunk_sent_in_a_small_piece_keeps_batches_full(make_fake_api, tmp_path):
+    server = make_fake_api()
+    path = write_csv(tmp_path / "c.csv", _valid_rows(2_525))
+    report = import_file(path, fast_options(server, chunk_rows=2_000, concurrency=1))
+    sizes = [r.customers for r in server.state.requests]
+    assert report.succeeded == 2_525
+    assert sizes == [50] * 50 + [25]
+    assert [c["customer_id"] for c in server.state.applied] == [f"{i:05d}" for i in range(2_525)]

@@ -465,3 +465,16 @@ def test_source_arrow_reader_handles_gzip_and_skips_stdin_and_other_encodings(
     with Source("-", format="csv") as source:
         assert source._arrow_start() is None
         assert _flatten(source.chunks()) == _fast_read(gz)
+
+
+def test_source_chunk_split_keeps_rows_and_rejects_in_order(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("email,city\na@x.io,Oslo\nb@x.io\nc@x.io,Rome\nd@x.io,Bern\n,\n")
+    (chunk,) = list(read_chunks(path))
+    head, tail = chunk.split(1)
+    assert head.frame["email"].tolist() == ["a@x.io"]
+    assert tail.frame["email"].tolist() == ["c@x.io", "d@x.io", ""]
+    assert head.records.tolist() == [1] and tail.records.tolist() == [3, 4, 5]
+    assert head.lines.tolist() == [2] and tail.lines.tolist() == [4, 5, 6]
+    assert [r.record for r in head.rejects] == [] and [r.record for r in tail.rejects] == [2]
+    assert head.rows_read + tail.rows_read == chunk.rows_read
