@@ -386,13 +386,14 @@ def test_delivery_chaos_run_loses_nothing_and_dead_letter_rerun_delivers_all(
         drop=0.008,
         applied_then_fail=0.008,
         slow=0.004,
-        slow_seconds=1.0,
+        slow_seconds=3.0,
         record_errors=0.01,
         seed=2024,
     )
     dead = tmp_path / "dead.jsonl"
+    # The timeout sits well above a normal answer on a busy machine and below a slow one.
     options = fast_options(
-        server, rate=5000.0, concurrency=8, timeout=0.5, dead_letter_path=dead, max_retries=8
+        server, rate=5000.0, concurrency=8, timeout=1.5, dead_letter_path=dead, max_retries=8
     )
     report = import_file(_file(tmp_path, n), options)
     faults = server.state.fault_counts()
