@@ -775,7 +775,7 @@ def _depth(value: Any, cap: int) -> int:
 # -- CSV fast path --------------------------------------------------------------------------
 
 #: Bytes Arrow parses per block: bounds memory; a record longer than this falls back.
-ARROW_BLOCK_BYTES = 4 << 20
+ARROW_BLOCK_BYTES = 1 << 20
 _LF, _CR, _QUOTE = 10, 13, 34
 _NEVER = 1 << 62
 
