@@ -15,10 +15,9 @@ stops a whole run raises. The tree, and when each is raised::
     │   └── ApiUnavailable                   nothing succeeded for too long
     └── AccountingMismatch                   the outcome counts do not add up (a bug)
 
-aiohttp exceptions never leave :mod:`importer.sending`; they become
-:class:`TransientApiError` or :class:`PermanentApiError` there, and those two
-decide whether a request is retried (they are internal: a record that fails
-for good is dead-lettered, not raised).
+aiohttp exceptions never leave :mod:`importer.sending`; a failed attempt
+becomes a :class:`TransientApiError` there, caught by the retry loop (it is
+internal: a record that fails for good is dead-lettered, not raised).
 """
 
 from __future__ import annotations
@@ -86,6 +85,3 @@ class ApiError(ImporterError):
 class TransientApiError(ApiError):
     """A failure worth retrying: 404, 409, 429, 5xx, timeouts, dropped connections."""
 
-
-class PermanentApiError(ApiError):
-    """A failure that retrying cannot fix, such as a 400 for a single record."""
