@@ -84,4 +84,3 @@ class ApiError(ImporterError):
 
 class TransientApiError(ApiError):
     """A failure worth retrying: 404, 409, 429, 5xx, timeouts, dropped connections."""
-
