@@ -379,12 +379,13 @@ def test_delivery_chaos_run_loses_nothing_and_dead_letter_rerun_delivers_all(
     make_fake_api, tmp_path
 ):
     n = 20_000
-    # 10% of requests misbehave: 8% error statuses, plus dropped connections,
+    # About 10% of requests misbehave: 8% error statuses, plus dropped connections,
     # records applied and then a failure answered, and answers slower than the timeout.
+    # Each kind the test relies on is common enough to show up in every run.
     server = make_fake_api(
-        faults={404: 0.01, 409: 0.01, 429: 0.02, 500: 0.01, 502: 0.01, 503: 0.01, 504: 0.01},
-        drop=0.008,
-        applied_then_fail=0.008,
+        faults={404: 0.01, 409: 0.01, 429: 0.015, 500: 0.015, 502: 0.01, 503: 0.01, 504: 0.01},
+        drop=0.015,
+        applied_then_fail=0.015,
         slow=0.004,
         slow_seconds=3.0,
         record_errors=0.01,
@@ -398,7 +399,8 @@ def test_delivery_chaos_run_loses_nothing_and_dead_letter_rerun_delivers_all(
     report = import_file(_file(tmp_path, n), options)
     faults = server.state.fault_counts()
     assert sum(faults.values()) > 0.08 * len(server.state.requests)
-    assert {"drop", "applied then 503", "status 500"} <= set(faults)
+    assert {"drop", "status 500"} <= set(faults)
+    assert any(kind.startswith("applied then") for kind in faults)
     lines = _dead(dead)
     dead_ids = {line["payload"]["email"] for line in lines}
     assert len(dead_ids) == len(lines) == report.dead_lettered > 0
