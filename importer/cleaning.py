@@ -16,7 +16,6 @@ types the caller passes in and bounded caches of pure functions.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
 import re
@@ -144,18 +143,30 @@ class CleanResult:
 class _Cleaned:
     """One target field of a chunk after cleaning, aligned with the chunk's rows.
 
-    ``values`` holds the payload value or :data:`_OMIT`; ``reasons`` a reason
-    where the cell was invalid, else None; ``column`` and ``raw`` say which
-    input cell a reject should quote.
+    The payload values (or :data:`_OMIT`) are held either per row in ``rows``
+    or, when the field was cleaned once per distinct value, as ``distinct``
+    values and per-row ``codes`` into them; :attr:`values` gives them per row
+    either way. ``reasons`` holds a reason where the cell was invalid, else
+    None; ``column`` and ``raw`` say which input cell a reject should quote.
     """
 
-    values: np.ndarray
+    rows: np.ndarray | None
     reasons: np.ndarray
     column: np.ndarray
     raw: np.ndarray
     empty: np.ndarray
     #: Where ``reasons`` holds a reason.
     bad: np.ndarray
+    distinct: np.ndarray | None = None
+    codes: np.ndarray | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """The payload value (or :data:`_OMIT`) of each row."""
+        if self.rows is None:
+            assert self.distinct is not None and self.codes is not None
+            self.rows = self.distinct[self.codes]
+        return self.rows
 
 
 # -- column preparation --------------------------------------------------------
@@ -884,9 +895,14 @@ def clean_chunk(
         pair = _groups_from_pair(group_pair, n, ctx)
         fields["subscription_groups"] = _combine_groups(fields.get("subscription_groups"), pair)
     if "subscription_groups" in fields:
+        # Groups are compared as tuples while cleaning; the payload carries objects.
         f = fields["subscription_groups"]
-        has = np.flatnonzero(~f.empty & ~f.bad)
-        f.values[has] = [[dict(e) for e in v] for v in f.values[has]]
+        if f.codes is not None and f.distinct is not None:
+            f.distinct = _object_array([_group_objects(v) for v in f.distinct])
+            f.rows = None
+        else:
+            has = np.flatnonzero(~f.empty & ~f.bad)
+            f.values[has] = [_group_objects(v) for v in f.values[has]]
     if n:
         _finish(result, fields, records, lines, options, n)
     if options.on_invalid == "stop":
@@ -912,7 +928,7 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     v[bad_u] = _OMIT
     codes = np.full(n, len(encoded.dictionary), np.intp)
     codes[present] = encoded.indices.to_numpy()
-    return _Cleaned(v[codes], r[codes], _same(src, n), column.raw, column.empty, bad_u[codes])
+    return _Cleaned(None, r[codes], _same(src, n), column.raw, column.empty, bad_u[codes], v, codes)
 
 
 def _with_last(values: np.ndarray, last: Any) -> np.ndarray:
@@ -1073,8 +1089,17 @@ def _finish(
     result.customers = _customers(fields, order, keep, records, lines, options.empty_as_null)
 
 
-#: Rows are grouped by which fields they carry while there are fewer groups than this share.
-_MAX_GROUP_SHARE = 0.05
+def _group_objects(value: Any) -> Any:
+    """Groups cleaned as ``((key, value), ...)`` tuples, as the dicts a payload carries."""
+    return value if value is _OMIT or value is None else [dict(e) for e in value]
+
+
+def _object_array(items: list[Any]) -> np.ndarray:
+    """A 1-d object array of ``items``, even when they are lists of equal length."""
+    out = np.empty(len(items), object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
 
 
 def _customers(
@@ -1085,96 +1110,93 @@ def _customers(
     lines: np.ndarray,
     empty_as_null: bool,
 ) -> list[Customer]:
-    """The payloads of the kept rows, keys in ``order``, omitted values left out.
+    """The customers of the kept rows, their payloads encoded as JSON a column at a time.
 
-    Rows that carry the same set of fields are built together, a column at a
-    time, so no per-cell test is needed; the payloads come out in row order.
+    Each field is encoded once per distinct value (``"key":value``, by orjson,
+    exactly as it would encode the value inside a payload dict); pyarrow then
+    gathers the pieces per row and joins them, leaving out omitted fields. The
+    result is byte for byte ``orjson.dumps(payload)`` with the keys in
+    ``order``, without building a dict per row.
     """
     kept = np.flatnonzero(keep)
     if not order or not len(kept):
         return []
-    columns = []
-    carried = []
-    for f in order:
-        c = fields[f]
-        values = c.values
-        if empty_as_null and f not in IDENTIFIERS:
-            values = values.copy()
-            values[c.empty] = None
-            has = ~c.bad
-        else:
-            # A value is omitted exactly where its cell is empty or bad.
-            has = ~c.bad & ~c.empty
-        columns.append(values[kept])
-        carried.append(has[kept])
-    kept_records = records[kept].tolist()
-    kept_lines = lines[keep].tolist()
-    if len(order) < 63:
-        pattern = np.zeros(len(kept), np.int64)
-        for bit, has in enumerate(carried):
-            pattern |= has.astype(np.int64) << bit
-        patterns, inverse = np.unique(pattern, return_inverse=True)
-    if len(order) >= 63 or len(patterns) > max(1, _MAX_GROUP_SHARE * len(kept)):
-        omit = _OMIT
-        return [
-            Customer({k: v for k, v in zip(order, row, strict=True) if v is not omit}, rec, line)
-            for row, rec, line in zip(
-                zip(*columns, strict=True), kept_records, kept_lines, strict=True
-            )
-        ]
+    pieces = [_encoded_field(f, fields[f], kept, empty_as_null) for f in order]
+    joined = pc.binary_join_element_wise(*pieces, b",", null_handling="skip")
+    rows = pc.binary_join_element_wise(_OPEN, joined, _CLOSE, b"")
+    encoded = rows.to_numpy(zero_copy_only=False).tolist()
+    keys = _merge_keys(fields, kept)
     with _collector_paused():
-        return _build_customers(columns, order, patterns, inverse, kept_records, kept_lines)
+        return _new_customers(encoded, keys, records[kept].tolist(), lines[kept].tolist())
 
 
-def _build_customers(
-    columns: list[np.ndarray],
-    order: list[str],
-    patterns: np.ndarray,
-    inverse: np.ndarray,
-    kept_records: list[int],
-    kept_lines: list[int],
+_OPEN = pa.scalar(b"{", pa.binary())
+_CLOSE = pa.scalar(b"}", pa.binary())
+
+
+def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool) -> pa.BinaryArray:
+    """``"name":value`` per kept row as JSON, null where the field is left out."""
+    null_empty = empty_as_null and name not in IDENTIFIERS
+    if c.codes is not None and c.distinct is not None:
+        values, codes = c.distinct, c.codes[kept]
+        if null_empty:
+            # The last distinct slot stands for the empty cells (see _apply).
+            values = values.copy()
+            values[-1] = None
+    else:
+        values, codes = c.values[kept], None
+        if null_empty:
+            values = values.copy()
+            values[c.empty[kept]] = None
+    prefix = orjson.dumps(name) + b":"
+    omit = _OMIT
+    dumps = orjson.dumps
+    pieces = pa.array(
+        [None if v is omit else prefix + dumps(v) for v in values.tolist()], pa.binary()
+    )
+    return pieces if codes is None else pieces.take(codes)
+
+
+def _merge_keys(fields: dict[str, _Cleaned], kept: np.ndarray) -> list[str]:
+    """Each kept row's merge key (:func:`~importer.records.customer_key`) from its identifiers."""
+    keys = np.full(len(kept), None, object)
+    cid = fields.get("customer_id")
+    if cid is not None:
+        has = ~cid.empty[kept] & ~cid.bad[kept]
+        keys[has] = ["\0" + str(v) for v in cid.values[kept][has].tolist()]
+    email = fields.get("email")
+    if email is not None:
+        has = ~email.empty[kept] & ~email.bad[kept]
+        keys[has] = [str(v) for v in email.values[kept][has].tolist()]
+    return keys.tolist()
+
+
+_CUSTOMER_SLOTS = ("_payload", "_encoded", "_key", "record", "line", "merged_records")
+
+
+def _new_customers(
+    encoded: list[bytes], keys: list[str], records: list[int], lines: list[int]
 ) -> list[Customer]:
-    payloads = np.empty(len(kept_records), object)
-    by_pattern = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[by_pattern], np.arange(len(patterns) + 1))
-    for g, bits in enumerate(patterns.tolist()):
-        rows = by_pattern[starts[g] : starts[g + 1]]
-        carried_here = [j for j in range(len(order)) if bits >> j & 1]
-        build = _payload_builder(tuple(order[j] for j in carried_here))
-        group = np.empty(len(rows), object)
-        group[:] = build(*(columns[j][rows] for j in carried_here))
-        payloads[rows] = group
-    return _new_customers(payloads.tolist(), kept_records, kept_lines)
+    """``[Customer(None, r, l, encoded=e, key=k) for ...]``, faster: a slot at a time.
 
-
-_CUSTOMER_FIELDS = ("payload", "record", "line", "merged_records")
-#: Customer is a frozen, slotted dataclass whose generated ``__init__`` only sets
-#: its four slots (``merged_records`` to ``()``); checked here so a change there
-#: falls back to calling it.
-_SET_CUSTOMER_SLOTS = (
-    getattr(Customer, "__slots__", None) == _CUSTOMER_FIELDS
-    and tuple(f.name for f in dataclasses.fields(Customer)) == _CUSTOMER_FIELDS
-    and Customer.__dataclass_fields__["merged_records"].default == ()
-    and not hasattr(Customer, "__post_init__")
-)
-
-
-def _new_customers(payloads: list[Any], records: list[int], lines: list[int]) -> list[Customer]:
-    """``[Customer(p, r, l) for ...]``, faster: the slots are set a column at a time.
-
-    Setting each slot through its descriptor in C loops gives the same objects as
-    the dataclass ``__init__`` (which sets them one by one with
-    ``object.__setattr__``) in about half the time.
+    Setting each slot through its descriptor in C loops gives the same objects
+    as ``Customer.__init__`` in a fraction of the time.
     """
-    if not _SET_CUSTOMER_SLOTS:
-        return list(map(Customer, payloads, records, lines))
-    customers = list(map(object.__new__, repeat(Customer, len(payloads))))
+    n = len(encoded)
+    if Customer.__slots__ != _CUSTOMER_SLOTS:  # pragma: no cover - guards a change of Customer
+        return [
+            Customer(None, r, line, encoded=e, key=k)
+            for e, k, r, line in zip(encoded, keys, records, lines, strict=True)
+        ]
+    customers = list(map(object.__new__, repeat(Customer, n)))
     slots = Customer.__dict__
     for name, values in (
-        ("payload", payloads),
+        ("_payload", repeat(None, n)),
+        ("_encoded", encoded),
+        ("_key", keys),
         ("record", records),
         ("line", lines),
-        ("merged_records", repeat((), len(payloads))),
+        ("merged_records", repeat((), n)),
     ):
         deque(map(slots[name].__set__, customers, values), maxlen=0)
     return customers
@@ -1182,12 +1204,12 @@ def _new_customers(payloads: list[Any], records: list[int], lines: list[int]) ->
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Hold off Python's cyclic garbage collector while payloads are built.
+    """Hold off Python's cyclic garbage collector while customers are made.
 
-    Tens of thousands of new dicts and customers would otherwise set off
-    collections that scan them again and again while they are being made,
-    a fifth of the cleaning time. They hold no reference cycles, so nothing is
-    left for the collector; it runs as usual after. Left disabled if it was.
+    Tens of thousands of new objects would otherwise set off collections that
+    scan them again and again while they are being made. They hold no
+    reference cycles, so nothing is left for the collector; it runs as usual
+    after. Left disabled if it was.
     """
     if not gc.isenabled():
         yield
@@ -1197,26 +1219,6 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-@lru_cache(maxsize=1024)
-def _payload_builder(keys: tuple[str, ...]) -> Callable[..., list[dict[str, Any]]]:
-    """A function turning one list per key into one dict per row, keys in this order.
-
-    A dict display with constant keys is built presized, about twice as fast as
-    ``dict(zip(keys, row))``, so the comprehension is generated for each set of
-    keys (like :mod:`dataclasses` generates ``__init__``). Keys enter the code
-    only as ``repr`` string literals.
-    """
-    if not keys:
-        return lambda *columns: []
-    args = ", ".join(f"c{i}" for i in range(len(keys)))
-    names = ", ".join(f"v{i}" for i in range(len(keys)))
-    items = ", ".join(f"{key!r}: v{i}" for i, key in enumerate(keys))
-    builder: Callable[..., list[dict[str, Any]]] = eval(
-        f"lambda {args}: [{{{items}}} for {names}, in zip({args}, strict=True)]"
-    )
-    return builder
 
 
 def _stop_at_first(rejects: list[Reject]) -> None:

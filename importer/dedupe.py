@@ -18,16 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .records import Customer, Payload
+from .records import Customer, Payload, customer_key
 
-
-def customer_key(payload: Payload) -> str | None:
-    """The merge key: the email, else ``\\0`` + customer_id (the two never collide)."""
-    email = payload.get("email")
-    if email:
-        return str(email)
-    cid = payload.get("customer_id")
-    return None if cid is None or cid == "" else "\0" + str(cid)
+__all__ = ["customer_key", "merge_payloads", "merge_repeats"]
 
 
 def merge_payloads(earlier: Payload, later: Payload) -> Payload:
@@ -64,7 +57,7 @@ def merge_repeats(customers: list[Customer]) -> tuple[list[Customer], int]:
     records merged into it are listed in ``merged_records``. Customers are
     otherwise returned in their original order.
     """
-    keys = [customer_key(c.payload) for c in customers]
+    keys = [c.key for c in customers]
     if len(set(keys)) == len(keys):
         return customers, 0
     first_at: dict[str, int] = {}

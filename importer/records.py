@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 Payload = dict[str, Any]
 
 
@@ -31,21 +33,118 @@ class Reject:
     dropped_field: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class Customer:
-    """One clean payload ready to send, with where it came from."""
+    """One clean payload ready to send, with where it came from.
 
-    payload: Payload
+    The payload exists in two forms: the dict and its JSON encoding, the exact
+    bytes a request carries. Cleaning builds the encoding directly, a column
+    at a time, so the dict is decoded only when something asks for it (a
+    merge, the dead-letter file, a preview); a customer made from a dict is
+    encoded once, on first use. ``key`` is the merge key (see
+    :func:`customer_key`). Instances are immutable and compare by payload,
+    record, line and merged records.
+    """
+
+    __slots__ = ("_payload", "_encoded", "_key", "record", "line", "merged_records")
+
+    _payload: Payload | None
+    _encoded: bytes | None
+    _key: str | None
     record: int
     line: int
     #: Records merged into this one (repeats of the same customer), for accounting.
-    merged_records: tuple[int, ...] = ()
+    merged_records: tuple[int, ...]
+
+    def __init__(
+        self,
+        payload: Payload | None,
+        record: int,
+        line: int,
+        merged_records: tuple[int, ...] = (),
+        *,
+        encoded: bytes | None = None,
+        key: str | None = None,
+    ):
+        if payload is None and encoded is None:
+            raise ValueError("a customer needs a payload or its encoding")
+        setattr_ = object.__setattr__
+        setattr_(self, "_payload", payload)
+        setattr_(self, "_encoded", encoded)
+        setattr_(self, "_key", key)
+        setattr_(self, "record", record)
+        setattr_(self, "line", line)
+        setattr_(self, "merged_records", merged_records)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Customer is immutable: cannot set {name!r}")
+
+    @property
+    def payload(self) -> Payload:
+        """The payload as a dict (decoded from the JSON on first use)."""
+        if self._payload is None:
+            object.__setattr__(self, "_payload", orjson.loads(self._encoded))  # type: ignore[arg-type]
+        return self._payload  # type: ignore[return-value]
+
+    @property
+    def encoded(self) -> bytes:
+        """The payload as strict JSON, exactly as a request carries it."""
+        if self._encoded is None:
+            object.__setattr__(self, "_encoded", encode_payload(self.payload))
+        return self._encoded  # type: ignore[return-value]
+
+    @property
+    def key(self) -> str | None:
+        """The merge key: the email, else ``\\0`` + customer_id; None without either."""
+        if self._key is None:
+            key = customer_key(self.payload)
+            if key is None:
+                return None
+            object.__setattr__(self, "_key", key)
+        return self._key
 
     @property
     def identifier(self) -> str | None:
         """The email if there is one, else the customer_id."""
-        ident = self.payload.get("email") or self.payload.get("customer_id")
-        return None if ident is None else str(ident)
+        key = self.key
+        return None if key is None else key.removeprefix("\0")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Customer):
+            return NotImplemented
+        return (self.record, self.line, self.merged_records, self.payload) == (
+            other.record,
+            other.line,
+            other.merged_records,
+            other.payload,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Customer(record={self.record}, line={self.line}, "
+            f"merged_records={self.merged_records!r}, fields={sorted(self.payload)!r})"
+        )
+
+
+def customer_key(payload: Payload) -> str | None:
+    """The merge key: the email, else ``\\0`` + customer_id (the two never collide)."""
+    email = payload.get("email")
+    if email:
+        return str(email)
+    cid = payload.get("customer_id")
+    return None if cid is None or cid == "" else "\0" + str(cid)
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """Strict JSON for one payload (orjson writes NaN and Infinity as null, never bare).
+
+    The result is copied into a bytes object of its own length: ``orjson.dumps``
+    returns its working buffer, which keeps about 4 KiB allocated whatever the
+    payload's size, so a chunk of 20,000 encoded customers would hold some
+    80 MB instead of 5 MB. The copy costs less than it saves in allocation.
+    """
+    return memoryview(orjson.dumps(payload)).tobytes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import gc
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -141,21 +142,74 @@ def test_bytes_are_not_taken_for_text():
 
 
 def test_customers_built_in_bulk_equal_constructed_ones():
-    payloads = [{"email": "a@example.com"}, {"customer_id": "c2", "gender": "male"}]
-    built = cleaning._new_customers(payloads, [1, 2], [2, 3])
-    assert built == [Customer(payloads[0], 1, 2), Customer(payloads[1], 2, 3)]
-    assert built[0].payload is payloads[0] and built[1].merged_records == ()
+    encoded = [b'{"email":"a@example.com"}', b'{"customer_id":"c2","gender":"male"}']
+    built = cleaning._new_customers(encoded, ["a@example.com", "\0c2"], [1, 2], [2, 3])
+    assert built == [
+        Customer({"email": "a@example.com"}, 1, 2),
+        Customer({"customer_id": "c2", "gender": "male"}, 2, 3),
+    ]
+    assert built[0].encoded is encoded[0] and built[1].merged_records == ()
+    assert [c.key for c in built] == ["a@example.com", "\0c2"]
+    assert [c.identifier for c in built] == ["a@example.com", "c2"]
     with pytest.raises(AttributeError):
         built[0].record = 5  # type: ignore[misc]
 
 
-def test_payload_builder_keeps_key_order_and_odd_names():
-    keys = ("email", 'it\'s "odd"', "ünïcode", "x")
-    build = cleaning._payload_builder(keys)
-    rows = build(["a", "b"], [1, 2], [None, True], [[1], {}])
-    assert [list(r.items()) for r in rows] == [
-        [("email", "a"), ('it\'s "odd"', 1), ("ünïcode", None), ("x", [1])],
-        [("email", "b"), ('it\'s "odd"', 2), ("ünïcode", True), ("x", {})],
+def _cleaned_rows(values: list, empty: list[bool]) -> cleaning._Cleaned:
+    n = len(values)
+    rows = cleaning._object_array(values)
+    none = np.full(n, None, object)
+    return cleaning._Cleaned(rows, none, none, none, np.array(empty), np.zeros(n, bool))
+
+
+def _cleaned_distinct(distinct: list, codes: list[int]) -> cleaning._Cleaned:
+    n = len(codes)
+    none = np.full(n, None, object)
+    codes_ = np.array(codes)
+    empty = codes_ == len(distinct) - 1
+    return cleaning._Cleaned(
+        None, none, none, none, empty, np.zeros(n, bool), cleaning._object_array(distinct), codes_
+    )
+
+
+@pytest.mark.parametrize("empty_as_null", [False, True])
+def test_payloads_encoded_column_wise_equal_orjson_of_the_dict(empty_as_null):
+    omit = cleaning._OMIT
+    odd = 'it\'s "odd"\n'
+    fields = {
+        "email": _cleaned_distinct(["a@x.org", "b@x.org", omit], [0, 1, 2, 1]),
+        "customer_id": _cleaned_rows(["c1", omit, "c\u00e9\t3", "c4"], [False, True, False, False]),
+        odd: _cleaned_distinct([1.5, float("nan"), True, omit], [0, 1, 3, 2]),
+        "ünïcode": _cleaned_rows(
+            [[{"id": "g", "subscribed": False}], omit, None, 7], [False, True, False, False]
+        ),
+        "big": _cleaned_distinct([2**60, "\u2028 \\ \x00", omit], [2, 0, 1, 2]),
+    }
+    order = list(fields)
+    keep = np.array([True, True, True, True])
+    records, lines = np.arange(1, 5), np.arange(2, 6)
+    built = cleaning._customers(fields, order, keep, records, lines, empty_as_null)
+    for pos, customer in enumerate(built):
+        expected = {}
+        for f in order:
+            c = fields[f]
+            value = c.values[pos]
+            if value is omit and empty_as_null and c.empty[pos] and f not in cleaning.IDENTIFIERS:
+                value = None
+            if value is not omit:
+                expected[f] = value
+        assert customer.encoded == orjson.dumps(expected)
+        assert (customer.record, customer.line) == (pos + 1, pos + 2)
+    assert [c.key for c in built] == ["a@x.org", "b@x.org", "\0c\u00e9\t3", "b@x.org"]
+
+
+def test_kept_rows_only_are_encoded():
+    fields = {"email": _cleaned_distinct(["a@x.org", "b@x.org", cleaning._OMIT], [0, 1, 0])}
+    keep = np.array([False, True, True])
+    built = cleaning._customers(fields, ["email"], keep, np.arange(1, 4), np.arange(2, 5), False)
+    assert [(c.encoded, c.record) for c in built] == [
+        (b'{"email":"b@x.org"}', 2),
+        (b'{"email":"a@x.org"}', 3),
     ]
 
 

@@ -394,8 +394,16 @@ def test_source_arrow_and_python_readers_agree(
     path.write_bytes((codecs.BOM_UTF8 if bom else b"") + text.encode())
     kw = {"delimiter": delim, "chunk_rows": chunk_rows}
     monkeypatch.setattr(importer_source, "ARROW_BLOCK_BYTES", block)
+    try:
+        fast = _fast_read(path, **kw)
+    except InputUnreadable as exc:
+        # Enough NULs in the first bytes make the file look binary to both readers alike.
+        with pytest.raises(InputUnreadable, match="looks like a binary file"):
+            _python_read(path, **kw)
+        assert "looks like a binary file" in str(exc)
+        return
     event(f"arrow reader {'used' if _used_arrow(path, **kw) else 'gave up'}")
-    assert _fast_read(path, **kw) == _python_read(path, **kw)
+    assert fast == _python_read(path, **kw)
 
 
 def test_source_arrow_reader_is_used_for_clean_files(tmp_path):
