@@ -694,6 +694,28 @@ def _digits(values: pa.StringArray) -> pa.StringArray:
     return values
 
 
+def _fast_int(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    n = len(values)
+    out = np.full(n, None, object)
+    reasons = np.full(n, None, object)
+    ascii_ = _mask(pc.string_is_ascii(values))
+    # ASCII: bytes are characters, and RE2's \d is the same as Python's.
+    ok = ascii_ & _mask(
+        pc.and_(
+            _fullmatch(values, _INT_TEXT.pattern.strip("^$")),
+            pc.less_equal(pc.binary_length(values), 16),
+        )
+    )
+    if ok.any():
+        numbers = pc.cast(values.filter(ok), pa.int64()).to_numpy()
+        in_range = np.abs(numbers) <= MAX_SAFE_INT
+        idx = np.flatnonzero(ok)
+        out[idx[in_range]] = numbers[in_range].tolist()
+        ok[idx[~in_range]] = False
+    reasons[ascii_ & ~ok] = "invalid integer: not a whole number in plain digits"
+    return _fill_rest(values, ascii_, out, reasons, _rule_int, ctx)
+
+
 def _fast_text(what: str, limit: int | None) -> FastRule:
     def rule(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
         reasons = np.full(len(values), None, object)
@@ -711,6 +733,8 @@ def _fast_rule(rule: Rule) -> FastRule:
         return _fast_email
     if rule is _rule_phone:
         return _fast_phone
+    if rule is _rule_int:
+        return _fast_int
     if rule in _TEXT_RULES:
         return _fast_text(*_TEXT_RULES[rule])
     if rule is _rule_string or rule is _rule_keep:

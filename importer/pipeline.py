@@ -10,7 +10,6 @@ from running far ahead of sending, so memory stays flat for any file size.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -163,10 +162,60 @@ class _Run:
                 writer.close()
 
 
+class _Handoff:
+    """Batches from the producer thread to the workers, at most ``limit`` waiting.
+
+    The producer hands over what it has in groups, so the event loop wakes
+    once per group rather than once per batch, and blocks only while
+    ``limit`` batches wait for a worker. Workers call :meth:`taken` for each
+    batch they get.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[Batch | None],
+        limit: int,
+        stopping: Callable[[], bool],
+    ):
+        self._loop = loop
+        self._queue = queue
+        self._slots = threading.Semaphore(limit)
+        self._stopping = stopping
+
+    def put(self, batches: list[Batch]) -> int:
+        """Hand ``batches`` over in order (producer thread); return how many (fewer if stopping)."""
+        group: list[Batch] = []
+        handed = 0
+        for batch in batches:
+            if not self._slots.acquire(blocking=False):
+                self._flush(group)
+                handed += len(group)
+                group = []
+                while not self._slots.acquire(timeout=0.2):
+                    if self._stopping():
+                        return handed
+            group.append(batch)
+        self._flush(group)
+        return handed + len(group)
+
+    def taken(self) -> None:
+        """A worker took a batch off the queue (event-loop thread)."""
+        self._slots.release()
+
+    def _flush(self, group: list[Batch]) -> None:
+        if group:
+            self._loop.call_soon_threadsafe(self._enqueue, group)
+
+    def _enqueue(self, group: list[Batch]) -> None:
+        for batch in group:
+            self._queue.put_nowait(batch)
+
+
 def _produce(
     run: _Run,
     source: Source,
-    put: Callable[[Batch], bool],
+    put: Callable[[list[Batch]], int],
     notify: Callable[..., object] = lambda *args: None,
 ) -> None:
     """Read, clean and pack the input (in a worker thread), handing batches to ``put``.
@@ -189,7 +238,7 @@ def _produce(
 def _produce_batches(
     run: _Run,
     source: Source,
-    put: Callable[[Batch], bool],
+    put: Callable[[list[Batch]], int],
     notify: Callable[..., object],
     hasher: InputHasher | None,
 ) -> None:
@@ -206,10 +255,10 @@ def _produce_batches(
         if hasher is not None and not hasher.verified:
             held.extend(batches)
             return
-        for batch in (*held, *batches):
-            if run.stopping.is_set() or not put(batch):
-                report.not_sent += len(batch)
+        pending = [*held, *batches]
         held.clear()
+        handed = 0 if run.stopping.is_set() else put(pending)
+        report.not_sent += sum(len(b) for b in pending[handed:])
 
     def handle(chunk: Chunk, mapping: ColumnMapping, types: dict[str, str] | None) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
@@ -300,23 +349,16 @@ async def _run(
     run = _Run(path, options)
     report = run.report
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=options.concurrency * 2)
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue()
     failure: list[BaseException] = []
 
-    def put(batch: Batch) -> bool:
-        """Queue a batch from the producer thread; False once the run is stopping."""
-        future = asyncio.run_coroutine_threadsafe(queue.put(batch), loop)
-        while True:
-            try:
-                future.result(timeout=0.2)
-                return True
-            except TimeoutError:
-                if run.stopping.is_set() or stop.is_set():
-                    run.stopping.set()
-                    future.cancel()
-                    with contextlib.suppress(Exception):
-                        future.result(timeout=1)
-                    return False
+    def stopping() -> bool:
+        if run.stopping.is_set() or stop.is_set():
+            run.stopping.set()
+            return True
+        return False
+
+    handoff = _Handoff(loop, queue, options.concurrency * 2, stopping)
 
     with Source(
         path,
@@ -339,6 +381,7 @@ async def _run(
                         batch = await queue.get()
                         if batch is None:
                             return
+                        handoff.taken()
                         if run.stopping.is_set():
                             report.not_sent += len(batch)
                             continue
@@ -375,7 +418,9 @@ async def _run(
                 workers = [asyncio.create_task(worker()) for _ in range(options.concurrency)]
                 watcher = asyncio.create_task(watch_stop())
                 try:
-                    await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
+                    await asyncio.to_thread(
+                        _produce, run, source, handoff.put, loop.call_soon_threadsafe
+                    )
                 finally:
                     # Workers drain what is queued (counting it as not sent when stopping).
                     for _ in workers:

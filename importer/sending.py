@@ -29,7 +29,7 @@ from aiolimiter import AsyncLimiter
 
 from .errors import ApiKeyRejected, ApiUnavailable, RunStopped, TransientApiError
 from .options import ImportOptions
-from .records import Batch, Outcome
+from .records import Batch, Outcome, delivered_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -552,6 +552,9 @@ class Sender:
                 )
                 return _Leftover(batch, failure, split=True)
             done.extend(self._failed(batch, 200, str(failure), attempts, "record"))
+            return None
+        if not found.errors:
+            done.extend(delivered_outcomes(batch.customers, attempts))
             return None
         retry: list[int] = []
         for i, customer in enumerate(batch.customers):
