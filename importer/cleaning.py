@@ -619,11 +619,20 @@ FastRule = Callable[[pa.StringArray, "_Context"], tuple[np.ndarray, np.ndarray]]
 #: ``_rule_text`` rules by (what, limit), so their text columns skip the per-value checks.
 _TEXT_RULES: dict[Rule, tuple[str, int | None]] = {}
 
-# _FAST_EMAIL without its lookahead (RE2 has none): a domain label starting
-# with ``xn--`` is looked for separately.
+# _FAST_EMAIL without its lookahead (RE2 has none): an address with ``xn--``
+# anywhere goes to the rule instead (plain searches beat regular expressions).
 _FAST_EMAIL_RE2 = _FAST_EMAIL.replace("(?!xn--)", "")
-_XN_LABEL_RE2 = r"@(?:[a-z0-9-]+\.)*xn--"
-_SPECIAL_RE2 = "(?:" + "|".join(re.escape(s) for s in _SPECIAL_SUFFIXES) + ")$"
+# Letters of Latin-1 Supplement and Latin Extended-A but U+0130: for these, Python's
+# str.lower() and pyarrow's utf8_lower agree, the result stays in the set, every one
+# is a \w to Python and each is its own NFC form. Addresses made of them and ASCII
+# are settled by _FAST_INTL_EMAIL in pyarrow; anything else goes to the rule.
+_LATIN = r"\x{00C0}-\x{00D6}\x{00D8}-\x{00F6}\x{00F8}-\x{012F}\x{0131}-\x{017F}"
+_LATIN_TEXT_RE2 = rf"^[\x00-\x7f{_LATIN}]*$"
+_FAST_INTL_EMAIL_RE2 = (
+    _FAST_INTL_EMAIL.replace("(?=.{1,63}$)", "")
+    .replace("(?!xn--)", "")
+    .replace("\\w", "\\w" + _LATIN)
+)
 
 
 def _to_objects(arr: pa.Array) -> np.ndarray:
@@ -656,16 +665,36 @@ def _fast_email(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.n
     n = len(values)
     out = np.full(n, None, object)
     reasons = np.full(n, None, object)
+    ascii_ = pc.string_is_ascii(values)
     lower = pc.ascii_lower(values)
-    fast = pc.and_(pc.string_is_ascii(values), _fullmatch(lower, _FAST_EMAIL_RE2))
-    fast = pc.and_not(fast, pc.match_substring_regex(lower, _XN_LABEL_RE2))
-    fast = _mask(pc.and_not(fast, pc.match_substring_regex(lower, _SPECIAL_RE2)))
+    fast = pc.and_(ascii_, _fullmatch(lower, _FAST_EMAIL_RE2))
+    fast = _mask(pc.and_not(fast, _idna_or_special(lower)))
     if fast.any():
         out[fast] = _to_objects(lower.filter(fast))
         # ASCII: bytes are characters.
         long_ = _mask(pc.greater(pc.binary_length(values), MAX_EMAIL)) & fast
         reasons[long_] = f"invalid email: longer than {MAX_EMAIL} characters"
+    latin = _mask(pc.and_not(pc.match_substring_regex(values, _LATIN_TEXT_RE2), ascii_))
+    if latin.any():
+        # Like _email_from_text: lowercase, the international shape (at most 63
+        # characters, so never too long), no IDNA label, no special-use domain.
+        idx = np.flatnonzero(latin)
+        low = pc.utf8_lower(values.filter(latin))
+        ok = pc.and_(
+            _fullmatch(low, _FAST_INTL_EMAIL_RE2), pc.less_equal(pc.utf8_length(low), 63)
+        )
+        ok = _mask(pc.and_not(ok, _idna_or_special(low)))
+        out[idx[ok]] = _to_objects(low.filter(ok))
+        fast[idx[ok]] = True
     return _fill_rest(values, fast, out, reasons, _rule_email, ctx)
+
+
+def _idna_or_special(lower: pa.StringArray) -> pa.BooleanArray:
+    """Addresses the library must see: ``xn--`` anywhere, or a special-use domain."""
+    found = pc.match_substring(lower, "xn--")
+    for suffix in _SPECIAL_SUFFIXES:
+        found = pc.or_(found, pc.ends_with(lower, suffix))
+    return found
 
 
 def _fast_phone(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
@@ -938,28 +967,22 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     """Run ``rule`` over the non-empty cells of ``column``; text columns once per distinct value."""
     if column.text is None:
         return _apply_objects(rule, ctx, src, column.raw, column.values, column.empty)
-    n = len(column.raw)
-    present = ~column.empty
-    encoded = pc.dictionary_encode(column.text.filter(pa.array(present)))
-    if len(encoded.dictionary):
-        v, r = _fast_rule(rule)(encoded.dictionary, ctx)
-    else:
-        v = r = np.empty(0, object)
-    # One slot past the distinct values stands for the empty cells.
-    r = _with_last(r, None)
+    n = len(column.empty)
+    # Encoded as a whole (cheaper than filtering first): the empty cells become the
+    # distinct value "" or null, which the rule never sees.
+    encoded = pc.dictionary_encode(column.text)
+    distinct = encoded.dictionary
+    size = len(distinct)
+    filled = _mask(pc.not_equal(pc.binary_length(distinct), 0)) if size else np.zeros(0, bool)
+    v = np.full(size + 1, _OMIT, object)
+    r = np.full(size + 1, None, object)
+    if filled.any():
+        v[:-1][filled], r[:-1][filled] = _fast_rule(rule)(distinct.filter(filled), ctx)
     bad_u = pd.notna(r)
-    v = _with_last(v, _OMIT)
     v[bad_u] = _OMIT
-    codes = np.full(n, len(encoded.dictionary), np.intp)
-    codes[present] = encoded.indices.to_numpy()
+    # One slot past the distinct values stands for the missing cells; "" maps to its own.
+    codes = encoded.indices.fill_null(size).to_numpy(zero_copy_only=False)
     return _Cleaned(None, r[codes], _same(src, n), column.raw, column.empty, bad_u[codes], v, codes)
-
-
-def _with_last(values: np.ndarray, last: Any) -> np.ndarray:
-    out = np.empty(len(values) + 1, object)
-    out[:-1] = values
-    out[-1] = last
-    return out
 
 
 def _same(value: Any, n: int) -> np.ndarray:
@@ -1160,18 +1183,13 @@ _CLOSE = pa.scalar(b"}", pa.binary())
 
 def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool) -> pa.BinaryArray:
     """``"name":value`` per kept row as JSON, null where the field is left out."""
-    null_empty = empty_as_null and name not in IDENTIFIERS
-    if c.codes is not None and c.distinct is not None:
+    if empty_as_null and name not in IDENTIFIERS:
+        values, codes = c.values[kept].copy(), None
+        values[c.empty[kept]] = None
+    elif c.codes is not None and c.distinct is not None:
         values, codes = c.distinct, c.codes[kept]
-        if null_empty:
-            # The last distinct slot stands for the empty cells (see _apply).
-            values = values.copy()
-            values[-1] = None
     else:
         values, codes = c.values[kept], None
-        if null_empty:
-            values = values.copy()
-            values[c.empty[kept]] = None
     prefix = orjson.dumps(name) + b":"
     omit = _OMIT
     dumps = orjson.dumps
