@@ -467,6 +467,21 @@ def test_source_arrow_reader_handles_gzip_and_skips_stdin_and_other_encodings(
         assert _flatten(source.chunks()) == _fast_read(gz)
 
 
+def test_source_arrow_chunk_counts_and_splits_without_building_its_frame(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("email,city\na@x.io,Oslo\nb@x.io\nc@x.io, Rome \nd@x.io,Bern\n")
+    (chunk,) = list(read_chunks(path))
+    assert chunk.arrow is not None
+    head, tail = chunk.split(2)
+    assert chunk.column_names == head.column_names == tail.column_names == ["email", "city"]
+    assert (chunk.num_rows, head.num_rows, tail.num_rows) == (3, 2, 1)
+    assert (chunk.rows_read, head.rows_read, tail.rows_read) == (4, 3, 1)
+    assert tail.arrow is not None and tail.arrow.column("city").to_pylist() == ["Bern"]
+    assert chunk._frame is head._frame is tail._frame is None
+    assert head.frame["city"].tolist() == ["Oslo", " Rome "]
+    assert all(dtype is np.dtype(object) for dtype in head.frame.dtypes)
+
+
 def test_source_chunk_split_keeps_rows_and_rejects_in_order(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("email,city\na@x.io,Oslo\nb@x.io\nc@x.io,Rome\nd@x.io,Bern\n,\n")
