@@ -1053,24 +1053,18 @@ class _ArrowRows:
             raise _FastPathUnsure("invalid rows out of order")
         is_valid[slots] = False
         nlines = np.ones(total, dtype=np.int64)
-        lengths = np.zeros(valid, dtype=np.int64)
         if batch is not None:
+            if valid:
+                self._check_lengths(batch)
             breaks = np.zeros(valid, dtype=np.int64)
-            for column in batch.columns:
-                size = pc.utf8_length(column).to_numpy()
-                if valid and size.max() >= self.source.max_field_bytes:
-                    raise _FastPathUnsure("a field at the size limit")
-                lengths += size
-                if scan.quotes:
+            if scan.quotes:
+                for column in batch.columns:
                     breaks += (
                         pc.count_substring(column, "\n").to_numpy()
                         + pc.count_substring(column, "\r").to_numpy()
                         - pc.count_substring(column, "\r\n").to_numpy()
                     )
             nlines[is_valid] += breaks
-            # Upper bound on a physical line's length: every character a doubled quote.
-            if valid and 2 * int(lengths.max()) + 3 * self.ncols + 1 >= self.source.max_line_bytes:
-                raise _FastPathUnsure("a line near the length limit")
         # Invalid rows: blank-looking lines are skipped, the rest are ragged rows.
         is_record = is_valid.copy()
         reasons: dict[int, tuple[str, str]] = {}
@@ -1106,6 +1100,28 @@ class _ArrowRows:
             columns = batch.columns
         cells = pa.RecordBatch.from_arrays(columns, names=self.names)
         yield from self._slices(cells, row_records, row_lines, rejects)
+
+    def _check_lengths(self, batch: pa.RecordBatch) -> None:
+        """Raise :class:`_FastPathUnsure` for a field at the size limit or a line near its limit.
+
+        Both limits count characters. A cell's bytes bound its characters from above
+        and cost next to nothing to read, so characters are counted only when the
+        bytes come near a limit.
+        """
+        for measure in (pc.binary_length, pc.utf8_length):
+            widest = 0
+            lengths = np.zeros(batch.num_rows, dtype=np.int64)
+            for column in batch.columns:
+                size = measure(column).to_numpy()
+                widest = max(widest, int(size.max()))
+                lengths += size
+            # Upper bound on a physical line's length: every character a doubled quote.
+            longest = 2 * int(lengths.max()) + 3 * self.ncols + 1
+            if widest < self.source.max_field_bytes and longest < self.source.max_line_bytes:
+                return
+        if widest >= self.source.max_field_bytes:
+            raise _FastPathUnsure("a field at the size limit")
+        raise _FastPathUnsure("a line near the length limit")
 
     def _start_lines(self, nlines: np.ndarray) -> np.ndarray:
         """Data-line index where each row starts, skipping the empty lines between rows."""

@@ -448,6 +448,24 @@ def test_source_limits_and_broken_rows_fall_back_after_the_rows_read(tmp_path, k
     assert [r[:2] for r in rejects] == [(1501, 1502)]
 
 
+@pytest.mark.parametrize(
+    ("kw", "cell", "arrow"),
+    [
+        # Limits count characters: more bytes than the limit, fewer characters, stays fast.
+        ({"max_field_bytes": 100}, "é" * 90, True),
+        ({"max_field_bytes": 100}, "é" * 100, False),
+        ({"max_line_bytes": 300}, "é" * 140, True),
+        ({"max_line_bytes": 300}, "é" * 150, False),
+    ],
+)
+def test_source_arrow_reader_limits_count_characters_not_bytes(tmp_path, kw, cell, arrow):
+    rows = [f"u{i}@x.io,N{i}" for i in range(50)]
+    rows[20] = f"a@x.io,{cell}"
+    path = _write(tmp_path, "c.csv", ("email,name\n" + "\n".join(rows) + "\n").encode())
+    assert _used_arrow(path, **kw) is arrow
+    assert _fast_read(path, **kw) == _python_read(path, **kw)
+
+
 def test_source_arrow_reader_handles_gzip_and_skips_stdin_and_other_encodings(
     tmp_path, monkeypatch
 ):
