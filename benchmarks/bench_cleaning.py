@@ -34,7 +34,7 @@ def measure(path: Path, chunk_rows: int) -> dict[str, float]:
     t_total = time.process_time()
     for chunk in read_chunks(path, chunk_rows=chunk_rows):
         t0 = time.process_time()
-        mapping = resolve_mapping(chunk.frame.columns)
+        mapping = resolve_mapping(chunk.column_names)
         if types is None:
             types = infer_column_types(chunk, mapping)
         result = clean_chunk(chunk, mapping, options, types)

@@ -172,7 +172,13 @@ class _Cleaned:
 # -- column preparation --------------------------------------------------------
 
 #: Every character Python's ``str.strip()`` removes, so pyarrow trims exactly the same.
-_WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+#: Written out: finding them among all code points costs a tenth of a second per run
+#: (a test checks the list against ``str.isspace``).
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 @dataclass
@@ -183,12 +189,17 @@ class _Prepared:
     non-missing cell is text (CSV always, JSONL usually); then ``values`` is
     built from it only when a caller asks. Otherwise ``text`` is None and
     ``values`` holds the cells as Python objects.
+
+    ``raw`` holds the cells as read, for rejects to quote. When the column
+    came as Arrow text (``original``), they are made Python objects only when
+    asked for; :meth:`raw_where` makes only the ones a reject needs.
     """
 
-    raw: np.ndarray
+    _raw: np.ndarray | None
     empty: np.ndarray
     text: pa.StringArray | None = None
     _values: np.ndarray | None = None
+    original: pa.StringArray | None = None
 
     @property
     def values(self) -> np.ndarray:
@@ -196,6 +207,23 @@ class _Prepared:
             assert self.text is not None
             self._values = self.text.to_numpy(zero_copy_only=False)
         return self._values
+
+    @property
+    def raw(self) -> np.ndarray:
+        if self._raw is None:
+            assert self.original is not None
+            self._raw = self.original.to_numpy(zero_copy_only=False)
+        return self._raw
+
+    def raw_where(self, wanted: np.ndarray) -> np.ndarray:
+        """``raw``, or when it was not made yet, the cells where ``wanted`` holds (else None)."""
+        if self._raw is not None or self.original is None:
+            return self.raw
+        out = np.full(len(wanted), None, object)
+        at = np.flatnonzero(wanted)
+        if len(at):
+            out[at] = self.original.take(at).to_numpy(zero_copy_only=False)
+        return out
 
 
 def _prepare_column(series: pd.Series) -> _Prepared:
@@ -236,6 +264,23 @@ def _prepare_frame(frame: pd.DataFrame, sources: list[str]) -> dict[str, _Prepar
     for src in sources:
         if src not in prepared:
             prepared[src] = _prepare_column(frame[src])
+    return prepared
+
+
+def _prepare_arrow(cells: pa.RecordBatch, sources: list[str]) -> dict[str, _Prepared]:
+    """:func:`_prepare_column` for each of ``sources`` of a chunk that came as Arrow text.
+
+    The cells are trimmed and tested where they are; none becomes a Python
+    str here (``raw`` and ``values`` are made later, and only if needed).
+    """
+    prepared: dict[str, _Prepared] = {}
+    for src in sources:
+        original = cells.column(src)
+        text = pc.utf8_trim(original, characters=_WHITESPACE)
+        empty = pc.fill_null(pc.equal(pc.binary_length(text), 0), True)
+        prepared[src] = _Prepared(
+            None, empty.to_numpy(zero_copy_only=False), text, original=original
+        )
     return prepared
 
 
@@ -680,9 +725,7 @@ def _fast_email(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.n
         # characters, so never too long), no IDNA label, no special-use domain.
         idx = np.flatnonzero(latin)
         low = pc.utf8_lower(values.filter(latin))
-        ok = pc.and_(
-            _fullmatch(low, _FAST_INTL_EMAIL_RE2), pc.less_equal(pc.utf8_length(low), 63)
-        )
+        ok = pc.and_(_fullmatch(low, _FAST_INTL_EMAIL_RE2), pc.less_equal(pc.utf8_length(low), 63))
         ok = _mask(pc.and_not(ok, _idna_or_special(low)))
         out[idx[ok]] = _to_objects(low.filter(ok))
         fast[idx[ok]] = True
@@ -863,14 +906,14 @@ def infer_column_types(chunk: Chunk, mapping: ColumnMapping) -> dict[str, str]:
     """
     types: dict[str, str] = {}
     ctx = _Context("US")
+    names = set(chunk.column_names)
     for src, target in mapping.targets.items():
         if target in STANDARD_FIELDS or target in (GROUP_ID, GROUP_SUBSCRIBED):
             continue
-        if target in mapping.types or src not in chunk.frame.columns:
+        if target in mapping.types or src not in names:
             continue
-        values, empty = _prepare(chunk.frame[src])
         # Every test below holds for all values exactly when it holds for the distinct ones.
-        present = pd.unique(values[~empty])
+        present = _distinct_present(chunk, src)
         if not len(present) or not _is_text(present).all():
             types[target] = "string"
             continue
@@ -894,6 +937,18 @@ def infer_column_types(chunk: Chunk, mapping: ColumnMapping) -> dict[str, str]:
     return types
 
 
+def _distinct_present(chunk: Chunk, src: str) -> np.ndarray:
+    """The distinct trimmed non-empty values of column ``src``, in no particular order."""
+    if chunk.arrow is not None:
+        distinct = pc.unique(
+            pc.utf8_trim(pc.unique(chunk.arrow.column(src)), characters=_WHITESPACE)
+        )
+        present = distinct.filter(pc.greater(pc.binary_length(distinct), 0))
+        return present.to_numpy(zero_copy_only=False)
+    values, empty = _prepare(chunk.frame[src])
+    return pd.unique(values[~empty])
+
+
 def clean_chunk(
     chunk: Chunk,
     mapping: ColumnMapping,
@@ -915,7 +970,6 @@ def clean_chunk(
     """
     options = options or ImportOptions()
     result = CleanResult(rejects=list(chunk.rejects))
-    frame = chunk.frame
     ctx = _Context(check_phone_region(options.phone_region))
     types = {**(column_types or {}), **mapping.types}
     for target, kind in types.items():
@@ -923,13 +977,17 @@ def clean_chunk(
             raise UsageError(
                 f"unknown type {kind!r} for {target!r}; use one of {', '.join(COLUMN_TYPES)}"
             )
-    n = len(frame)
+    n = chunk.num_rows
     records = np.asarray(chunk.records)
     lines = np.asarray(chunk.lines)
     fields: dict[str, _Cleaned] = {}
     group_pair: dict[str, tuple[str, _Prepared]] = {}
-    sources = [src for src in mapping.targets if src in frame.columns] if n else []
-    prepared = _prepare_frame(frame, sources)
+    names = set(chunk.column_names)
+    sources = [src for src in mapping.targets if src in names] if n else []
+    if chunk.arrow is not None:
+        prepared = _prepare_arrow(chunk.arrow, sources)
+    else:
+        prepared = _prepare_frame(chunk.frame, sources)
     for src, target in mapping.targets.items():
         if src not in prepared:
             continue
@@ -982,7 +1040,10 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     v[bad_u] = _OMIT
     # One slot past the distinct values stands for the missing cells; "" maps to its own.
     codes = encoded.indices.fill_null(size).to_numpy(zero_copy_only=False)
-    return _Cleaned(None, r[codes], _same(src, n), column.raw, column.empty, bad_u[codes], v, codes)
+    bad = bad_u[codes]
+    # Rejects quote the raw cell of bad rows only, so only those are made Python objects.
+    raw = column.raw_where(bad)
+    return _Cleaned(None, r[codes], _same(src, n), raw, column.empty, bad, v, codes)
 
 
 def _same(value: Any, n: int) -> np.ndarray:

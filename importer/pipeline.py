@@ -10,7 +10,6 @@ from running far ahead of sending, so memory stays flat for any file size.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -298,23 +297,24 @@ def _produce_batches(
         report.bytes_read = source.bytes_read
         if hasher is not None and writer is not None:
             notify(writer.note_input, hasher.advance(source.bytes_read))
-        # A dead-letter file is re-imported as the payloads it holds.
-        payloads = unwrap_dead_letter(chunk.frame)
+        # A dead-letter file (JSONL: CSV cells are never payload objects) is re-imported
+        # as the payloads it holds.
+        payloads = unwrap_dead_letter(chunk.frame) if source.info.format == "jsonl" else None
         if payloads is not None:
-            chunk = dataclasses.replace(chunk, frame=payloads)
-        key = tuple(chunk.frame.columns)
+            chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects, chunk.bytes_read)
+        key = tuple(chunk.column_names)
         if key not in mappings:
             mappings[key] = resolve_mapping(
                 key, o.column_map, o.drop_columns, o.drop_unmapped, run.column_specs
             )
             if not report.mapping:
                 report.mapping = mappings[key].describe()
-        if key not in column_types and len(chunk.frame):
+        if key not in column_types and chunk.num_rows:
             column_types[key] = (
                 infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
             )
         pieces = [chunk]
-        if first and len(chunk.frame) > FIRST_PIECE_ROWS:
+        if first and chunk.num_rows > FIRST_PIECE_ROWS:
             # Types come from the whole first chunk, but only a small piece of it is
             # cleaned before the first request goes out: the first call does not wait
             # for a full chunk to be cleaned.

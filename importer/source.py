@@ -1,4 +1,4 @@
-"""Source stage: open the input and yield it as pandas DataFrame chunks.
+"""Source stage: open the input and yield it as chunks of rows (pandas frames or Arrow text).
 
 Owns: opening paths and stdin, gzip, format, encoding and delimiter detection,
 parsing CSV records and JSONL lines, record and line numbers, the structural
@@ -22,7 +22,7 @@ import sys
 import zlib
 from collections import deque
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -66,7 +66,6 @@ _CP1252_UNDEFINED = {b"\x81", b"\x8d", b"\x8f", b"\x90", b"\x9d"}
 codecs.register_error(FALLBACK_ERRORS, _decode_fallback)
 
 
-@dataclass
 class Chunk:
     """Consecutive rows of the input.
 
@@ -75,36 +74,92 @@ class Chunk:
     ``records`` and ``lines`` give, per row, the 1-based record number and the
     physical line it starts on. ``rejects`` are the unparseable rows met while
     reading this chunk; ``rows_read`` counts both.
+
+    A chunk from the Arrow CSV reader also has ``arrow``: the same cells as a
+    record batch of string columns named like the frame's. Its ``frame`` is
+    then built only when first asked for; :attr:`column_names`,
+    :attr:`num_rows`, :attr:`rows_read` and :meth:`split` never build it, so
+    a caller that reads ``arrow`` saves turning every cell into a Python str.
     """
 
-    frame: pd.DataFrame
-    records: np.ndarray
-    lines: np.ndarray
-    rejects: list[Reject] = field(default_factory=list)
-    bytes_read: int | None = None
+    def __init__(
+        self,
+        frame: pd.DataFrame | None,
+        records: np.ndarray,
+        lines: np.ndarray,
+        rejects: list[Reject] | None = None,
+        bytes_read: int | None = None,
+        *,
+        arrow: pa.RecordBatch | None = None,
+    ):
+        if frame is None and arrow is None:
+            raise ValueError("a chunk needs a frame or an Arrow record batch")
+        self._frame = frame
+        self.arrow = arrow
+        self.records = records
+        self.lines = lines
+        self.rejects: list[Reject] = [] if rejects is None else rejects
+        self.bytes_read = bytes_read
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            assert self.arrow is not None
+            self._frame = _frame_of(self.arrow)
+        return self._frame
+
+    @property
+    def column_names(self) -> list[str]:
+        """The source's column names, in order."""
+        if self.arrow is not None:
+            return list(self.arrow.schema.names)
+        return list(self.frame.columns)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows parsed (the unparseable ones, in ``rejects``, not counted)."""
+        return self.arrow.num_rows if self.arrow is not None else len(self.frame)
 
     @property
     def rows_read(self) -> int:
-        return len(self.frame) + len(self.rejects)
+        return self.num_rows + len(self.rejects)
 
     def split(self, n: int) -> tuple[Chunk, Chunk]:
         """The first ``n`` rows and the rest; each reject goes with the rows around it."""
         cut = int(self.records[n - 1]) if 0 < n <= len(self.records) else 0
+        frame = self._frame
+        arrow = self.arrow
+        rows = len(self.records[:n])
         head = Chunk(
-            self.frame.iloc[:n],
+            None if frame is None else frame.iloc[:n],
             self.records[:n],
             self.lines[:n],
             [r for r in self.rejects if r.record <= cut],
             self.bytes_read,
+            arrow=None if arrow is None else arrow.slice(0, rows),
         )
         tail = Chunk(
-            self.frame.iloc[n:],
+            None if frame is None else frame.iloc[n:],
             self.records[n:],
             self.lines[n:],
             [r for r in self.rejects if r.record > cut],
             self.bytes_read,
+            arrow=None if arrow is None else arrow.slice(rows),
         )
         return head, tail
+
+
+def _frame_of(cells: pa.RecordBatch) -> pd.DataFrame:
+    """The cells as a frame of Python str, one object column per Arrow column."""
+    # Column by column: filling one 2-D object array costs half as much again.
+    return pd.DataFrame(
+        {
+            name: column.to_numpy(zero_copy_only=False)
+            for name, column in zip(cells.schema.names, cells.columns, strict=True)
+        },
+        dtype=object,
+        copy=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -998,26 +1053,18 @@ class _ArrowRows:
             raise _FastPathUnsure("invalid rows out of order")
         is_valid[slots] = False
         nlines = np.ones(total, dtype=np.int64)
-        lengths = np.zeros(valid, dtype=np.int64)
-        cells: list[np.ndarray] = []
         if batch is not None:
+            if valid:
+                self._check_lengths(batch)
             breaks = np.zeros(valid, dtype=np.int64)
-            for column in batch.columns:
-                size = pc.utf8_length(column).to_numpy()
-                if valid and size.max() >= self.source.max_field_bytes:
-                    raise _FastPathUnsure("a field at the size limit")
-                lengths += size
-                if scan.quotes:
+            if scan.quotes:
+                for column in batch.columns:
                     breaks += (
                         pc.count_substring(column, "\n").to_numpy()
                         + pc.count_substring(column, "\r").to_numpy()
                         - pc.count_substring(column, "\r\n").to_numpy()
                     )
-                cells.append(column.to_numpy(zero_copy_only=False))
             nlines[is_valid] += breaks
-            # Upper bound on a physical line's length: every character a doubled quote.
-            if valid and 2 * int(lengths.max()) + 3 * self.ncols + 1 >= self.source.max_line_bytes:
-                raise _FastPathUnsure("a line near the length limit")
         # Invalid rows: blank-looking lines are skipped, the rest are ragged rows.
         is_record = is_valid.copy()
         reasons: dict[int, tuple[str, str]] = {}
@@ -1047,7 +1094,34 @@ class _ArrowRows:
             Reject(int(records[s]), int(starts[s]) + self.first_line, reason, value=value)
             for s, (reason, value) in sorted(reasons.items())
         ]
+        if batch is None:
+            columns = [pa.array([], type=pa.string()) for _ in self.names]
+        else:
+            columns = batch.columns
+        cells = pa.RecordBatch.from_arrays(columns, names=self.names)
         yield from self._slices(cells, row_records, row_lines, rejects)
+
+    def _check_lengths(self, batch: pa.RecordBatch) -> None:
+        """Raise :class:`_FastPathUnsure` for a field at the size limit or a line near its limit.
+
+        Both limits count characters. A cell's bytes bound its characters from above
+        and cost next to nothing to read, so characters are counted only when the
+        bytes come near a limit.
+        """
+        for measure in (pc.binary_length, pc.utf8_length):
+            widest = 0
+            lengths = np.zeros(batch.num_rows, dtype=np.int64)
+            for column in batch.columns:
+                size = measure(column).to_numpy()
+                widest = max(widest, int(size.max()))
+                lengths += size
+            # Upper bound on a physical line's length: every character a doubled quote.
+            longest = 2 * int(lengths.max()) + 3 * self.ncols + 1
+            if widest < self.source.max_field_bytes and longest < self.source.max_line_bytes:
+                return
+        if widest >= self.source.max_field_bytes:
+            raise _FastPathUnsure("a field at the size limit")
+        raise _FastPathUnsure("a line near the length limit")
 
     def _start_lines(self, nlines: np.ndarray) -> np.ndarray:
         """Data-line index where each row starts, skipping the empty lines between rows."""
@@ -1072,7 +1146,7 @@ class _ArrowRows:
 
     def _slices(
         self,
-        cells: list[np.ndarray],
+        cells: pa.RecordBatch,
         records: np.ndarray,
         lines: np.ndarray,
         rejects: list[Reject],
@@ -1087,23 +1161,15 @@ class _ArrowRows:
             mine = rejects if last else [r for r in rejects if r.record <= upto]
             rejects = [] if last else rejects[len(mine) :]
             if stop > start or mine:
-                # Column by column: filling one 2-D object array costs half as much again.
-                frame = pd.DataFrame(
-                    {
-                        name: column[start:stop]
-                        for name, column in zip(self.names, cells, strict=True)
-                    }
-                    if cells
-                    else {name: np.array([], dtype=object) for name in self.names},
-                    dtype=object,
-                    copy=False,
-                )
+                # The cells stay Arrow text: cleaning reads them as they are, and only a
+                # caller that asks for the chunk's frame pays for Python strings.
                 yield Chunk(
-                    frame,
+                    None,
                     records[start:stop],
                     lines[start:stop],
                     mine,
                     self.source.bytes_read,
+                    arrow=cells.slice(start, stop - start),
                 )
             if last:
                 return

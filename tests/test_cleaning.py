@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from importer.dedupe import merge_repeats
 from importer.errors import UsageError
 from importer.mapping import ColumnMapping, resolve_mapping
 from importer.options import ImportOptions
-from importer.source import Chunk
+from importer.source import Chunk, Source
 
 from .conftest import fast_options, write_csv
 
@@ -40,11 +41,48 @@ def jsonl_chunk(objects: list[dict[str, Any]]) -> Chunk:
     return Chunk(frame, records, records.copy())
 
 
+def arrow_chunk(chunk: Chunk) -> Chunk | None:
+    """The same cells as the Arrow CSV reader hands them over, or None if it could not.
+
+    The Arrow reader gives every cell as text, never missing, and only valid UTF-8.
+    """
+    names = list(chunk.frame.columns)
+    try:
+        columns = [pa.array(chunk.frame[n].to_numpy(dtype=object), type=pa.string()) for n in names]
+    except (pa.ArrowException, UnicodeError):
+        return None
+    if any(c.null_count for c in columns):
+        return None
+    cells = pa.RecordBatch.from_arrays(columns, names=names)
+    return Chunk(None, chunk.records, chunk.lines, list(chunk.rejects), arrow=cells)
+
+
+def _outcome(chunk: Chunk, types: bool, options: ImportOptions) -> Any:
+    """What cleaning ``chunk`` gives: the inferred types and the result, or the error raised."""
+    mapping = resolve_mapping(chunk.column_names)
+    column_types = infer_column_types(chunk, mapping) if types else None
+    try:
+        return column_types, clean_chunk(chunk, mapping, options, column_types)
+    except Exception as exc:  # compared, not swallowed: the caller re-raises it
+        return column_types, exc
+
+
 def clean(rows: list[dict[str, Any]], jsonl: bool = False, types: bool = True, **options: Any):
+    """Clean ``rows`` as one chunk; a CSV chunk is cleaned in its Arrow form too, to the same."""
     chunk = jsonl_chunk(rows) if jsonl else csv_chunk(rows)
-    mapping = resolve_mapping(chunk.frame.columns)
-    column_types = infer_column_types(chunk, mapping) if types and not jsonl else None
-    return clean_chunk(chunk, mapping, ImportOptions(**options), column_types)
+    opts = ImportOptions(**options)
+    column_types, result = _outcome(chunk, types and not jsonl, opts)
+    twin = None if jsonl else arrow_chunk(chunk)
+    if twin is not None:
+        twin_types, twin_result = _outcome(twin, types, opts)
+        assert twin_types == column_types
+        if isinstance(result, Exception):
+            assert (type(twin_result), str(twin_result)) == (type(result), str(result))
+        else:
+            assert twin_result == result
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def one(column: str, value: Any, **options: Any) -> tuple[Any, str | None]:
@@ -301,6 +339,60 @@ def test_empty_as_null_sends_null_but_never_for_identifiers():
     assert [c.payload for c in result.customers] == [
         {"customer_id": "c1", "firstname": None, "city": None}
     ]
+
+
+def test_arrow_read_chunks_clean_like_python_read_chunks(tmp_path):
+    """The Arrow reader's chunks (cells kept as Arrow text) clean exactly like frames of str."""
+    header = ["customer_id", "email", "First Name", "points", "subscription_group_id"]
+    header.append("subscription_group_subscribed")
+    rows = [
+        ["c1", " Bad@@Example.com ", "Ann", "1", "news", "yes"],
+        ["c2", "", " Zoë ", "2", "", ""],
+        ["", "\u3000", "Émile", "3", "", "y"],
+        ["c4", "ok@example.com", "  ", "4", "news", "maybe"],
+        ["c5", "ünï@example.com", "日本", " 5 ", "", " no "],
+        ["c6", "x" * 70 + "@example.com", "Ann", "", "g", ""],
+        ["c7", " Ünï@Example.com ", "日本", "7", "news", "no"],
+    ] * 3
+    rows[10] = [*rows[10][:3], "lots", *rows[10][4:]]  # after the chunk the types come from
+    path = write_csv(tmp_path / "c.csv", rows, header)
+    for options in (
+        ImportOptions(on_invalid="drop-field"),
+        ImportOptions(empty_as_null=True),
+        ImportOptions(),
+    ):
+        outcomes = []
+        for arrow in (True, False):
+            with Source(path, chunk_rows=4) as source:
+                if not arrow:
+                    source._arrow_start = lambda: None  # type: ignore[method-assign]
+                chunks = list(source.chunks())
+            assert all((c.arrow is not None) == arrow for c in chunks)
+            mapping = resolve_mapping(chunks[0].column_names)
+            types = infer_column_types(chunks[0], mapping)
+            head, tail = chunks[0].split(1)
+            results = [clean_chunk(c, mapping, options, types) for c in (head, tail, *chunks[1:])]
+            outcomes.append((types, results))
+        assert outcomes[0] == outcomes[1]
+    types, results = outcomes[0]
+    assert types == {"points": "int"}
+    # Rejects quote the cell as it was read, surrounding spaces included.
+    quoted = {(r.record, r.column, r.value) for result in results for r in result.rejects}
+    assert quoted >= {
+        (1, "email", " Bad@@Example.com "),
+        (3, "subscription_group_subscribed", "y"),
+        (5, "subscription_group_subscribed", " no "),
+        (11, "points", "lots"),
+    }
+    customers = {c.record: c.payload for result in results for c in result.customers}
+    assert customers[2] == {"customer_id": "c2", "firstname": "Zoë", "points": 2}
+    assert customers[7] == {
+        "customer_id": "c7",
+        "email": "ünï@example.com",
+        "firstname": "日本",
+        "points": 7,
+        "subscription_groups": [{"id": "news", "subscribed": False}],
+    }
 
 
 def test_row_without_identifier_rejected_with_numbers():

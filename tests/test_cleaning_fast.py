@@ -136,6 +136,11 @@ def test_every_sample_same_both_ways(rule):
     _both_ways(_RULES[rule], cells, "US")
 
 
+def test_trimmed_characters_are_those_str_strip_removes():
+    spaces = "".join(filter(str.isspace, map(chr, range(0x110000))))
+    assert spaces == cleaning._WHITESPACE
+
+
 def test_whole_frame_conversion_matches_column_by_column():
     frame = pd.DataFrame(
         {

@@ -456,6 +456,24 @@ def test_source_limits_and_broken_rows_fall_back_after_the_rows_read(tmp_path, k
     assert [r[:2] for r in rejects] == [(1501, 1502)]
 
 
+@pytest.mark.parametrize(
+    ("kw", "cell", "arrow"),
+    [
+        # Limits count characters: more bytes than the limit, fewer characters, stays fast.
+        ({"max_field_bytes": 100}, "é" * 90, True),
+        ({"max_field_bytes": 100}, "é" * 100, False),
+        ({"max_line_bytes": 300}, "é" * 140, True),
+        ({"max_line_bytes": 300}, "é" * 150, False),
+    ],
+)
+def test_source_arrow_reader_limits_count_characters_not_bytes(tmp_path, kw, cell, arrow):
+    rows = [f"u{i}@x.io,N{i}" for i in range(50)]
+    rows[20] = f"a@x.io,{cell}"
+    path = _write(tmp_path, "c.csv", ("email,name\n" + "\n".join(rows) + "\n").encode())
+    assert _used_arrow(path, **kw) is arrow
+    assert _fast_read(path, **kw) == _python_read(path, **kw)
+
+
 def test_source_arrow_reader_handles_gzip_and_skips_stdin_and_other_encodings(
     tmp_path, monkeypatch
 ):
@@ -473,6 +491,21 @@ def test_source_arrow_reader_handles_gzip_and_skips_stdin_and_other_encodings(
     with Source("-", format="csv") as source:
         assert source._arrow_start() is None
         assert _flatten(source.chunks()) == _fast_read(gz)
+
+
+def test_source_arrow_chunk_counts_and_splits_without_building_its_frame(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("email,city\na@x.io,Oslo\nb@x.io\nc@x.io, Rome \nd@x.io,Bern\n")
+    (chunk,) = list(read_chunks(path))
+    assert chunk.arrow is not None
+    head, tail = chunk.split(2)
+    assert chunk.column_names == head.column_names == tail.column_names == ["email", "city"]
+    assert (chunk.num_rows, head.num_rows, tail.num_rows) == (3, 2, 1)
+    assert (chunk.rows_read, head.rows_read, tail.rows_read) == (4, 3, 1)
+    assert tail.arrow is not None and tail.arrow.column("city").to_pylist() == ["Bern"]
+    assert chunk._frame is head._frame is tail._frame is None
+    assert head.frame["city"].tolist() == ["Oslo", " Rome "]
+    assert all(dtype is np.dtype(object) for dtype in head.frame.dtypes)
 
 
 def test_source_chunk_split_keeps_rows_and_rejects_in_order(tmp_path):
