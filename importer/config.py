@@ -202,7 +202,7 @@ def detect_starter_config(
     ) as source:
         columns: list[str] = []
         for chunk in source.chunks():
-            columns = [str(c) for c in chunk.frame.columns] or list(source.columns)
+            columns = [str(c) for c in chunk.column_names] or list(source.columns)
             if columns:
                 break
         columns = columns or list(source.columns)
