@@ -1223,13 +1223,13 @@ def _customers(
     Each field is encoded once per distinct value (``"key":value``, by orjson,
     exactly as it would encode the value inside a payload dict); pyarrow then
     gathers the pieces per row and joins them, leaving out omitted fields. The
-    result is byte for byte ``orjson.dumps(payload)`` with the keys in
-    ``order``, without building a dict per row.
+    result is byte for byte :func:`~importer.records.encode_payload` of the
+    payload (keys sorted), without building a dict per row.
     """
     kept = np.flatnonzero(keep)
     if not order or not len(kept):
         return []
-    pieces = [_encoded_field(f, fields[f], kept, empty_as_null) for f in order]
+    pieces = [_encoded_field(f, fields[f], kept, empty_as_null) for f in sorted(order)]
     joined = pc.binary_join_element_wise(*pieces, b",", null_handling="skip")
     rows = pc.binary_join_element_wise(_OPEN, joined, _CLOSE, b"")
     encoded = rows.to_numpy(zero_copy_only=False).tolist()
@@ -1254,8 +1254,10 @@ def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool
     prefix = orjson.dumps(name) + b":"
     omit = _OMIT
     dumps = orjson.dumps
+    sort = orjson.OPT_SORT_KEYS
     pieces = pa.array(
-        [None if v is omit else prefix + dumps(v) for v in values.tolist()], pa.binary()
+        [None if v is omit else prefix + dumps(v, option=sort) for v in values.tolist()],
+        pa.binary(),
     )
     return pieces if codes is None else pieces.take(codes)
 
