@@ -118,6 +118,12 @@ def test_every_sample_same_both_ways(rule):
     _both_ways(_RULES[rule], cells, "US")
 
 
+def test_whitespace_list_is_what_isspace_accepts():
+    # The trimmed set is written out in cleaning.py; it must stay what str.strip() removes.
+    every = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+    assert every == cleaning._WHITESPACE
+
+
 def test_whole_frame_conversion_matches_column_by_column():
     frame = pd.DataFrame(
         {
