@@ -853,10 +853,12 @@ class _RawScan:
             self._window.notify_all()
 
     def stop(self) -> None:
-        """Nobody takes batches any more: every read, waiting or to come, ends the input.
+        """Nobody takes batches any more: every read, waiting or to come, fails.
 
         Arrow's thread then leaves Python at once instead of waiting in :meth:`read`
-        (or reading on) while the source closes, or the interpreter exits.
+        (or reading on) while the source closes, or the interpreter exits. A failed
+        read, like one from a closed file, ends Arrow's reading; an empty one would
+        pass for the end of the input and have it parse a truncated last record.
         """
         with self._window:
             self.stopped = True
@@ -868,7 +870,7 @@ class _RawScan:
                 if not self._window.wait(ARROW_READ_AHEAD_GRACE_S) and self.wanted:
                     break
             if self.stopped:
-                return b""
+                raise ValueError("the CSV reader stopped reading this stream")
             self.ahead += 1
         data = self.held + self.stream.read(n if n is not None and n >= 0 else -1)
         self.held = b""
@@ -885,10 +887,12 @@ class _RawScan:
     def _scan(self, head: bytes) -> None:
         """Scan one block; ``head`` is the block after the previous block's last byte."""
         base = self.lines
-        if b"\n\n" in head or b"\n\r" in head or b"\r\r" in head:
+        # Most files have no \r at all: one count then spares the searches that need one.
+        crs = head.count(b"\r")
+        if b"\n\n" in head or (crs and (b"\n\r" in head or b"\r\r" in head)):
             self._scan_lines(head)
         else:
-            self.lines += head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n")
+            self.lines += head.count(b"\n") + crs - (head.count(b"\r\n") if crs else 0)
             if head[0] in (_LF, _CR):
                 self.lines -= 1  # counted with the previous block
         if self.close_at_end:
