@@ -4,8 +4,10 @@ The library does the work; the ``blueshift-import`` command is a thin layer
 over :func:`import_file`.
 """
 
+from __future__ import annotations
+
 import logging
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AccountingMismatch,
@@ -22,12 +24,40 @@ from .errors import (
 )
 from .options import ImportOptions
 from .outcomes import ImportReport
-from .pipeline import import_file
 
-try:
-    __version__ = version("blueshift-import")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from .pipeline import import_file
+
+    __version__: str
+
+
+def __getattr__(name: str) -> Any:
+    """``import_file`` and ``__version__``, loaded on first use.
+
+    The pipeline brings pandas, pyarrow and aiohttp (most of a second), and the
+    version importlib.metadata: commands that need neither (``--help``, the fake
+    API, the state commands) and ``import importer`` itself start without them.
+    """
+    if name == "import_file":
+        from .pipeline import import_file
+
+        globals()[name] = import_file
+        return import_file
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("blueshift-import")
+        except PackageNotFoundError:  # running from a source tree that was not installed
+            found = "0.0.0"
+        globals()[name] = found
+        return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "import_file", "__version__"})
+
 
 # A library prints nothing unless asked: without this, Python's last-resort
 # handler would write our warnings to stderr of whatever application embeds us.

@@ -19,7 +19,6 @@ from typing import Any
 
 import click
 
-from . import __version__
 from .batching import encode_payload
 from .config import ConfigFile, default_map, load_config
 from .errors import AccountingMismatch, ImporterError, RunStopped, UsageError
@@ -47,8 +46,25 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    # Looked up only when asked: importlib.metadata costs every other command a few dozen ms.
+    from . import __version__
+
+    click.echo(f"blueshift-import, version {__version__}")
+    ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="blueshift-import")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.pass_context
 def main(ctx: click.Context, verbose: int) -> None:
@@ -418,7 +434,6 @@ def run(input_path: str, **kw: Any) -> None:
     mock = kw.pop("mock")
     ui = _display_settings(kw, mock)
     mock_rate = kw.pop("mock_rate")
-    mock_config = _fake_config(kw)
     fields: dict[str, Any] = {
         "api_key": kw["api_key"],
         "region": kw["region"],
@@ -458,11 +473,10 @@ def run(input_path: str, **kw: Any) -> None:
     }
     _apply_config(fields, ui)
     if mock:
-        import dataclasses
-
+        # Only --mock needs the fake API, and with it aiohttp's server side.
         from .fake_api import DEFAULT_KEY, FakeApiServer
 
-        config = dataclasses.replace(mock_config, api_key=DEFAULT_KEY, rate=mock_rate)
+        config = _fake_config(kw, api_key=DEFAULT_KEY, rate=mock_rate)
         with FakeApiServer(config) as server:
             click.echo(f"fake API listening on {server.url}", err=True)
             fields.update(api_key=DEFAULT_KEY, base_url=server.url)

@@ -23,13 +23,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
-import pandas as pd
 
 from .errors import UsageError
 from .records import Outcome, Reject
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPORT_SCHEMA_VERSION = 1
 #: Characters that make a spreadsheet treat a cell as a formula.
@@ -169,6 +171,10 @@ def unwrap_dead_letter(frame: pd.DataFrame) -> pd.DataFrame | None:
     fields: dict[str, None] = {}
     for p in payloads:
         fields.update(dict.fromkeys(p))
+    # Here rather than at the top: the report and the writers do not need pandas, and the
+    # command imports this module for every subcommand (pandas is loaded once a chunk exists).
+    import pandas as pd
+
     return pd.DataFrame(
         {
             str(k): pd.Series([p.get(k) for p in payloads], index=frame.index, dtype=object)

@@ -19,6 +19,7 @@ import gzip
 import io
 import logging
 import sys
+import threading
 import zlib
 from collections import deque
 from collections.abc import Generator, Iterator
@@ -416,6 +417,7 @@ class Source:
         self.max_columns = max_columns
         self.max_json_depth = max_json_depth
         self.max_line_bytes = max(max_line_bytes, 1)
+        self._scan: _RawScan | None = None  # the stream Arrow reads, while it does
         self._stream, self._counter, compressed, size = _open_binary(path)
         try:
             self.format = detect_format(path, format)
@@ -447,6 +449,8 @@ class Source:
         self.close()
 
     def close(self) -> None:
+        if self._scan is not None:
+            self._scan.stop()
         # Closing a half-read gzip stream may complain; there is nothing left to lose.
         with contextlib.suppress(Exception):
             self._stream.close()
@@ -831,6 +835,15 @@ def _depth(value: Any, cap: int) -> int:
 
 #: Bytes Arrow parses per block: bounds memory; a record longer than this falls back.
 ARROW_BLOCK_BYTES = 1 << 20
+#: Blocks Arrow may read after each record batch taken from it. Its streaming reader
+#: reads up to 32 blocks ahead on a thread of its own, and each block passes through
+#: :class:`_RawScan` in Python: unbounded, that readahead held the GIL for about a third
+#: of a second while the first chunk was read and cleaned (and made the input hasher hash
+#: 14 MB before the first request).
+ARROW_READ_AHEAD_BLOCKS = 2
+#: How long a read beyond the window waits while the reader waits for a batch, before
+#: it goes ahead anyway: a batch needs more blocks when a record spans several.
+ARROW_READ_AHEAD_GRACE_S = 0.05
 _LF, _CR, _QUOTE = 10, 13, 34
 _NEVER = 1 << 62
 
@@ -854,6 +867,14 @@ class _RawScan:
         self.stream = stream
         self.delim = ord(delimiter)
         self.prev = prev  # the byte before the data: the header's line end
+        # The read-ahead window (see ARROW_READ_AHEAD_BLOCKS): after the reader takes a
+        # batch, Arrow's thread may read that many blocks, then waits in read() for the
+        # next batch to be taken. While the reader itself waits for a batch, a read never
+        # waits longer than ARROW_READ_AHEAD_GRACE_S, so the two never wait for each other.
+        self._window = threading.Condition()
+        self.wanted = True  # opening the reader reads the first batch
+        self.ahead = 0  # blocks read since the reader last took a batch
+        self.stopped = False
         self.lines = 0  # line ends seen so far
         self.quotes = 0  # quotes seen so far
         self.close_at_end = False  # the last block ended with a closing quote
@@ -871,8 +892,41 @@ class _RawScan:
 
     def close(self) -> None:
         self.closed = True
+        self.stop()
+
+    def want_batch(self) -> None:
+        """The reader waits for Arrow's next batch."""
+        with self._window:
+            self.wanted = True
+            self._window.notify_all()
+
+    def took_batch(self) -> None:
+        """The reader has its batch: Arrow may read the window's blocks again."""
+        with self._window:
+            self.wanted = False
+            self.ahead = 0
+            self._window.notify_all()
+
+    def stop(self) -> None:
+        """Nobody takes batches any more: every read, waiting or to come, fails.
+
+        Arrow's thread then leaves Python at once instead of waiting in :meth:`read`
+        (or reading on) while the source closes, or the interpreter exits. A failed
+        read, like one from a closed file, ends Arrow's reading; an empty one would
+        pass for the end of the input and have it parse a truncated last record.
+        """
+        with self._window:
+            self.stopped = True
+            self._window.notify_all()
 
     def read(self, n: int = -1) -> bytes:
+        with self._window:
+            while not self.stopped and self.ahead >= ARROW_READ_AHEAD_BLOCKS:
+                if not self._window.wait(ARROW_READ_AHEAD_GRACE_S) and self.wanted:
+                    break
+            if self.stopped:
+                raise ValueError("the CSV reader stopped reading this stream")
+            self.ahead += 1
         data = self.held + self.stream.read(n if n is not None and n >= 0 else -1)
         self.held = b""
         # Arrow drops the \n of a quoted \r\n split between two blocks: never end on a \r.
@@ -888,10 +942,12 @@ class _RawScan:
     def _scan(self, head: bytes) -> None:
         """Scan one block; ``head`` is the block after the previous block's last byte."""
         base = self.lines
-        if b"\n\n" in head or b"\n\r" in head or b"\r\r" in head:
+        # Most files have no \r at all: one count then spares the searches that need one.
+        crs = head.count(b"\r")
+        if b"\n\n" in head or (crs and (b"\n\r" in head or b"\r\r" in head)):
             self._scan_lines(head)
         else:
-            self.lines += head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n")
+            self.lines += head.count(b"\n") + crs - (head.count(b"\r\n") if crs else 0)
             if head[0] in (_LF, _CR):
                 self.lines -= 1  # counted with the previous block
         if self.close_at_end:
@@ -985,6 +1041,7 @@ class _ArrowRows:
         self.first_line = start.header_lines + 1
         self.delimiter = start.delimiter
         self.scan = _RawScan(source._stream, start.delimiter, start.prev)
+        source._scan = self.scan
         self.invalid: deque[tuple[int, int, str]] = deque()
         self.unnumbered = False
         self.rows_done = 0  # Arrow rows (valid and invalid) handled
@@ -1025,13 +1082,23 @@ class _ArrowRows:
         # One batch is held back until the next arrives: only then has Arrow read far
         # enough for the scan to have seen everything the held batch depends on.
         held = None
-        for batch in reader:
+        try:
+            while True:
+                self.scan.want_batch()
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                finally:
+                    self.scan.took_batch()
+                if held is not None:
+                    yield from self._batch_chunks(held)
+                held = batch
             if held is not None:
                 yield from self._batch_chunks(held)
-            held = batch
-        if held is not None:
-            yield from self._batch_chunks(held)
-        yield from self._batch_chunks(None)
+            yield from self._batch_chunks(None)
+        finally:
+            self.scan.stop()
 
     def _batch_chunks(self, batch: pa.RecordBatch | None) -> Iterator[Chunk]:
         scan = self.scan

@@ -7,6 +7,7 @@ import gzip
 import io
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -434,6 +435,23 @@ def test_source_unterminated_quote_mid_file_falls_back_without_loss_or_repeat(
     assert "unterminated quote" in rejects[0].reason
     expected = [(i + 1, i + 2, f"u{i}@x.io") for i in range(60_000) if i != 30_000]
     assert [(r, line, row["email"]) for r, line, row in rows] == expected
+
+
+def test_source_arrow_reads_only_a_few_blocks_ahead_of_the_rows_taken(tmp_path, monkeypatch):
+    # Arrow's own readahead (32 blocks) would compete for the GIL with the first chunk.
+    block = 64 * 1024
+    monkeypatch.setattr(importer_source, "ARROW_BLOCK_BYTES", block)
+    rows = "".join(f"u{i}@x.io,Name {i},{i % 97}\n" for i in range(200_000))
+    path = _write(tmp_path, "c.csv", ("email,name,n\n" + rows).encode())
+    assert path.stat().st_size > 60 * block
+    with Source(path, chunk_rows=100_000) as source:
+        chunks = source.chunks()
+        first = next(chunks)
+        time.sleep(0.3)  # the rows taken are being processed: Arrow must wait
+        ahead = source.bytes_read
+        assert ahead <= (3 * importer_source.ARROW_READ_AHEAD_BLOCKS + 3) * block
+        assert first.records[0] == 1
+        assert len(first.frame) + sum(len(c.frame) for c in chunks) == 200_000
 
 
 @pytest.mark.parametrize(
