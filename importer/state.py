@@ -1,6 +1,6 @@
 """State store: what earlier runs confirmed, for ``--resume`` and ``--changed-only``.
 
-Owns: one SQLite database (stdlib ``sqlite3``, WAL journal, ``synchronous=FULL``),
+Owns: one SQLite database (stdlib ``sqlite3``, WAL journal, ``synchronous=NORMAL``),
 created with mode 0600, and the lock file beside it that keeps two runs from
 using one state at once. It records, per run, the input's fingerprint, the
 options that shape the payloads and batches, which source records are done
@@ -8,6 +8,15 @@ options that shape the payloads and batches, which source records are done
 the last payload the API confirmed.
 
 Written only after the API confirmed a batch (:class:`ConfirmationWriter`).
+
+Durability: with WAL and ``synchronous=NORMAL`` a commit is not flushed to
+disk at once (only checkpoints are). A committed batch survives the process
+being killed (``kill -9``, a crash, an out-of-memory kill): it is in the
+operating system's cache. A power loss or kernel crash may undo the last
+commits before the next checkpoint; the state is not corrupted, and those
+batches count as not done, so ``--resume`` sends them again (the API upserts,
+so that is harmless). ``synchronous=FULL`` would add an fsync to every commit,
+about one per batch when the API answers fast.
 
 Threads: a :mod:`sqlite3` connection belongs to the thread that opened it.
 The pipeline reads in its producer thread through a :class:`StateReader`
@@ -236,8 +245,8 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout = 30000")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: in WAL mode a commit survives power loss, not only a killed process.
-        conn.execute("PRAGMA synchronous = FULL")
+        # See "Durability" in the module docstring.
+        conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StateError(f"{path} is not a blueshift-import state ({exc})") from exc

@@ -153,6 +153,16 @@ def test_reader_skips_done_rows_and_unchanged_payloads_in_batches(tmp_path):
         other.close()
 
 
+def test_state_uses_wal_with_synchronous_normal(tmp_path):
+    # NORMAL: a commit survives a killed process; after a power loss the last batches
+    # may count as not done and are sent again on --resume (documented in the README).
+    with StateStore(tmp_path / "s.sqlite") as store:
+        conn = store.connect()
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)
+        conn.close()
+
+
 def test_prune_and_reset_forget_old_entries(tmp_path):
     import asyncio
 
