@@ -59,6 +59,7 @@ from typing import IO, Any
 
 import orjson
 
+from .batching import encode_payload
 from .errors import InputChanged, StateError, StateLocked, UsageError
 from .records import Customer, Outcome, Reject
 
@@ -146,9 +147,12 @@ CREATE INDEX IF NOT EXISTS payloads_by_age ON payloads (confirmed_at);
 
 
 def payload_hash(payload: dict[str, Any]) -> bytes:
-    """A 16-byte digest of a payload, independent of its keys' order."""
-    data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """A 16-byte digest of a payload, independent of its keys' order.
+
+    It hashes the bytes :func:`~importer.batching.encode_payload` sends, and
+    is the same digest as ever (of the JSON with sorted keys).
+    """
+    return hashlib.blake2b(encode_payload(payload), digest_size=16).digest()
 
 
 def run_settings(options: Any) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def test_cli_validate_shows_mapping_counts_and_payloads(cli, tmp_path):
     assert "rejected: 1 × ragged row" in out
     assert "balanced" in out
     payloads = [line.strip() for line in out.splitlines() if line.startswith("  {")]
-    assert payloads == ['{"email":"a@x.io","joined_at":"2024-01-02","points":10,"city":"Oslo"}']
+    assert payloads == ['{"city":"Oslo","email":"a@x.io","joined_at":"2024-01-02","points":10}']
     assert "secret" not in out
     rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert sorted((r["record"], r["line"]) for r in rejects) == [(3, 4), (4, 5)]
