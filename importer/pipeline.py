@@ -360,7 +360,7 @@ async def _run(
                                 offset = run.dead_letter.path.stat().st_size
                         if run.writer is not None:
                             # Awaited before the next batch: a crash re-sends only those in flight.
-                            await run.writer.record(outcomes, offset)
+                            await run.writer.record(batch, outcomes, offset)
                         if observer is not None:
                             _sync_stats(report, sender)
                             observer(report)
