@@ -124,7 +124,7 @@ async def _confirm(store: StateStore, run, customers: list[Customer], delivered:
     from importer.state import ConfirmationWriter
 
     writer = ConfirmationWriter(store, run, "t")
-    await writer.record(_batch(customers), [Outcome(c, delivered) for c in customers], None)
+    writer.record(_batch(customers), [Outcome(c, delivered) for c in customers], None)
     await writer.finish("interrupted")
     writer.close()
 
@@ -201,12 +201,12 @@ def _kill_after_confirming(path: Path, src: Path) -> list[Customer]:
 
     async def confirm(writer: ConfirmationWriter) -> None:
         writer.note_input((100, "abc"))
-        await writer.record(_batch(customers[:4]), [Outcome(c, True) for c in customers[:4]], None)
+        writer.record(_batch(customers[:4]), [Outcome(c, True) for c in customers[:4]], None)
         writer.note_rejects(12, 34)
         second = customers[4:]
         # Settled out of order after a split; one of them refused and dead-lettered.
         outcomes = [Outcome(c, c.record != 6) for c in reversed(second)]
-        await writer.record(_batch(second), outcomes, 56)
+        writer.record(_batch(second), outcomes, 56)
 
     with StateStore(path) as store:
         run = store.begin_run(Fingerprint.of(src), SETTINGS)
@@ -214,6 +214,36 @@ def _kill_after_confirming(path: Path, src: Path) -> list[Customer]:
         asyncio.run(confirm(writer))
         writer.close()
     return customers
+
+
+def test_writer_commits_each_batch_at_once_and_checkpoints_in_its_thread(tmp_path, monkeypatch):
+    import threading
+
+    import importer.state
+    from importer.records import Outcome
+    from importer.state import ConfirmationWriter
+
+    monkeypatch.setattr(importer.state, "CHECKPOINT_EVERY", 2)
+    checkpointed_in: list[str] = []
+    checkpoint = ConfirmationWriter._checkpoint_wal
+
+    def spy(self: ConfirmationWriter) -> None:
+        checkpointed_in.append(threading.current_thread().name)
+        checkpoint(self)
+
+    monkeypatch.setattr(ConfirmationWriter, "_checkpoint_wal", spy)
+    path = tmp_path / "s.sqlite"
+    customers = [Customer({"email": f"u{i}@example.com"}, i, i + 1) for i in range(1, 6)]
+    with StateStore(path) as store:
+        run = store.begin_run(Fingerprint.of(_input(tmp_path)), SETTINGS)
+        writer = ConfirmationWriter(store, run, "t")
+        for c in customers:
+            writer.record(_batch([c]), [Outcome(c, True)], None)
+            other = sqlite3.connect(path)  # committed as record() returns
+            assert other.execute("SELECT count(*) FROM journal").fetchone() == (c.record,)
+            other.close()
+        writer.close()
+    assert checkpointed_in and all(n.startswith("state-writer") for n in checkpointed_in)
 
 
 def test_a_killed_runs_journal_is_applied_when_the_state_is_next_opened(tmp_path):
