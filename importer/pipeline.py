@@ -402,8 +402,8 @@ async def _run(
                             if not all(o.delivered for o in outcomes):
                                 offset = run.dead_letter.path.stat().st_size
                         if run.writer is not None:
-                            # Awaited before the next batch: a crash re-sends only those in flight.
-                            await run.writer.record(outcomes, offset)
+                            # Committed before the next batch: a crash re-sends those in flight.
+                            run.writer.record(batch, outcomes, offset)
                         if observer is not None:
                             _sync_stats(report, sender)
                             observer(report)

@@ -1,6 +1,6 @@
 """State store: what earlier runs confirmed, for ``--resume`` and ``--changed-only``.
 
-Owns: one SQLite database (stdlib ``sqlite3``, WAL journal, ``synchronous=FULL``),
+Owns: one SQLite database (stdlib ``sqlite3``, WAL journal, ``synchronous=NORMAL``),
 created with mode 0600, and the lock file beside it that keeps two runs from
 using one state at once. It records, per run, the input's fingerprint, the
 options that shape the payloads and batches, which source records are done
@@ -9,11 +9,24 @@ the last payload the API confirmed.
 
 Written only after the API confirmed a batch (:class:`ConfirmationWriter`).
 
+Durability: with WAL and ``synchronous=NORMAL`` a commit is not flushed to
+disk at once (only checkpoints are). A committed batch survives the process
+being killed (``kill -9``, a crash, an out-of-memory kill): it is in the
+operating system's cache. A power loss or kernel crash may undo the last
+commits before the next checkpoint; the state is not corrupted, and those
+batches count as not done, so ``--resume`` sends them again (the API upserts,
+so that is harmless). ``synchronous=FULL`` would add an fsync to every commit,
+about one per batch when the API answers fast.
+
 Threads: a :mod:`sqlite3` connection belongs to the thread that opened it.
 The pipeline reads in its producer thread through a :class:`StateReader`
-(its own connection) and writes through a :class:`ConfirmationWriter`, whose
-connection lives in one dedicated writer thread; WAL lets the reader see
-every committed batch while the writer works.
+(its own connection) and writes through a :class:`ConfirmationWriter`: it
+appends each confirmed batch to a journal table from the event loop (one
+short statement, no wait for the disk), and checkpoints the WAL and applies
+the journal to the other tables in its writer thread, with a second
+connection. WAL lets the reader see every committed batch meanwhile. After a
+crash the journal is applied when the state is next opened (see the comment
+above ``_JOURNAL_COLUMNS``).
 
 How the content hash is checked on resume: a hash of the whole file is only
 known at its end, so the run records a *checkpoint* instead — the number of
@@ -40,24 +53,26 @@ import logging
 import os
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from .batching import encode_payload
 from .errors import InputChanged, StateError, StateLocked, UsageError
-from .records import Customer, Outcome, Reject
+from .records import Batch, Customer, Outcome, Reject
 
 log = logging.getLogger(__name__)
 
 #: The default state store, relative to the working directory.
 DEFAULT_STATE_PATH = Path(".blueshift-import") / "state.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Earlier schemas this version upgrades in place (2 added ``journal``).
+UPGRADES_FROM = (1,)
 #: A recorded range of record numbers never spans more than this many numbers,
 #: so the rows overlapping [a, b] are found with an index scan of lo in [a - span, b].
 RANGE_SPAN = 64
@@ -65,6 +80,8 @@ RANGE_SPAN = 64
 LOOKUP_BATCH = 500
 #: Bytes read at a time when hashing the input.
 HASH_BLOCK = 1 << 20
+#: Confirmed batches between two checkpoints of the WAL (about 1,000 pages).
+CHECKPOINT_EVERY = 500
 
 #: The options that decide what the payloads and batches of a file are: a resumed
 #: run must use the same ones, or rows "already done" would mean something else.
@@ -129,7 +146,82 @@ CREATE TABLE IF NOT EXISTS payloads (
     confirmed_at REAL NOT NULL,
     PRIMARY KEY (target, identifier)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS payloads_by_age ON payloads (confirmed_at);
+-- Not indexed by age: `state prune` scans, rather than every confirmed customer
+-- costing an index update.
+DROP INDEX IF EXISTS payloads_by_age;
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    confirmed_at REAL NOT NULL,
+    done TEXT NOT NULL,
+    failed TEXT,
+    identifiers TEXT NOT NULL,
+    hashes BLOB NOT NULL,
+    confirmed INTEGER NOT NULL,
+    dead_lettered INTEGER NOT NULL,
+    checkpoint_bytes INTEGER NOT NULL,
+    checkpoint_hash TEXT,
+    rejects_through INTEGER NOT NULL,
+    rejects_offset INTEGER,
+    dead_letter_offset INTEGER
+);
+"""
+
+# How confirmations are written. A confirmed batch is one ``journal`` row, appended:
+# its record ranges and failed records (JSON arrays), its counts, the run's progress
+# notes, and its payload hashes (the identifiers as a JSON array, their 16-byte hashes
+# concatenated in the same order). A commit is then one statement that writes a page
+# or two. Writing each customer's hash straight into ``payloads`` would cost a
+# statement per customer and dirty a B-tree page per customer (identifiers arrive in
+# random order), and every commit would write those pages to the WAL again.
+#
+# The journal is applied to ``done``, ``failed``, ``runs`` and ``payloads`` in one
+# transaction when the run ends, or, after a crash, when the state is next opened,
+# before anything reads those tables. Hashes are merged in identifier order, so each
+# page is written once; of two confirmations of one identifier the later one wins.
+# Until then, ``--changed-only`` look-ups in a run do not see the hashes that run
+# confirmed (a customer repeated in the file is compared with the earlier runs only).
+_JOURNAL_COLUMNS = (
+    "run_id, target, confirmed_at, done, failed, identifiers, hashes, confirmed, "
+    "dead_lettered, checkpoint_bytes, checkpoint_hash, rejects_through, rejects_offset, "
+    "dead_letter_offset"
+)
+_APPEND_JOURNAL = (
+    f"INSERT INTO journal ({_JOURNAL_COLUMNS}) "  # noqa: S608 - fixed column names
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_PAYLOAD = """
+INSERT INTO payloads (target, identifier, hash, confirmed_at) {rows}
+ON CONFLICT (target, identifier) DO UPDATE
+SET hash = excluded.hash, confirmed_at = excluded.confirmed_at
+"""
+_APPLY_JOURNAL = (
+    "INSERT OR IGNORE INTO done (run_id, lo, hi) "
+    "SELECT l.run_id, json_extract(r.value, '$[0]'), json_extract(r.value, '$[1]') "
+    "FROM journal AS l, json_each(l.done) AS r",
+    "INSERT OR IGNORE INTO failed (run_id, record) "
+    "SELECT l.run_id, r.value FROM journal AS l, json_each(l.failed) AS r",
+    # Sorted on the identifier first: SQLite's sorter compares a leading text key fast.
+    _UPSERT_PAYLOAD.format(
+        rows="SELECT l.target, i.value, substr(l.hashes, 16 * i.key + 1, 16), l.confirmed_at "
+        "FROM journal AS l, json_each(l.identifiers) AS i WHERE true "
+        "ORDER BY i.value, l.target, l.seq, i.key"
+    ),
+)
+#: The runs' counts and latest progress notes, from their journal rows.
+_APPLY_PROGRESS = """
+UPDATE runs SET
+    confirmed = confirmed
+        + (SELECT coalesce(sum(confirmed), 0) FROM journal WHERE run_id = runs.id),
+    dead_lettered = dead_lettered
+        + (SELECT coalesce(sum(dead_lettered), 0) FROM journal WHERE run_id = runs.id),
+    (checkpoint_bytes, checkpoint_hash, rejects_through, rejects_offset, dead_letter_offset,
+     updated_at) = (
+        SELECT checkpoint_bytes, checkpoint_hash, rejects_through, rejects_offset,
+            dead_letter_offset, confirmed_at
+        FROM journal WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1)
+WHERE id IN (SELECT run_id FROM journal)
 """
 
 
@@ -137,9 +229,17 @@ CREATE INDEX IF NOT EXISTS payloads_by_age ON payloads (confirmed_at);
 
 
 def payload_hash(payload: dict[str, Any]) -> bytes:
-    """A 16-byte digest of a payload, independent of its keys' order."""
-    data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """A 16-byte digest of a payload, independent of its keys' order.
+
+    It hashes the bytes :func:`~importer.batching.encode_payload` sends, and
+    is the same digest as ever (of the JSON with sorted keys).
+    """
+    return payload_digest(encode_payload(payload))
+
+
+def payload_digest(encoded: bytes) -> bytes:
+    """The :func:`payload_hash` of a payload from its :func:`encode_payload` bytes."""
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 def run_settings(options: Any) -> dict[str, Any]:
@@ -236,8 +336,8 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout = 30000")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: in WAL mode a commit survives power loss, not only a killed process.
-        conn.execute("PRAGMA synchronous = FULL")
+        # See "Durability" in the module docstring.
+        conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StateError(f"{path} is not a blueshift-import state ({exc})") from exc
@@ -253,6 +353,51 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _apply_journal(conn: sqlite3.Connection, *, records: bool = True) -> None:
+    """Apply the ``journal`` to the tables it stands for and empty it (in a transaction).
+
+    ``records=False`` skips the record numbers (``done``, ``failed``): a run
+    that completed no longer needs them.
+    """
+    if conn.execute("SELECT 1 FROM journal LIMIT 1").fetchone() is None:
+        return
+    statements = _APPLY_JOURNAL if records else _APPLY_JOURNAL[2:]
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    except sqlite3.OperationalError as exc:
+        if "json_each" not in str(exc):
+            raise
+        # An SQLite built without its JSON functions: unpack the journal here instead.
+        _apply_journal_rows(conn, records=records)
+    conn.execute(_APPLY_PROGRESS)
+    conn.execute("DELETE FROM journal")
+
+
+def _apply_journal_rows(conn: sqlite3.Connection, *, records: bool) -> None:
+    rows = conn.execute(
+        "SELECT run_id, target, confirmed_at, done, failed, identifiers, hashes "
+        "FROM journal ORDER BY seq"
+    ).fetchall()
+    for run_id, target, at, done, failed, idents, hashes in rows:
+        if records:
+            conn.executemany(
+                "INSERT OR IGNORE INTO done (run_id, lo, hi) VALUES (?, ?, ?)",
+                [(run_id, lo, hi) for lo, hi in orjson.loads(done)],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO failed (run_id, record) VALUES (?, ?)",
+                [(run_id, r) for r in orjson.loads(failed or "[]")],
+            )
+        conn.executemany(
+            _UPSERT_PAYLOAD.format(rows="VALUES (?, ?, ?, ?)"),
+            [
+                (target, ident, hashes[16 * i : 16 * i + 16], at)
+                for i, ident in enumerate(orjson.loads(idents))
+            ],
+        )
 
 
 def _lock_path(path: Path) -> Path:
@@ -328,10 +473,16 @@ class StateStore:
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+        elif int(row[0]) in UPGRADES_FROM:
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
         elif int(row[0]) != SCHEMA_VERSION:
             raise StateError(
                 f"{self.path} has state schema {row[0]}, this version reads {SCHEMA_VERSION}"
             )
+        with _transaction(conn):
+            _apply_journal(conn)  # what a run that was killed had confirmed
 
     def __enter__(self) -> StateStore:
         return self
@@ -490,7 +641,7 @@ class StateStore:
         conn = self.connect()
         try:
             with _transaction(conn):
-                for table in ("done", "failed", "payloads", "runs"):
+                for table in ("done", "failed", "payloads", "journal", "runs"):
                     conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             conn.execute("VACUUM")
         finally:
@@ -544,6 +695,17 @@ def open_summary(path: str | Path) -> dict[str, Any]:
 
 
 def _summary(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    # A run in progress (or killed) has confirmed batches not applied from the journal yet
+    # (a state of schema 1 not yet opened by this version has no journal).
+    journal = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal'").fetchone()
+    pending: dict[int, tuple[int, int]] = {}
+    if journal:
+        pending = {
+            r[0]: (r[1], r[2])
+            for r in conn.execute(
+                "SELECT run_id, SUM(confirmed), SUM(dead_lettered) FROM journal GROUP BY run_id"
+            )
+        }
     runs = [
         {
             "id": r[0],
@@ -553,8 +715,8 @@ def _summary(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
             "attempts": r[4],
             "started_at": r[5],
             "updated_at": r[6],
-            "confirmed": r[7],
-            "dead_lettered": r[8],
+            "confirmed": r[7] + pending.get(r[0], (0, 0))[0],
+            "dead_lettered": r[8] + pending.get(r[0], (0, 0))[1],
         }
         for r in conn.execute(
             "SELECT id, source, status, pid, attempts, started_at, updated_at, confirmed, "
@@ -562,6 +724,15 @@ def _summary(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
         )
     ]
     targets = dict(conn.execute("SELECT target, COUNT(*) FROM payloads GROUP BY target").fetchall())
+    if journal:
+        with contextlib.suppress(sqlite3.OperationalError):  # an SQLite without JSON functions
+            for target, count in conn.execute(
+                "SELECT l.target, COUNT(DISTINCT i.value) "
+                "FROM journal AS l, json_each(l.identifiers) AS i WHERE NOT EXISTS (SELECT 1 "
+                "FROM payloads AS p WHERE p.target = l.target AND p.identifier = i.value) "
+                "GROUP BY l.target"
+            ):
+                targets[target] = targets.get(target, 0) + count
     return {
         "path": str(path),
         "schema_version": SCHEMA_VERSION,
@@ -698,7 +869,7 @@ class StateReader:
             )
             for customer, ident in zip(group, idents, strict=True):
                 old = known.get(ident)
-                if old is None or old != payload_hash(customer.payload):
+                if old is None or old != payload_digest(customer.encoded):
                     kept.append(customer)
         return kept, len(customers) - len(kept)
 
@@ -717,41 +888,38 @@ class _Progress:
     dead_letter_offset: int | None = None
 
 
-@dataclass
-class _Entry:
-    """One batch's confirmation, waiting for the writer thread."""
+def _confirmed_hashes(delivered: list[Customer]) -> tuple[list[str], bytes]:
+    """The identifiers of ``delivered`` customers and their payload hashes.
 
-    delivered: list[int]
-    failed: list[int]
-    hashes: list[tuple[str, bytes]]
-    progress: _Progress
-    confirmed: int
-    dead: int
-    loop: asyncio.AbstractEventLoop
-    done: asyncio.Future[None]
-
-    def resolve(self, exc: BaseException | None) -> None:
-        def settle() -> None:
-            if self.done.done():
-                return
-            if exc is None:
-                self.done.set_result(None)
-            else:
-                self.done.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(settle)
+    The hashes are of the bytes that were sent (see :func:`payload_digest`),
+    16 bytes each, in one string. This runs for every confirmed customer, so
+    it sticks to comprehensions and C-level loops, and never decodes a payload.
+    """
+    idents: list[Any] = [c.identifier for c in delivered]
+    encoded = [c.encoded for c in delivered]
+    if None in idents:  # no identifier: nothing to look it up by later
+        kept = [i for i, ident in enumerate(idents) if ident is not None]
+        idents = [idents[i] for i in kept]
+        encoded = [encoded[i] for i in kept]
+    blake2b = hashlib.blake2b
+    return idents, b"".join([blake2b(data, digest_size=16).digest() for data in encoded])
 
 
 class ConfirmationWriter:
-    """Records confirmed batches from one writer thread, committed before the worker goes on.
+    """Records confirmed batches, each committed before its worker goes on.
 
-    ``record`` is awaited by the worker that sent the batch, so a batch
-    counts as done in the state before its worker takes the next one: a
-    crash re-sends at most the batches in flight. Confirmations that arrive
-    while a commit is under way are written together in the next one (a
-    group commit), so a slow disk costs latency, not one fsync per batch.
-    Progress notes (input checkpoint, rejects file position) from the
-    producer are kept in memory and written with the next confirmation.
+    :meth:`record` runs in the event loop and appends the batch's ``journal``
+    row (see the comment on ``_JOURNAL_COLUMNS``) in one statement that
+    commits at once, so a batch counts as done in the state before its worker
+    takes the next one: a crash re-sends at most the batches in flight. The
+    commit does not wait for the disk (``synchronous=NORMAL``, and this
+    connection never checkpoints): it holds the event loop for well under a
+    millisecond, and costs less CPU than handing each batch to another thread
+    and waking the worker from there. The WAL is checkpointed every
+    :data:`CHECKPOINT_EVERY` batches, and the journal applied when the run
+    ends, in a writer thread with a connection of its own. Progress notes
+    (input checkpoint, rejects file position) from the producer are kept in
+    memory and written with the next confirmation.
     """
 
     def __init__(self, store: StateStore, run: RunInfo, target: str):
@@ -766,9 +934,12 @@ class ConfirmationWriter:
             dead_letter_offset=run.dead_letter_offset,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-writer")
+        #: The writer thread's connection: start, checkpoints, finish.
         self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._pending: list[_Entry] = []
+        #: The event loop's connection: journal rows.
+        self._append: sqlite3.Connection | None = None
+        self._appended = 0
+        self._checkpoint: Future[None] | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -785,7 +956,7 @@ class ConfirmationWriter:
         def write() -> None:
             conn = self._connection()
             with _transaction(conn):
-                self._update_run(conn, progress, now, 0, 0)
+                self._update_run(conn, progress, now)
 
         self._executor.submit(write).result()
 
@@ -798,85 +969,76 @@ class ConfirmationWriter:
         self.progress.rejects_through = through
         self.progress.rejects_offset = offset
 
-    async def record(self, outcomes: Sequence[Outcome], dead_letter_offset: int | None) -> None:
-        """Write one batch's outcomes: done records, failed records, confirmed payload hashes."""
+    def record(
+        self, batch: Batch, outcomes: Sequence[Outcome], dead_letter_offset: int | None
+    ) -> None:
+        """Commit the outcomes of ``batch``: done and failed records, confirmed payload hashes.
+
+        ``outcomes`` belong to ``batch``'s customers (after a stop, possibly to
+        only some). Call it from the event loop's thread, after the API answered.
+        """
         if dead_letter_offset is not None:
             self.progress.dead_letter_offset = dead_letter_offset
-        delivered: list[int] = []
-        failed: list[int] = []
-        hashes: list[tuple[str, bytes]] = []
-        for o in outcomes:
-            records = (o.customer.record, *o.customer.merged_records)
-            if o.delivered:
-                delivered.extend(records)
-                ident = o.customer.identifier
-                if ident is not None:
-                    hashes.append((ident, payload_hash(o.customer.payload)))
-            else:
-                failed.extend(records)
-        confirmed = sum(1 for o in outcomes if o.delivered)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        entry = _Entry(
-            delivered, failed, hashes, _Progress(**vars(self.progress)), confirmed,
-            len(outcomes) - confirmed, loop, done,
-        )  # fmt: skip
-        with self._lock:
-            self._pending.append(entry)
-        self._executor.submit(self._write_pending)
-        await done
+        row = self._journal_row(batch, outcomes)
+        if self._append is None:
+            self._append = self.store.connect()
+            self._append.execute("PRAGMA wal_autocheckpoint = 0")
+        self._append.execute(_APPEND_JOURNAL, row)  # one statement: it commits here
+        self._appended += 1
+        if self._appended % CHECKPOINT_EVERY == 0 and (
+            self._checkpoint is None or self._checkpoint.done()
+        ):
+            self._checkpoint = self._executor.submit(self._checkpoint_wal)
 
-    def _write_pending(self) -> None:
-        """Write every confirmation waiting, in one transaction (a group commit)."""
-        with self._lock:
-            entries, self._pending = self._pending, []
-        if not entries:
-            return
-        conn = self._connection()
-        now = time.time()
-        run_id = self.run.run_id
+    def _journal_row(self, batch: Batch, outcomes: Sequence[Outcome]) -> tuple[Any, ...]:
+        """One batch's ``journal`` row, in the order of ``_JOURNAL_COLUMNS``."""
+        delivered = [o.customer for o in outcomes if o.delivered]
+        failed = None
+        if len(delivered) < len(outcomes):
+            failed = orjson.dumps(
+                [
+                    r
+                    for o in outcomes
+                    if not o.delivered
+                    for r in (o.customer.record, *o.customer.merged_records)
+                ]
+            ).decode()
+        records = [c.record for c in delivered]
+        for c in delivered:
+            if c.merged_records:
+                records.extend(c.merged_records)
+        idents, hashes = _confirmed_hashes(delivered)
+        p = self.progress
+        return (
+            self.run.run_id,
+            self.target,
+            time.time(),
+            orjson.dumps(record_ranges(records)).decode(),
+            failed,
+            orjson.dumps(idents).decode(),
+            hashes,
+            len(delivered),
+            len(outcomes) - len(delivered),
+            p.checkpoint_bytes,
+            p.checkpoint_hash,
+            p.rejects_through,
+            p.rejects_offset,
+            p.dead_letter_offset,
+        )
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the database file, off the event loop (writer thread)."""
         try:
-            with _transaction(conn):
-                for e in entries:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO done (run_id, lo, hi) VALUES (?, ?, ?)",
-                        [(run_id, lo, hi) for lo, hi in record_ranges(e.delivered)],
-                    )
-                    if e.failed:
-                        conn.executemany(
-                            "INSERT OR IGNORE INTO failed (run_id, record) VALUES (?, ?)",
-                            [(run_id, r) for r in e.failed],
-                        )
-                    conn.executemany(
-                        "INSERT INTO payloads (target, identifier, hash, confirmed_at) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (target, identifier) DO UPDATE "
-                        "SET hash = excluded.hash, confirmed_at = excluded.confirmed_at",
-                        [(self.target, ident, digest, now) for ident, digest in e.hashes],
-                    )
-                self._update_run(
-                    conn,
-                    entries[-1].progress,
-                    now,
-                    sum(e.confirmed for e in entries),
-                    sum(e.dead for e in entries),
-                )
-        except BaseException as exc:
-            for e in entries:
-                e.resolve(exc)
-            raise
-        for e in entries:
-            e.resolve(None)
+            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            # The commits are safe in the WAL; the next checkpoint tries again.
+            log.warning("could not checkpoint the state: %s", exc)
 
-    def _update_run(
-        self, conn: sqlite3.Connection, p: _Progress, now: float, confirmed: int, dead: int
-    ) -> None:
+    def _update_run(self, conn: sqlite3.Connection, p: _Progress, now: float) -> None:
         conn.execute(
-            "UPDATE runs SET confirmed = confirmed + ?, dead_lettered = dead_lettered + ?, "
-            "checkpoint_bytes = ?, checkpoint_hash = ?, rejects_through = ?, "
+            "UPDATE runs SET checkpoint_bytes = ?, checkpoint_hash = ?, rejects_through = ?, "
             "rejects_offset = ?, dead_letter_offset = ?, updated_at = ? WHERE id = ?",
             (
-                confirmed,
-                dead,
                 p.checkpoint_bytes,
                 p.checkpoint_hash,
                 p.rejects_through,
@@ -888,15 +1050,20 @@ class ConfirmationWriter:
         )
 
     async def finish(self, status: str, content_hash: str | None = None) -> None:
-        """Mark the run ``completed`` (forgetting its per-record bookkeeping) or stopped."""
+        """Mark the run ``completed`` (forgetting its per-record bookkeeping) or stopped.
+
+        The run's journal is applied here (payload hashes merged into the store).
+        """
         progress = _Progress(**vars(self.progress))
+        self._close_append()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._finish, status, content_hash, progress)
 
     def _finish(self, status: str, content_hash: str | None, progress: _Progress) -> None:
         conn = self._connection()
         with _transaction(conn):
-            self._update_run(conn, progress, time.time(), 0, 0)
+            _apply_journal(conn, records=status != "completed")
+            self._update_run(conn, progress, time.time())
             conn.execute(
                 "UPDATE runs SET status = ?, pid = NULL, content_hash = ? WHERE id = ?",
                 (status, content_hash, self.run.run_id),
@@ -905,13 +1072,23 @@ class ConfirmationWriter:
                 # Only an unfinished run is ever resumed: its record numbers are no longer needed.
                 conn.execute("DELETE FROM done WHERE run_id = ?", (self.run.run_id,))
                 conn.execute("DELETE FROM failed WHERE run_id = ?", (self.run.run_id,))
+        # Applying the journal may have grown the WAL far past its usual size: give it back.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _close_append(self) -> None:
+        if self._append is not None:
+            self._append.close()
+            self._append = None
 
     def close(self) -> None:
+        """Close the connections (call it from the thread that called :meth:`record`)."""
+
         def close_conn() -> None:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
+        self._close_append()
         self._executor.submit(close_conn).result()
         self._executor.shutdown(wait=True)
 

@@ -398,7 +398,8 @@ def test_delivery_chaos_run_loses_nothing_and_dead_letter_rerun_delivers_all(
     )
     report = import_file(_file(tmp_path, n), options)
     faults = server.state.fault_counts()
-    assert sum(faults.values()) > 0.08 * len(server.state.requests)
+    # About 9.5% expected; 5% is far below what any seed gives over some 500 requests.
+    assert sum(faults.values()) > 0.05 * len(server.state.requests)
     assert {"drop", "status 500"} <= set(faults)
     assert any(kind.startswith("applied then") for kind in faults)
     lines = _dead(dead)

@@ -124,7 +124,7 @@ async def _confirm(store: StateStore, run, customers: list[Customer], delivered:
     from importer.state import ConfirmationWriter
 
     writer = ConfirmationWriter(store, run, "t")
-    await writer.record([Outcome(c, delivered) for c in customers], None)
+    writer.record(_batch(customers), [Outcome(c, delivered) for c in customers], None)
     await writer.finish("interrupted")
     writer.close()
 
@@ -151,6 +151,168 @@ def test_reader_skips_done_rows_and_unchanged_payloads_in_batches(tmp_path):
         other = StateReader(store, resumed, "another-destination")
         assert other.skip_unchanged(customers)[1] == 0
         other.close()
+
+
+def test_state_uses_wal_with_synchronous_normal(tmp_path):
+    # NORMAL: a commit survives a killed process; after a power loss the last batches
+    # may count as not done and are sent again on --resume (documented in the README).
+    with StateStore(tmp_path / "s.sqlite") as store:
+        conn = store.connect()
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)
+        conn.close()
+
+
+def _batch(customers: list[Customer]):
+    from importer.batching import encode_payload
+    from importer.records import Batch
+
+    return Batch(tuple(customers), tuple(encode_payload(c.payload) for c in customers))
+
+
+def _tables(path: Path) -> dict[str, list]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            "done": conn.execute("SELECT run_id, lo, hi FROM done ORDER BY lo").fetchall(),
+            "failed": conn.execute("SELECT run_id, record FROM failed ORDER BY record").fetchall(),
+            "payloads": conn.execute(
+                "SELECT target, identifier, hash FROM payloads ORDER BY identifier"
+            ).fetchall(),
+            "runs": conn.execute(
+                "SELECT status, confirmed, dead_lettered, checkpoint_bytes, checkpoint_hash, "
+                "rejects_through, rejects_offset, dead_letter_offset FROM runs"
+            ).fetchall(),
+            "journal": conn.execute("SELECT count(*) FROM journal").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+def _kill_after_confirming(path: Path, src: Path) -> list[Customer]:
+    """Confirm a few batches as a run would, then stop without finishing (as if killed)."""
+    import asyncio
+
+    from importer.records import Outcome
+    from importer.state import ConfirmationWriter
+
+    customers = [Customer({"email": f"u{i}@example.com", "n": i}, i, i + 1) for i in range(1, 8)]
+    customers.append(Customer({"customer_id": 8, "n": 8}, 8, 9, merged_records=(9,)))
+
+    async def confirm(writer: ConfirmationWriter) -> None:
+        writer.note_input((100, "abc"))
+        writer.record(_batch(customers[:4]), [Outcome(c, True) for c in customers[:4]], None)
+        writer.note_rejects(12, 34)
+        second = customers[4:]
+        # Settled out of order after a split; one of them refused and dead-lettered.
+        outcomes = [Outcome(c, c.record != 6) for c in reversed(second)]
+        writer.record(_batch(second), outcomes, 56)
+
+    with StateStore(path) as store:
+        run = store.begin_run(Fingerprint.of(src), SETTINGS)
+        writer = ConfirmationWriter(store, run, "t")
+        asyncio.run(confirm(writer))
+        writer.close()
+    return customers
+
+
+def test_writer_commits_each_batch_at_once_and_checkpoints_in_its_thread(tmp_path, monkeypatch):
+    import threading
+
+    import importer.state
+    from importer.records import Outcome
+    from importer.state import ConfirmationWriter
+
+    monkeypatch.setattr(importer.state, "CHECKPOINT_EVERY", 2)
+    checkpointed_in: list[str] = []
+    checkpoint = ConfirmationWriter._checkpoint_wal
+
+    def spy(self: ConfirmationWriter) -> None:
+        checkpointed_in.append(threading.current_thread().name)
+        checkpoint(self)
+
+    monkeypatch.setattr(ConfirmationWriter, "_checkpoint_wal", spy)
+    path = tmp_path / "s.sqlite"
+    customers = [Customer({"email": f"u{i}@example.com"}, i, i + 1) for i in range(1, 6)]
+    with StateStore(path) as store:
+        run = store.begin_run(Fingerprint.of(_input(tmp_path)), SETTINGS)
+        writer = ConfirmationWriter(store, run, "t")
+        for c in customers:
+            writer.record(_batch([c]), [Outcome(c, True)], None)
+            other = sqlite3.connect(path)  # committed as record() returns
+            assert other.execute("SELECT count(*) FROM journal").fetchone() == (c.record,)
+            other.close()
+        writer.close()
+    assert checkpointed_in and all(n.startswith("state-writer") for n in checkpointed_in)
+
+
+def test_a_killed_runs_journal_is_applied_when_the_state_is_next_opened(tmp_path):
+    from importer.state import open_summary
+
+    path = tmp_path / "s.sqlite"
+    src = _input(tmp_path)
+    customers = _kill_after_confirming(path, src)
+    assert _tables(path)["done"] == []  # still in the journal
+    summary = open_summary(path)  # what `state show` says meanwhile
+    assert summary["runs"][0]["confirmed"] == 7 and summary["runs"][0]["dead_lettered"] == 1
+    assert summary["payload_hashes"] == {"t": 7}
+
+    StateStore(path).close()
+    tables = _tables(path)
+    assert tables["journal"] == [(0,)]
+    assert tables["done"] == [(1, 1, 4), (1, 5, 5), (1, 7, 9)]  # ranges per batch
+    assert tables["failed"] == [(1, 6)]
+    assert tables["runs"] == [("running", 7, 1, 100, "abc", 12, 34, 56)]
+    hashes = {c.identifier: payload_hash(c.payload) for c in customers if c.record != 6}
+    assert tables["payloads"] == [("t", ident, hashes[ident]) for ident in sorted(hashes)]
+
+    with StateStore(path) as store:
+        resumed = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
+        assert resumed.resumed and resumed.confirmed == 7 and resumed.checkpoint_bytes == 100
+        reader = StateReader(store, resumed, "t")
+        assert reader.done_records(1, 10) == set(range(1, 10))
+        reader.close()
+
+
+def test_the_journal_is_applied_alike_without_sqlite_json_functions(tmp_path, monkeypatch):
+    import importer.state
+
+    src = _input(tmp_path)
+    with_json = tmp_path / "a.sqlite"
+    _kill_after_confirming(with_json, src)
+    StateStore(with_json).close()
+    without = tmp_path / "b.sqlite"
+    _kill_after_confirming(without, src)
+    missing = tuple(
+        s.replace("json_each", "json_each_missing") for s in importer.state._APPLY_JOURNAL
+    )
+    monkeypatch.setattr(importer.state, "_APPLY_JOURNAL", missing)
+    StateStore(without).close()
+    assert _tables(without) == _tables(with_json)
+
+
+def test_a_schema_1_state_is_upgraded_and_a_newer_one_refused(tmp_path):
+    path = tmp_path / "s.sqlite"
+    StateStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
+        "DROP TABLE journal;"
+        "CREATE INDEX payloads_by_age ON payloads (confirmed_at);"
+        "INSERT INTO payloads VALUES ('t', 'a@example.com', x'00', 1.0);"
+    )
+    conn.close()
+    StateStore(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "journal" in names and "payloads_by_age" not in names
+    assert conn.execute("SELECT count(*) FROM payloads").fetchone() == (1,)
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateError, match="schema 3"):
+        StateStore(path)
 
 
 def test_prune_and_reset_forget_old_entries(tmp_path):
