@@ -30,6 +30,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -242,6 +243,11 @@ def measure(
             cmd += ["--rate", str(rate)] if rate is not None else []
             cmd += ["--report", str(report_path), "--overwrite", "--max-error-rate", "1"]
             cmd += ["--dry-run"] if dry_run else []
+            if "--no-state" not in args.importer_arg:
+                # A fresh state per run: every run imports the whole file, none skips rows.
+                state = workdir / "state" / "state.sqlite"
+                shutil.rmtree(state.parent, ignore_errors=True)
+                cmd += ["--state", str(state)]
             cmd += args.importer_arg
         else:
             cmd = [sys.executable, str(HERE / "baseline.py"), str(data), "--base-url", url]
