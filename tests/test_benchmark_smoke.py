@@ -68,3 +68,12 @@ def test_benchmark_dry_run_measures_the_importer_alone(
     ]
     table = capsys.readouterr().out
     assert "memory: peak RSS 2,000 / 500 rows" in table
+
+
+def test_http_floor_benchmark_posts_every_call(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.bench_http_floor import main
+
+    # main() checks the fake API's record file holds calls × 50 customers.
+    per_call = main(["--calls", "20", "--repeat", "1"])
+    assert per_call > 0
+    assert "20 calls of 50 customers" in capsys.readouterr().out
