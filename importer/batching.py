@@ -1,8 +1,9 @@
 """Batching stage: pack clean customers into API calls of at most 50.
 
-Owns: the 50-per-call hard limit and the request-body byte ceiling, and the
-JSON encoding of each payload (done once here, reused by every attempt).
-Batches are full across chunk boundaries: only the last one may be partial.
+Owns: the 50-per-call hard limit and the request-body byte ceiling. Each
+customer's JSON comes with it (cleaning encodes it; a customer made from a
+dict encodes itself once) and is reused by every attempt. Batches are full
+across chunk boundaries: only the last one may be partial.
 
 Must not: send, retry, or look at why a customer exists.
 """

@@ -5,9 +5,11 @@ types of custom attributes, and the reasons rows are refused. Every row of a
 chunk leaves either as a :class:`~importer.records.Customer` payload or as a
 :class:`~importer.records.Reject` (``--on-invalid drop-field`` adds a reject
 marked ``dropped_field`` to a customer that is still sent). Works column by
-column with pandas; per-row Python only where a payload dict is finally built
-and where a distinct value has to go to a validation library (each distinct
-value once).
+column with pyarrow and pandas, each rule once per distinct value; per-row
+Python only where a value has to go to a validation library (each distinct
+value once) and where each kept row becomes a ``Customer``, whose payload
+leaves here already encoded as the JSON a request carries (see
+:func:`_customers`).
 
 Must not: read files, send anything, merge repeated customers (that is
 :mod:`importer.dedupe`), or keep state between chunks other than the column
