@@ -208,7 +208,8 @@ class DeadLetterWriter:
             b"".join(
                 orjson.dumps(
                     {
-                        "payload": o.customer.payload,
+                        # The very bytes that were sent, not a re-encoding of them.
+                        "payload": orjson.Fragment(o.customer.encoded),
                         "source": self.source,
                         "record": o.customer.record,
                         "line": o.customer.line,

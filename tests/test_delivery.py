@@ -323,6 +323,10 @@ def test_dead_letter_file_shape_and_mode(make_fake_api, tmp_path):
         "customer_id": "000000",
         "city": "Oslo",
     }
+    # The payload is written as the very bytes the request carried (keys sorted).
+    assert dead.read_bytes().startswith(
+        b'{"payload":{"city":"Oslo","customer_id":"000000","email":"user0@example.com"},'
+    )
     assert lines[0]["source"] == str(source)
     assert [line["record"] for line in lines] == [1, 2, 3]
     assert lines[0]["line"] == 2
