@@ -18,17 +18,13 @@ types the caller passes in and bounded caches of pure functions.
 
 from __future__ import annotations
 
-import gc
 import math
 import re
 import unicodedata
-from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, lru_cache
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -42,7 +38,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from .errors import UsageError
 from .mapping import ColumnMapping
 from .options import ImportOptions
-from .records import Customer, Reject
+from .records import Customer, CustomerBlock, Reject
 from .source import Chunk
 
 IDENTIFIERS = ("email", "customer_id")
@@ -137,7 +133,7 @@ class InvalidRecord(UsageError):
 class CleanResult:
     """The outcome of cleaning one chunk."""
 
-    customers: list[Customer] = field(default_factory=list)
+    customers: Sequence[Customer] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
 
 
@@ -161,14 +157,45 @@ class _Cleaned:
     bad: np.ndarray
     distinct: np.ndarray | None = None
     codes: np.ndarray | None = None
+    #: Where ``distinct`` holds :data:`_OMIT`, when every other distinct value is a str
+    #: (then the field is encoded as JSON in pyarrow, see :func:`_encoded_field`).
+    text_omitted: np.ndarray | None = None
+
+    #: The distinct values as pyarrow text, null where omitted; ``distinct`` is then
+    #: made from it only when asked for.
+    _text: pa.StringArray | None = None
 
     @property
     def values(self) -> np.ndarray:
         """The payload value (or :data:`_OMIT`) of each row."""
         if self.rows is None:
-            assert self.distinct is not None and self.codes is not None
-            self.rows = self.distinct[self.codes]
+            assert self.codes is not None
+            self.rows = self.distinct_values()[self.codes]
         return self.rows
+
+    def distinct_values(self) -> np.ndarray:
+        """``distinct``, made from the pyarrow text when the field has only that."""
+        if self.distinct is None:
+            assert self._text is not None and self.text_omitted is not None
+            values = self._text.to_numpy(zero_copy_only=False)
+            values[self.text_omitted] = _OMIT
+            self.distinct = values
+        return self.distinct
+
+    def text(self) -> pa.StringArray | None:
+        """The distinct values as a pyarrow string array, null where omitted (text fields only)."""
+        if self._text is None and self.text_omitted is not None and self.codes is not None:
+            self._text = pa.array(self.distinct, pa.string(), mask=self.text_omitted)
+        return self._text
+
+    def value_at(self, pos: int) -> Any:
+        """The payload value (or :data:`_OMIT`) of row ``pos``, without making the others."""
+        if self.rows is not None or self.codes is None:
+            return self.values[pos]
+        code = self.codes[pos]
+        if self.distinct is None and self._text is not None and self.text_omitted is not None:
+            return _OMIT if self.text_omitted[code] else self._text[code].as_py()
+        return self.distinct_values()[code]
 
 
 # -- column preparation --------------------------------------------------------
@@ -419,6 +446,8 @@ def _email_by_library(value: str) -> tuple[str | None, str | None]:
     return normalized, None
 
 
+#: An address without any of these cannot be split into local part and domain.
+_AT_SIGNS = ("@", "<", "\uff20", "\ufe6b")
 _FAST_EMAIL_RE = re.compile(_FAST_EMAIL)
 _FAST_INTL_EMAIL_RE = re.compile(_FAST_INTL_EMAIL)
 
@@ -429,6 +458,9 @@ def _email_from_text(value: str) -> tuple[str | None, str | None]:
     fast = _FAST_EMAIL_RE.fullmatch(s) is not None or (
         _FAST_INTL_EMAIL_RE.fullmatch(s) is not None and unicodedata.normalize("NFC", s) == s
     )
+    if not fast and not any(c in s for c in _AT_SIGNS):
+        # No @-sign of any kind: the library's own reason, found once.
+        return None, _email_by_library("no at-sign")[1]
     if not fast or s.endswith(_SPECIAL_SUFFIXES):
         return _email_by_library(s)
     if len(s) > MAX_EMAIL:
@@ -661,7 +693,8 @@ def _rule_string(values: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndar
 # are RE2, where \d, \w and case folding are ASCII-only, so only ASCII values
 # are settled here; the rest go through the rule above, value by value.
 
-FastRule = Callable[[pa.StringArray, "_Context"], tuple[np.ndarray, np.ndarray]]
+#: A fast rule gives its values as pyarrow text when the rule keeps text (see :func:`_keeps_text`).
+FastRule = Callable[[pa.StringArray, "_Context"], tuple[np.ndarray | pa.StringArray, np.ndarray]]
 
 #: ``_rule_text`` rules by (what, limit), so their text columns skip the per-value checks.
 _TEXT_RULES: dict[Rule, tuple[str, int | None]] = {}
@@ -697,31 +730,40 @@ def _fullmatch(arr: pa.StringArray, pattern: str) -> pa.BooleanArray:
 def _fill_rest(
     values: pa.StringArray,
     settled: np.ndarray,
-    out: np.ndarray,
+    out: Any,
     reasons: np.ndarray,
     rule: Rule,
     ctx: _Context,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Any, np.ndarray]:
+    """The values not ``settled`` in pyarrow, through the per-value ``rule``.
+
+    ``out`` is an object array, or pyarrow text for a rule that keeps text.
+    """
     rest = ~settled
     if rest.any():
-        out[rest], reasons[rest] = rule(_to_objects(values.filter(rest)), ctx)
+        found, reasons[rest] = rule(_to_objects(values.filter(rest)), ctx)
+        if isinstance(out, pa.Array):
+            out = pc.replace_with_mask(out, pa.array(rest), pa.array(found, pa.string()))
+        else:
+            out[rest] = found
     return out, reasons
 
 
-def _fast_email(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+def _fast_email(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, np.ndarray]:
     n = len(values)
-    out = np.full(n, None, object)
     reasons = np.full(n, None, object)
     ascii_ = pc.string_is_ascii(values)
     lower = pc.ascii_lower(values)
     fast = pc.and_(ascii_, _fullmatch(lower, _FAST_EMAIL_RE2))
     fast = _mask(pc.and_not(fast, _idna_or_special(lower)))
+    out = lower
     if fast.any():
-        out[fast] = _to_objects(lower.filter(fast))
         # ASCII: bytes are characters.
         long_ = _mask(pc.greater(pc.binary_length(values), MAX_EMAIL)) & fast
         reasons[long_] = f"invalid email: longer than {MAX_EMAIL} characters"
-    latin = _mask(pc.and_not(pc.match_substring_regex(values, _LATIN_TEXT_RE2), ascii_))
+    latin = ~_mask(ascii_)
+    if latin.any():
+        latin[latin] = _mask(pc.match_substring_regex(values.filter(latin), _LATIN_TEXT_RE2))
     if latin.any():
         # Like _email_from_text: lowercase, the international shape (at most 63
         # characters, so never too long), no IDNA label, no special-use domain.
@@ -729,8 +771,9 @@ def _fast_email(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.n
         low = pc.utf8_lower(values.filter(latin))
         ok = pc.and_(_fullmatch(low, _FAST_INTL_EMAIL_RE2), pc.less_equal(pc.utf8_length(low), 63))
         ok = _mask(pc.and_not(ok, _idna_or_special(low)))
-        out[idx[ok]] = _to_objects(low.filter(ok))
-        fast[idx[ok]] = True
+        if ok.any():
+            fast[idx[ok]] = True
+            out = pc.replace_with_mask(out, pa.array(fast & latin), low.filter(ok))
     return _fill_rest(values, fast, out, reasons, _rule_email, ctx)
 
 
@@ -742,9 +785,8 @@ def _idna_or_special(lower: pa.StringArray) -> pa.BooleanArray:
     return found
 
 
-def _fast_phone(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+def _fast_phone(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, np.ndarray]:
     n = len(values)
-    out = np.full(n, None, object)
     reasons = np.full(n, None, object)
     ascii_ = pc.string_is_ascii(values)
     intl = _mask(pc.and_(ascii_, _fullmatch(values, f"{_NANP_INTL}|{_UK_MOBILE}")))
@@ -752,12 +794,12 @@ def _fast_phone(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.n
         national = _mask(pc.and_(ascii_, _fullmatch(values, _NANP_NATIONAL))) & ~intl
     else:
         national = np.zeros(n, bool)
-    if intl.any():
-        out[intl] = _to_objects(_digits(values.filter(intl)))
-    if national.any():
-        out[national] = _to_objects(
-            pc.binary_join_element_wise("+1", _digits(values.filter(national)), "")
-        )
+    digits = _digits(values)
+    out = pc.if_else(
+        pa.array(national),
+        pc.binary_join_element_wise("+1", digits, ""),
+        pc.if_else(pa.array(intl), digits, pa.scalar(None, pa.string())),
+    )
     return _fill_rest(values, intl | national, out, reasons, _rule_phone, ctx)
 
 
@@ -790,13 +832,30 @@ def _fast_int(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.nda
     return _fill_rest(values, ascii_, out, reasons, _rule_int, ctx)
 
 
+def _fast_date(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, np.ndarray]:
+    """Plain ``YYYY-MM-DD`` dates in ASCII: valid when parsing keeps their day of the month.
+
+    Arrow's parser rolls a day past the month's end over into the next month
+    (``2021-02-29`` reads as March 1st) and refuses a month or day out of range.
+    """
+    reasons = np.full(len(values), None, object)
+    plain = _mask(pc.and_(pc.string_is_ascii(values), _fullmatch(values, _DATE_TEXT)))
+    if plain.any():
+        dates = values.filter(plain)
+        parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
+        same = pc.equal(pc.day(parsed), pc.cast(pc.utf8_slice_codeunits(dates, 8, 10), pa.int64()))
+        no_such = ~_mask(pc.fill_null(same, False))
+        reasons[np.flatnonzero(plain)[no_such]] = "invalid date: no such date"
+    return _fill_rest(values, plain, values, reasons, _rule_date, ctx)
+
+
 def _fast_text(what: str, limit: int | None) -> FastRule:
     def rule(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
         reasons = np.full(len(values), None, object)
         if limit is not None:
             long_ = _mask(pc.greater(pc.utf8_length(values), limit))
             reasons[long_] = f"invalid {what}: longer than {limit} characters"
-        return _to_objects(values), reasons
+        return values, reasons
 
     return rule
 
@@ -809,6 +868,8 @@ def _fast_rule(rule: Rule) -> FastRule:
         return _fast_phone
     if rule is _rule_int:
         return _fast_int
+    if rule is _rule_date:
+        return _fast_date
     if rule in _TEXT_RULES:
         return _fast_text(*_TEXT_RULES[rule])
     if rule is _rule_string or rule is _rule_keep:
@@ -1036,8 +1097,13 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     filled = _mask(pc.not_equal(pc.binary_length(distinct), 0)) if size else np.zeros(0, bool)
     v = np.full(size + 1, _OMIT, object)
     r = np.full(size + 1, None, object)
+    text = None
     if filled.any():
-        v[:-1][filled], r[:-1][filled] = _fast_rule(rule)(distinct.filter(filled), ctx)
+        out, r[:-1][filled] = _fast_rule(rule)(distinct.filter(filled), ctx)
+        if isinstance(out, pa.Array):
+            text = _spread(out, filled)
+        else:
+            v[:-1][filled] = out
     bad_u = pd.notna(r)
     v[bad_u] = _OMIT
     # One slot past the distinct values stands for the missing cells; "" maps to its own.
@@ -1045,7 +1111,32 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     bad = bad_u[codes]
     # Rejects quote the raw cell of bad rows only, so only those are made Python objects.
     raw = column.raw_where(bad)
-    return _Cleaned(None, r[codes], _same(src, n), raw, column.empty, bad, v, codes)
+    omitted = None
+    if _keeps_text(rule):
+        omitted = bad_u
+        omitted[-1] = True
+        omitted[:-1] |= ~filled
+    if text is None:
+        return _Cleaned(None, r[codes], _same(src, n), raw, column.empty, bad, v, codes, omitted)
+    assert omitted is not None, "a rule that gives pyarrow text must keep text"
+    # The slot for missing cells, and null where the value is omitted.
+    text = pa.concat_arrays([text, pa.nulls(1, pa.string())])
+    text = pc.if_else(pa.array(omitted), pa.scalar(None, pa.string()), text)
+    return _Cleaned(
+        None, r[codes], _same(src, n), raw, column.empty, bad, None, codes, omitted, text
+    )
+
+
+def _keeps_text(rule: Rule) -> bool:
+    """Whether ``rule`` turns text into text (or a reason), never into another type."""
+    return rule in _TEXT_RULES or rule in (
+        _rule_email,
+        _rule_phone,
+        _rule_date,
+        _rule_gender,
+        _rule_string,
+        _rule_keep,
+    )
 
 
 def _same(value: Any, n: int) -> np.ndarray:
@@ -1145,11 +1236,12 @@ def _finish(
         if ident in fields:
             has_id |= ~fields[ident].empty & ~bad[ident]
     rejected = ~has_id if drop_field else (~has_id | any_bad)
-    identifier = np.full(n, None, object)
-    for ident in reversed(IDENTIFIERS):
-        if ident in fields:
-            good = ~fields[ident].empty & ~bad[ident]
-            identifier[good] = fields[ident].values[good]
+
+    def identifier(pos: int) -> Any:
+        for ident in IDENTIFIERS:
+            if ident in fields and not fields[ident].empty[pos] and not bad[ident][pos]:
+                return fields[ident].value_at(pos)
+        return None
 
     for pos in np.flatnonzero(rejected):
         culprit = next((f for f in order if bad[f][pos]), None)
@@ -1170,7 +1262,7 @@ def _finish(
                     str(c.reasons[pos]),
                     column=str(c.column[pos]),
                     value=c.raw[pos],
-                    identifier=identifier[pos],
+                    identifier=identifier(int(pos)),
                 )
             )
     keep = ~rejected
@@ -1188,7 +1280,7 @@ def _finish(
                             str(c.reasons[pos]),
                             column=str(c.column[pos]),
                             value=c.raw[pos],
-                            identifier=identifier[pos],
+                            identifier=identifier(int(pos)),
                             dropped_field=True,
                         ),
                     )
@@ -1219,25 +1311,25 @@ def _customers(
     records: np.ndarray,
     lines: np.ndarray,
     empty_as_null: bool,
-) -> list[Customer]:
+) -> CustomerBlock:
     """The customers of the kept rows, their payloads encoded as JSON a column at a time.
 
-    Each field is encoded once per distinct value (``"key":value``, by orjson,
-    exactly as it would encode the value inside a payload dict); pyarrow then
-    gathers the pieces per row and joins them, leaving out omitted fields. The
-    result is byte for byte :func:`~importer.records.encode_payload` of the
-    payload (keys sorted), without building a dict per row.
+    Each field is encoded once per distinct value (``"key":value``: text in
+    pyarrow, anything else by orjson, exactly as it would encode the value
+    inside a payload dict); pyarrow then gathers the pieces per row and joins
+    them, leaving out omitted fields. The result is byte for byte
+    :func:`~importer.records.encode_payload` of the payload (keys sorted),
+    without building a dict, a ``bytes`` or a ``Customer`` per row.
     """
     kept = np.flatnonzero(keep)
     if not order or not len(kept):
-        return []
+        return CustomerBlock(
+            pa.array([], pa.binary()), pa.array([], pa.string()), kept, kept.copy()
+        )
     pieces = [_encoded_field(f, fields[f], kept, empty_as_null) for f in sorted(order)]
     joined = pc.binary_join_element_wise(*pieces, b",", null_handling="skip")
     rows = pc.binary_join_element_wise(_OPEN, joined, _CLOSE, b"")
-    encoded = rows.to_numpy(zero_copy_only=False).tolist()
-    keys = _merge_keys(fields, kept)
-    with _collector_paused():
-        return _new_customers(encoded, keys, records[kept].tolist(), lines[kept].tolist())
+    return CustomerBlock(rows, _merge_keys(fields, kept), records[kept], lines[kept])
 
 
 _OPEN = pa.scalar(b"{", pa.binary())
@@ -1249,11 +1341,16 @@ def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool
     if empty_as_null and name not in IDENTIFIERS:
         values, codes = c.values[kept].copy(), None
         values[c.empty[kept]] = None
-    elif c.codes is not None and c.distinct is not None:
+    elif c.codes is not None and (c.distinct is not None or c.text_omitted is not None):
         values, codes = c.distinct, c.codes[kept]
     else:
         values, codes = c.values[kept], None
     prefix = orjson.dumps(name) + b":"
+    text = c.text() if codes is not None else None
+    if text is not None:
+        return _json_strings(prefix, text).take(codes)
+    if values is None:
+        values = c.distinct_values()
     omit = _OMIT
     dumps = orjson.dumps
     sort = orjson.OPT_SORT_KEYS
@@ -1264,68 +1361,87 @@ def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool
     return pieces if codes is None else pieces.take(codes)
 
 
-def _merge_keys(fields: dict[str, _Cleaned], kept: np.ndarray) -> list[str]:
-    """Each kept row's merge key (:func:`~importer.records.customer_key`) from its identifiers."""
-    keys = np.full(len(kept), None, object)
-    cid = fields.get("customer_id")
-    if cid is not None:
-        has = ~cid.empty[kept] & ~cid.bad[kept]
-        keys[has] = ["\0" + str(v) for v in cid.values[kept][has].tolist()]
-    email = fields.get("email")
-    if email is not None:
-        has = ~email.empty[kept] & ~email.bad[kept]
-        keys[has] = [str(v) for v in email.values[kept][has].tolist()]
-    return keys.tolist()
+_QUOTE = pa.scalar(b'"', pa.binary())
+_NOTHING = pa.scalar(b"", pa.binary())
 
 
-_CUSTOMER_SLOTS = ("_payload", "_encoded", "_key", "record", "line", "merged_records")
+def _json_strings(prefix: bytes, text: pa.StringArray) -> pa.BinaryArray:
+    """``prefix`` + each string as JSON (null stays null), byte for byte what orjson writes.
 
-
-def _new_customers(
-    encoded: list[bytes], keys: list[str], records: list[int], lines: list[int]
-) -> list[Customer]:
-    """``[Customer(None, r, l, encoded=e, key=k) for ...]``, faster: a slot at a time.
-
-    Setting each slot through its descriptor in C loops gives the same objects
-    as ``Customer.__init__`` in a fraction of the time.
+    orjson writes a string as its UTF-8 between quotes, escaping only quotes,
+    backslashes and control characters; the rare values holding one of those
+    are encoded by orjson itself.
     """
-    n = len(encoded)
-    if Customer.__slots__ != _CUSTOMER_SLOTS:  # pragma: no cover - guards a change of Customer
-        return [
-            Customer(None, r, line, encoded=e, key=k)
-            for e, k, r, line in zip(encoded, keys, records, lines, strict=True)
-        ]
-    customers = list(map(object.__new__, repeat(Customer, n)))
-    slots = Customer.__dict__
-    for name, values in (
-        ("_payload", repeat(None, n)),
-        ("_encoded", encoded),
-        ("_key", keys),
-        ("record", records),
-        ("line", lines),
-        ("merged_records", repeat((), n)),
-    ):
-        deque(map(slots[name].__set__, customers, values), maxlen=0)
-    return customers
+    start = pa.scalar(prefix + b'"', pa.binary())
+    out = pc.binary_join_element_wise(start, text.cast(pa.binary()), _QUOTE, _NOTHING)
+    escaped = _json_escaped(text)
+    if escaped.any():
+        dumps = orjson.dumps
+        special = [prefix + dumps(v) for v in text.filter(escaped).to_pylist()]
+        out = pc.replace_with_mask(out, escaped, pa.array(special, pa.binary()))
+    return out
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Hold off Python's cyclic garbage collector while customers are made.
+def _json_escaped(text: pa.StringArray) -> np.ndarray:
+    """Where a string holds a byte JSON escapes: a quote, a backslash or a control character.
 
-    Tens of thousands of new objects would otherwise set off collections that
-    scan them again and again while they are being made. They hold no
-    reference cycles, so nothing is left for the collector; it runs as usual
-    after. Left disabled if it was.
+    Looks at the array's bytes all at once (a regular expression per value
+    costs ten times as much) and maps each hit to the row whose bytes hold it.
     """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    out = np.zeros(len(text), bool)
+    _, offsets_buf, data_buf = text.buffers()
+    if data_buf is None or not len(text):
+        return out
+    offsets = np.frombuffer(offsets_buf, np.int32)[text.offset : text.offset + len(text) + 1]
+    start = int(offsets[0])
+    data = np.frombuffer(data_buf, np.uint8)[start : int(offsets[-1])]
+    hits = np.flatnonzero((data < 0x20) | (data == 0x22) | (data == 0x5C))
+    if len(hits):
+        out[np.searchsorted(offsets, hits + start, side="right") - 1] = True
+        if text.null_count:
+            out &= _mask(text.is_valid())
+    return out
+
+
+_NUL = pa.scalar("\0", pa.string())
+_EMPTY = pa.scalar("", pa.string())
+
+
+def _merge_keys(fields: dict[str, _Cleaned], kept: np.ndarray) -> pa.StringArray:
+    """Each kept row's merge key (:func:`~importer.records.customer_key`) from its identifiers.
+
+    The email where there is one, else ``\\0`` + the customer_id; taken from the
+    fields' text in pyarrow when they have it.
+    """
+    keys: pa.StringArray | None = None
+    for name in ("customer_id", "email"):
+        c = fields.get(name)
+        if c is None:
+            continue
+        text = c.text()
+        if text is not None:
+            assert c.codes is not None
+            mine = text.take(c.codes[kept])
+        else:
+            values = c.values[kept]
+            has = ~c.empty[kept] & ~c.bad[kept]
+            mine = pa.array(
+                [str(v) for v in values[has].tolist()] if has.any() else [], pa.string()
+            )
+            mine = _spread(mine, has)
+        if name == "customer_id":
+            mine = pc.binary_join_element_wise(_NUL, mine, _EMPTY)
+        keys = mine if keys is None else pc.coalesce(mine, keys)
+    return keys if keys is not None else pa.nulls(len(kept), pa.string())
+
+
+def _spread(values: pa.StringArray, where: np.ndarray) -> pa.StringArray:
+    """An array as long as ``where``: ``values`` in order where it holds, null elsewhere."""
+    if where.all():
+        return values
+    positions = np.full(len(where), -1, np.int64)
+    positions[where] = np.arange(len(values))
+    return values.take(pa.array(positions, mask=~where))
 
 
 def _stop_at_first(rejects: list[Reject]) -> None:

@@ -837,7 +837,7 @@ class StateReader:
             done.update(range(max(lo, first), min(hi, last) + 1))
         return done
 
-    def skip_done(self, customers: list[Customer]) -> tuple[list[Customer], int]:
+    def skip_done(self, customers: Sequence[Customer]) -> tuple[Sequence[Customer], int]:
         """The customers not yet done, and how many were skipped (a chunk at a time)."""
         if not self.run.resumed or not customers:
             return customers, 0
@@ -853,7 +853,7 @@ class StateReader:
         through = self.run.rejects_through if self.run.resumed else 0
         return [r for r in rejects if r.record > through] if through else rejects
 
-    def skip_unchanged(self, customers: list[Customer]) -> tuple[list[Customer], int]:
+    def skip_unchanged(self, customers: Sequence[Customer]) -> tuple[list[Customer], int]:
         """The customers whose payload differs from the last confirmed one (or is new)."""
         kept: list[Customer] = []
         for start in range(0, len(customers), LOOKUP_BATCH):

@@ -77,3 +77,14 @@ def test_http_floor_benchmark_posts_every_call(capsys: pytest.CaptureFixture[str
     per_call = main(["--calls", "20", "--repeat", "1"])
     assert per_call > 0
     assert "20 calls of 50 customers" in capsys.readouterr().out
+
+
+def test_cleaning_benchmark_accounts_for_every_row(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.bench_cleaning import main
+
+    stats = main(["--rows", str(ROWS), "--repeat", "1", "--chunk-rows", "500"])
+    assert stats["rows"] == ROWS
+    assert stats["customers"] + stats["rejects"] + stats["merged"] == ROWS
+    assert stats["packed"] == stats["customers"] > 0
+    out = capsys.readouterr().out
+    assert "rows/s" in out and "cleaning + packing" in out

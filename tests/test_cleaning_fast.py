@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pytest
+from email_validator import EmailNotValidError, validate_email
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from importer import cleaning
+from importer import cleaning, records
 from importer.records import Customer, encode_payload
 
 _SPACES = [c for c in map(chr, range(0x3100)) if c.isspace()] + ["\u200b", "\ufeff"]
@@ -165,7 +167,7 @@ def test_bytes_are_not_taken_for_text():
 
 def test_customers_built_in_bulk_equal_constructed_ones():
     encoded = [b'{"email":"a@example.com"}', b'{"customer_id":"c2","gender":"male"}']
-    built = cleaning._new_customers(encoded, ["a@example.com", "\0c2"], [1, 2], [2, 3])
+    built = records.new_customers(encoded, ["a@example.com", "\0c2"], [1, 2], [2, 3])
     assert built == [
         Customer({"email": "a@example.com"}, 1, 2),
         Customer({"customer_id": "c2", "gender": "male"}, 2, 3),
@@ -239,13 +241,59 @@ def test_kept_rows_only_are_encoded():
 
 def test_collector_state_is_restored():
     assert gc.isenabled()
-    with cleaning._collector_paused():
+    with records.collector_paused():
         assert not gc.isenabled()
     assert gc.isenabled()
     gc.disable()
     try:
-        with cleaning._collector_paused():
+        with records.collector_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_plain_dates_same_both_ways():
+    years = [0, 1, 4, 1582, 1899, 1900, 2000, 2001, 2024, 2100, 9999]
+    cells = [f"{y:04d}-{m:02d}-{d:02d}" for y in years for m in range(14) for d in range(33)]
+    _both_ways(cleaning._rule_date, cells, "US")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=30), st.integers(0, 3))
+def test_strings_encoded_in_pyarrow_equal_orjson(values, offset):
+    # Sliced, so the array's buffers start before its first value.
+    text = pa.array(["pad"] * offset + values, pa.string()).slice(offset)
+    got = cleaning._json_strings(b'"k":', text).to_pylist()
+    assert got == [None if v is None else b'"k":' + orjson.dumps(v) for v in values]
+
+
+def test_address_without_at_sign_gets_the_libraries_reason():
+    with pytest.raises(EmailNotValidError) as caught:
+        validate_email("jo-at-example.com", check_deliverability=False)
+    expected = f"invalid email: {caught.value}"
+    for value in ("jo-at-example.com", "", "a b", "é-at-x.org"):
+        assert cleaning._email_from_text(value) == (None, expected)
+    # With an @-sign or an angle bracket of any kind, the library decides.
+    for value in ("jo＠example.com", "Jo <jo-at-example.com>", "jo@"):
+        assert cleaning._email_from_text(value) == cleaning._email_by_library(value.lower())
+
+
+def test_text_fields_encoded_in_pyarrow_equal_those_encoded_by_orjson():
+    omit = cleaning._OMIT
+    distinct = ["a@x.org", 'q"uote', "tab\there", "é", omit]
+    codes = [0, 1, 2, 3, 4, 0]
+    plain = _cleaned_distinct(distinct, codes)
+    as_text = _cleaned_distinct(distinct, codes)
+    as_text.text_omitted = np.array([v is omit for v in distinct])
+    keep = np.array([True, True, True, True, False, True])
+    records, lines = np.arange(1, 7), np.arange(2, 8)
+    one = cleaning._customers({"email": plain}, ["email"], keep, records, lines, False)
+    two = cleaning._customers({"email": as_text}, ["email"], keep, records, lines, False)
+    assert as_text.text() is not None
+    assert two.encoded.to_pylist() == one.encoded.to_pylist()
+    assert (
+        two.keys.to_pylist()
+        == one.keys.to_pylist()
+        == ["a@x.org", 'q"uote', "tab\there", "é", "a@x.org"]
+    )
