@@ -162,15 +162,15 @@ class _Cleaned:
     text_omitted: np.ndarray | None = None
 
     #: The distinct values as pyarrow text, null where omitted; ``distinct`` is then
-    #: made from it only when asked for.
+    #: made from it only when asked for. Without ``codes``: one value per row.
     _text: pa.StringArray | None = None
 
     @property
     def values(self) -> np.ndarray:
         """The payload value (or :data:`_OMIT`) of each row."""
         if self.rows is None:
-            assert self.codes is not None
-            self.rows = self.distinct_values()[self.codes]
+            distinct = self.distinct_values()
+            self.rows = distinct if self.codes is None else distinct[self.codes]
         return self.rows
 
     def distinct_values(self) -> np.ndarray:
@@ -190,9 +190,9 @@ class _Cleaned:
 
     def value_at(self, pos: int) -> Any:
         """The payload value (or :data:`_OMIT`) of row ``pos``, without making the others."""
-        if self.rows is not None or self.codes is None:
-            return self.values[pos]
-        code = self.codes[pos]
+        if self.rows is not None:
+            return self.rows[pos]
+        code = pos if self.codes is None else self.codes[pos]
         if self.distinct is None and self._text is not None and self.text_omitted is not None:
             return _OMIT if self.text_omitted[code] else self._text[code].as_py()
         return self.distinct_values()[code]
@@ -1088,6 +1088,8 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     """Run ``rule`` over the non-empty cells of ``column``; text columns once per distinct value."""
     if column.text is None:
         return _apply_objects(rule, ctx, src, column.raw, column.values, column.empty)
+    if _by_row(rule, column.text):
+        return _apply_rows(rule, ctx, src, column)
     n = len(column.empty)
     # Encoded as a whole (cheaper than filtering first): the empty cells become the
     # distinct value "" or null, which the rule never sees.
@@ -1125,6 +1127,44 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     return _Cleaned(
         None, r[codes], _same(src, n), raw, column.empty, bad, None, codes, omitted, text
     )
+
+
+#: Rules whose pyarrow form settles nearly every value without Python.
+_VECTOR_RULES: tuple[Rule, ...] = (_rule_email, _rule_phone, _rule_string, _rule_keep)
+#: Cells of a column looked at to tell whether most of its values differ.
+_SAMPLE = 1000
+
+
+def _by_row(rule: Rule, text: pa.StringArray) -> bool:
+    """Whether to run ``rule`` on every row rather than on each distinct value.
+
+    Finding the distinct values costs a hash per cell and a gather after; it
+    pays when values repeat (names, cities, dates), not for a column such as
+    an email or an id, where nearly every value differs and the rule's
+    pyarrow form is as cheap per row as per distinct value.
+    """
+    if not (rule in _VECTOR_RULES or rule in _TEXT_RULES) or len(text) < _SAMPLE:
+        return False
+    return bool(pc.count_distinct(text.slice(0, _SAMPLE)).as_py() > _SAMPLE // 2)
+
+
+def _apply_rows(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
+    """:func:`_apply` row by row, for a text rule over a column of mostly different values."""
+    assert column.text is not None
+    n = len(column.empty)
+    filled = ~column.empty
+    everyone = bool(filled.all())
+    reasons = np.full(n, None, object)
+    out, found = _fast_rule(rule)(column.text if everyone else column.text.filter(filled), ctx)
+    assert isinstance(out, pa.Array), "a rule run by row gives pyarrow text"
+    reasons[filled] = found
+    bad = pd.notna(reasons)
+    omitted = bad | column.empty
+    text = out if everyone else _spread(out, filled)
+    if omitted.any():
+        text = pc.if_else(pa.array(omitted), pa.scalar(None, pa.string()), text)
+    raw = column.raw_where(bad)
+    return _Cleaned(None, reasons, _same(src, n), raw, column.empty, bad, None, None, omitted, text)
 
 
 def _keeps_text(rule: Rule) -> bool:
@@ -1338,19 +1378,18 @@ _CLOSE = pa.scalar(b"}", pa.binary())
 
 def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool) -> pa.BinaryArray:
     """``"name":value`` per kept row as JSON, null where the field is left out."""
-    if empty_as_null and name not in IDENTIFIERS:
+    prefix = orjson.dumps(name) + b":"
+    nulls_for_empty = empty_as_null and name not in IDENTIFIERS
+    text = None if nulls_for_empty else c.text()
+    if text is not None:
+        return _rows_of(_json_strings(prefix, text), c.codes, kept)
+    if nulls_for_empty:
         values, codes = c.values[kept].copy(), None
         values[c.empty[kept]] = None
-    elif c.codes is not None and (c.distinct is not None or c.text_omitted is not None):
-        values, codes = c.distinct, c.codes[kept]
+    elif c.codes is not None:
+        values, codes = c.distinct_values(), c.codes[kept]
     else:
         values, codes = c.values[kept], None
-    prefix = orjson.dumps(name) + b":"
-    text = c.text() if codes is not None else None
-    if text is not None:
-        return _json_strings(prefix, text).take(codes)
-    if values is None:
-        values = c.distinct_values()
     omit = _OMIT
     dumps = orjson.dumps
     sort = orjson.OPT_SORT_KEYS
@@ -1359,6 +1398,13 @@ def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool
         pa.binary(),
     )
     return pieces if codes is None else pieces.take(codes)
+
+
+def _rows_of(arr: pa.Array, codes: np.ndarray | None, kept: np.ndarray) -> pa.Array:
+    """The kept rows of a field's ``arr``: per distinct value through ``codes``, else per row."""
+    if codes is not None:
+        return arr.take(codes[kept])
+    return arr if len(kept) == len(arr) else arr.take(kept)
 
 
 _QUOTE = pa.scalar(b'"', pa.binary())
@@ -1420,8 +1466,7 @@ def _merge_keys(fields: dict[str, _Cleaned], kept: np.ndarray) -> pa.StringArray
             continue
         text = c.text()
         if text is not None:
-            assert c.codes is not None
-            mine = text.take(c.codes[kept])
+            mine = _rows_of(text, c.codes, kept)
         else:
             values = c.values[kept]
             has = ~c.empty[kept] & ~c.bad[kept]

@@ -297,3 +297,18 @@ def test_text_fields_encoded_in_pyarrow_equal_those_encoded_by_orjson():
         == one.keys.to_pylist()
         == ["a@x.org", 'q"uote', "tab\there", "é", "a@x.org"]
     )
+
+
+@pytest.mark.parametrize("rule", ["email", "phone", "customer_id", "name", "string", "keep"])
+def test_columns_of_mostly_different_values_same_row_by_row(rule):
+    # Enough different values that the column is cleaned row by row, not per distinct value.
+    cells = [
+        f"{sample[:30]}{i}" if i % 3 else sample
+        for i, sample in enumerate(_SAMPLES * (cleaning._SAMPLE // len(_SAMPLES) + 2))
+    ]
+    cells[5] = cells[9] = ""
+    cells[7] = "  \u3000"
+    text = pa.array(cells, pa.string())
+    assert cleaning._by_row(_RULES[rule], text)
+    _both_ways(_RULES[rule], cells, "US")
+    _both_ways(_RULES[rule], [c for c in cells if c.strip()], "GB")  # no empty cell
