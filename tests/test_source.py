@@ -444,7 +444,8 @@ def test_source_arrow_reads_only_a_few_blocks_ahead_of_the_rows_taken(tmp_path, 
     rows = "".join(f"u{i}@x.io,Name {i},{i % 97}\n" for i in range(200_000))
     path = _write(tmp_path, "c.csv", ("email,name,n\n" + rows).encode())
     assert path.stat().st_size > 60 * block
-    with Source(path, chunk_rows=100_000) as source:
+    # Chunks smaller than a block (some 2,800 rows), so the first needs one block only.
+    with Source(path, chunk_rows=1000) as source:
         chunks = source.chunks()
         first = next(chunks)
         time.sleep(0.3)  # the rows taken are being processed: Arrow must wait
@@ -537,3 +538,20 @@ def test_source_chunk_split_keeps_rows_and_rejects_in_order(tmp_path):
     assert head.lines.tolist() == [2] and tail.lines.tolist() == [4, 5, 6]
     assert [r.record for r in head.rejects] == [] and [r.record for r in tail.rejects] == [2]
     assert head.rows_read + tail.rows_read == chunk.rows_read
+
+
+def test_source_arrow_blocks_are_gathered_into_chunks_of_chunk_rows(tmp_path, monkeypatch):
+    block = 64 * 1024  # some 2,800 rows each
+    monkeypatch.setattr(importer_source, "ARROW_BLOCK_BYTES", block)
+    rows = [f"u{i}@x.io,Name {i}\n" for i in range(20_000)]
+    rows[7_000] = "ragged,row,here\n"
+    path = _write(tmp_path, "c.csv", ("email,name\n" + "".join(rows)).encode())
+    with Source(path, chunk_rows=5000) as source:
+        chunks = list(source.chunks())
+    assert all(c.arrow is not None for c in chunks)  # the fast path read all of it
+    assert [c.num_rows for c in chunks] == [5000, 5000, 5000, 4999]
+    assert [r.record for c in chunks for r in c.rejects] == [7001]
+    records = np.concatenate([c.records for c in chunks]).tolist()
+    assert records == [r for r in range(1, 20_001) if r != 7001]
+    emails = [e for c in chunks for e in c.arrow.column("email").to_pylist()]
+    assert emails == [f"u{i}@x.io" for i in range(20_000) if i != 7000]
