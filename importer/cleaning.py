@@ -263,8 +263,7 @@ def _prepare_column(series: pd.Series) -> _Prepared:
         arr = _as_arrow_text(raw, checked=True)
     if arr is not None:
         text = pc.utf8_trim(arr, characters=_WHITESPACE)
-        empty = pc.fill_null(pc.equal(pc.binary_length(text), 0), True)
-        return _Prepared(raw, empty.to_numpy(zero_copy_only=False), text)
+        return _Prepared(raw, _empty_cells(text), text)
     values, empty = _prepare(series)
     return _Prepared(raw, empty, None, values)
 
@@ -306,11 +305,22 @@ def _prepare_arrow(cells: pa.RecordBatch, sources: list[str]) -> dict[str, _Prep
     for src in sources:
         original = cells.column(src)
         text = pc.utf8_trim(original, characters=_WHITESPACE)
-        empty = pc.fill_null(pc.equal(pc.binary_length(text), 0), True)
-        prepared[src] = _Prepared(
-            None, empty.to_numpy(zero_copy_only=False), text, original=original
-        )
+        prepared[src] = _Prepared(None, _empty_cells(text), text, original=original)
     return prepared
+
+
+def _empty_cells(text: pa.StringArray) -> np.ndarray:
+    """Where ``text`` is null or has no characters (read off its offsets)."""
+    empty = _byte_lengths(text) == 0
+    if text.null_count:
+        empty |= ~_mask(text.is_valid())
+    return empty
+
+
+def _byte_lengths(text: pa.StringArray) -> np.ndarray:
+    """The length in bytes of each value of ``text`` (0 for null), read off its offsets."""
+    offsets = np.frombuffer(text.buffers()[1], np.int32)[text.offset : text.offset + len(text) + 1]
+    return np.diff(offsets)
 
 
 def _all_text(values: np.ndarray) -> bool:
@@ -338,8 +348,7 @@ def _trim_block(
     if flat is None:
         return {}
     trimmed = pc.utf8_trim(flat, characters=_WHITESPACE)
-    empty = pc.fill_null(pc.equal(pc.binary_length(trimmed), 0), True)
-    empty_cells = empty.to_numpy(zero_copy_only=False).reshape(cells.shape)
+    empty_cells = _empty_cells(trimmed).reshape(cells.shape)
     width = len(names)
     return {
         src: _Prepared(
@@ -555,8 +564,10 @@ def _rule_vocabulary(what: str, vocabulary: dict[str, Any], json_bools: bool = F
         text = _is_text(values)
         out = np.full(len(values), None, object)
         reasons = np.full(len(values), None, object)
-        mapped = pd.Series(values[text], dtype=object).str.lower().map(vocabulary)
-        out[text] = mapped.to_numpy(dtype=object)
+        # A dict look-up per value: few values (distinct ones, for text columns), and
+        # pandas' map builds an index of the vocabulary at every call.
+        get = vocabulary.get
+        out[text] = [get(v.lower()) for v in values[text].tolist()]
         if not text.all():
             # JSON values: true/false as is, and 0/1 for booleans.
             for i in np.flatnonzero(~text):
@@ -759,7 +770,7 @@ def _fast_email(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, 
     out = lower
     if fast.any():
         # ASCII: bytes are characters.
-        long_ = _mask(pc.greater(pc.binary_length(values), MAX_EMAIL)) & fast
+        long_ = (_byte_lengths(values) > MAX_EMAIL) & fast
         reasons[long_] = f"invalid email: longer than {MAX_EMAIL} characters"
     latin = ~_mask(ascii_)
     if latin.any():
@@ -769,8 +780,8 @@ def _fast_email(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, 
         # characters, so never too long), no IDNA label, no special-use domain.
         idx = np.flatnonzero(latin)
         low = pc.utf8_lower(values.filter(latin))
-        ok = pc.and_(_fullmatch(low, _FAST_INTL_EMAIL_RE2), pc.less_equal(pc.utf8_length(low), 63))
-        ok = _mask(pc.and_not(ok, _idna_or_special(low)))
+        ok = _mask(pc.and_not(_fullmatch(low, _FAST_INTL_EMAIL_RE2), _idna_or_special(low)))
+        ok &= _mask(pc.utf8_length(low)) <= 63
         if ok.any():
             fast[idx[ok]] = True
             out = pc.replace_with_mask(out, pa.array(fast & latin), low.filter(ok))
@@ -786,28 +797,45 @@ def _idna_or_special(lower: pa.StringArray) -> pa.BooleanArray:
 
 
 def _fast_phone(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, np.ndarray]:
-    n = len(values)
-    reasons = np.full(n, None, object)
-    ascii_ = pc.string_is_ascii(values)
-    intl = _mask(pc.and_(ascii_, _fullmatch(values, f"{_NANP_INTL}|{_UK_MOBILE}")))
+    reasons = np.full(len(values), None, object)
+    shapes = f"{_NANP_INTL}|{_UK_MOBILE}"
     if ctx.phone_region in _NANP_REGIONS:
-        national = _mask(pc.and_(ascii_, _fullmatch(values, _NANP_NATIONAL))) & ~intl
-    else:
-        national = np.zeros(n, bool)
-    digits = _digits(values)
-    out = pc.if_else(
-        pa.array(national),
-        pc.binary_join_element_wise("+1", digits, ""),
-        pc.if_else(pa.array(intl), digits, pa.scalar(None, pa.string())),
-    )
-    return _fill_rest(values, intl | national, out, reasons, _rule_phone, ctx)
+        shapes += f"|{_NANP_NATIONAL}"
+    settled = _mask(pc.and_(pc.string_is_ascii(values), _fullmatch(values, shapes)))
+    # The international shapes start with +, the national one never does.
+    national = settled & ~_mask(pc.starts_with(values, "+"))
+    out = _digits(values)
+    if national.any():
+        plus_one = pc.binary_join_element_wise("+1", out.filter(national), "")
+        out = pc.replace_with_mask(out, pa.array(national), plus_one)
+    return _fill_rest(values, settled, out, reasons, _rule_phone, ctx)
+
+
+#: The bytes of ``_SEPARATORS``: ASCII, so removing them from UTF-8 leaves valid UTF-8.
+_SEPARATOR_BYTES = np.zeros(256, bool)
+_SEPARATOR_BYTES[list(b" .()-")] = True
 
 
 def _digits(values: pa.StringArray) -> pa.StringArray:
-    """``values`` without the characters of ``_SEPARATORS`` (plain replaces beat a regex)."""
-    for separator in " .()-":
-        values = pc.replace_substring(values, separator, "")
-    return values
+    """``values`` without the characters of ``_SEPARATORS``, taken out of all the bytes at once."""
+    validity, offsets_buf, data_buf = values.buffers()
+    if data_buf is None or values.offset:
+        for separator in " .()-":
+            values = pc.replace_substring(values, separator, "")
+        return values
+    offsets = np.frombuffer(offsets_buf, np.int32)[: len(values) + 1]
+    data = np.frombuffer(data_buf, np.uint8)[offsets[0] : offsets[-1]]
+    keep = ~_SEPARATOR_BYTES[data]
+    # Kept bytes before each value's start: the new offsets.
+    before = np.concatenate((np.zeros(1, np.int32), np.cumsum(keep, dtype=np.int32)))
+    new_offsets = before[offsets - offsets[0]]
+    return pa.StringArray.from_buffers(
+        len(values),
+        pa.py_buffer(new_offsets),
+        pa.py_buffer(np.ascontiguousarray(data[keep])),
+        validity,
+        values.null_count,
+    )
 
 
 def _fast_int(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
@@ -816,12 +844,8 @@ def _fast_int(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.nda
     reasons = np.full(n, None, object)
     ascii_ = _mask(pc.string_is_ascii(values))
     # ASCII: bytes are characters, and RE2's \d is the same as Python's.
-    ok = ascii_ & _mask(
-        pc.and_(
-            _fullmatch(values, _INT_TEXT.pattern.strip("^$")),
-            pc.less_equal(pc.binary_length(values), 16),
-        )
-    )
+    ok = ascii_ & (_byte_lengths(values) <= 16)
+    ok &= _mask(_fullmatch(values, _INT_TEXT.pattern.strip("^$")))
     if ok.any():
         numbers = pc.cast(values.filter(ok), pa.int64()).to_numpy()
         in_range = np.abs(numbers) <= MAX_SAFE_INT
@@ -853,7 +877,7 @@ def _fast_text(what: str, limit: int | None) -> FastRule:
     def rule(values: pa.StringArray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
         reasons = np.full(len(values), None, object)
         if limit is not None:
-            long_ = _mask(pc.greater(pc.utf8_length(values), limit))
+            long_ = _mask(pc.utf8_length(values)) > limit
             reasons[long_] = f"invalid {what}: longer than {limit} characters"
         return values, reasons
 
@@ -1096,7 +1120,7 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     encoded = pc.dictionary_encode(column.text)
     distinct = encoded.dictionary
     size = len(distinct)
-    filled = _mask(pc.not_equal(pc.binary_length(distinct), 0)) if size else np.zeros(0, bool)
+    filled = ~_empty_cells(distinct)
     v = np.full(size + 1, _OMIT, object)
     r = np.full(size + 1, None, object)
     text = None
@@ -1123,12 +1147,13 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     assert omitted is not None, "a rule that gives pyarrow text must keep text"
     # The slot for missing cells, and null where the value is omitted.
     text = pa.concat_arrays([text, pa.nulls(1, pa.string())])
-    text = pc.if_else(pa.array(omitted), pa.scalar(None, pa.string()), text)
+    text = pc.if_else(pa.array(omitted), _NULL_TEXT, text)
     return _Cleaned(
         None, r[codes], _same(src, n), raw, column.empty, bad, None, codes, omitted, text
     )
 
 
+_NULL_TEXT = pa.scalar(None, pa.string())
 #: Rules whose pyarrow form settles nearly every value without Python.
 _VECTOR_RULES: tuple[Rule, ...] = (_rule_email, _rule_phone, _rule_string, _rule_keep)
 #: Cells of a column looked at to tell whether most of its values differ.
@@ -1162,7 +1187,7 @@ def _apply_rows(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Clea
     omitted = bad | column.empty
     text = out if everyone else _spread(out, filled)
     if omitted.any():
-        text = pc.if_else(pa.array(omitted), pa.scalar(None, pa.string()), text)
+        text = pc.if_else(pa.array(omitted), _NULL_TEXT, text)
     raw = column.raw_where(bad)
     return _Cleaned(None, reasons, _same(src, n), raw, column.empty, bad, None, None, omitted, text)
 
@@ -1366,64 +1391,73 @@ def _customers(
         return CustomerBlock(
             pa.array([], pa.binary()), pa.array([], pa.string()), kept, kept.copy()
         )
-    pieces = [_encoded_field(f, fields[f], kept, empty_as_null) for f in sorted(order)]
-    joined = pc.binary_join_element_wise(*pieces, b",", null_handling="skip")
-    rows = pc.binary_join_element_wise(_OPEN, joined, _CLOSE, b"")
-    return CustomerBlock(rows, _merge_keys(fields, kept), records[kept], lines[kept])
+    n = len(keep)
+    # Every row is encoded, and the kept ones taken once at the end: cheaper than
+    # taking them from each field when, as usual, nearly all rows are kept.
+    pieces = [_encoded_field(f, fields[f], n, empty_as_null) for f in sorted(order)]
+    # Each piece ends in a comma (a join without separator is the cheaper one); a
+    # kept row has at least its identifier, so the last comma is always there to close.
+    joined = pc.binary_join_element_wise(_OPEN, *pieces, _NOTHING, null_handling="skip")
+    rows = pc.binary_replace_slice(joined, start=-1, stop=_TO_END, replacement=b"}")
+    keys = _merge_keys(fields, n)
+    if len(kept) < n:
+        mask = pa.array(keep)
+        rows, keys = rows.filter(mask), keys.filter(mask)
+    return CustomerBlock(rows, keys, records[kept], lines[kept])
 
 
 _OPEN = pa.scalar(b"{", pa.binary())
-_CLOSE = pa.scalar(b"}", pa.binary())
+_TO_END = 2**31 - 1
 
 
-def _encoded_field(name: str, c: _Cleaned, kept: np.ndarray, empty_as_null: bool) -> pa.BinaryArray:
-    """``"name":value`` per kept row as JSON, null where the field is left out."""
+def _encoded_field(name: str, c: _Cleaned, n: int, empty_as_null: bool) -> pa.BinaryArray:
+    """``"name":value,`` per row as JSON, null where the field is left out."""
     prefix = orjson.dumps(name) + b":"
     nulls_for_empty = empty_as_null and name not in IDENTIFIERS
     text = None if nulls_for_empty else c.text()
     if text is not None:
-        return _rows_of(_json_strings(prefix, text), c.codes, kept)
+        return _rows_of(_json_strings(prefix, text, b","), c.codes)
     if nulls_for_empty:
-        values, codes = c.values[kept].copy(), None
-        values[c.empty[kept]] = None
+        values, codes = c.values.copy(), None
+        values[c.empty] = None
     elif c.codes is not None:
-        values, codes = c.distinct_values(), c.codes[kept]
+        values, codes = c.distinct_values(), c.codes
     else:
-        values, codes = c.values[kept], None
+        values, codes = c.values, None
     omit = _OMIT
     dumps = orjson.dumps
     sort = orjson.OPT_SORT_KEYS
     pieces = pa.array(
-        [None if v is omit else prefix + dumps(v, option=sort) for v in values.tolist()],
+        [None if v is omit else prefix + dumps(v, option=sort) + b"," for v in values.tolist()],
         pa.binary(),
     )
     return pieces if codes is None else pieces.take(codes)
 
 
-def _rows_of(arr: pa.Array, codes: np.ndarray | None, kept: np.ndarray) -> pa.Array:
-    """The kept rows of a field's ``arr``: per distinct value through ``codes``, else per row."""
-    if codes is not None:
-        return arr.take(codes[kept])
-    return arr if len(kept) == len(arr) else arr.take(kept)
+def _rows_of(arr: pa.Array, codes: np.ndarray | None) -> pa.Array:
+    """A field's ``arr`` per row: through ``codes`` when it holds one item per distinct value."""
+    return arr if codes is None else arr.take(codes)
 
 
-_QUOTE = pa.scalar(b'"', pa.binary())
 _NOTHING = pa.scalar(b"", pa.binary())
 
 
-def _json_strings(prefix: bytes, text: pa.StringArray) -> pa.BinaryArray:
-    """``prefix`` + each string as JSON (null stays null), byte for byte what orjson writes.
+def _json_strings(prefix: bytes, text: pa.StringArray, suffix: bytes = b"") -> pa.BinaryArray:
+    """``prefix`` + each string as JSON + ``suffix`` (null stays null).
+
+    The JSON is byte for byte what orjson writes.
 
     orjson writes a string as its UTF-8 between quotes, escaping only quotes,
     backslashes and control characters; the rare values holding one of those
     are encoded by orjson itself.
     """
     start = pa.scalar(prefix + b'"', pa.binary())
-    out = pc.binary_join_element_wise(start, text.cast(pa.binary()), _QUOTE, _NOTHING)
+    end = pa.scalar(b'"' + suffix, pa.binary())
+    out = pc.binary_join_element_wise(start, text.cast(pa.binary()), end, _NOTHING)
     escaped = _json_escaped(text)
     if escaped.any():
         dumps = orjson.dumps
-        special = [prefix + dumps(v) for v in text.filter(escaped).to_pylist()]
+        special = [prefix + dumps(v) + suffix for v in text.filter(escaped).to_pylist()]
         out = pc.replace_with_mask(out, escaped, pa.array(special, pa.binary()))
     return out
 
@@ -1453,31 +1487,34 @@ _NUL = pa.scalar("\0", pa.string())
 _EMPTY = pa.scalar("", pa.string())
 
 
-def _merge_keys(fields: dict[str, _Cleaned], kept: np.ndarray) -> pa.StringArray:
-    """Each kept row's merge key (:func:`~importer.records.customer_key`) from its identifiers.
+def _merge_keys(fields: dict[str, _Cleaned], n: int) -> pa.StringArray:
+    """Each row's merge key (:func:`~importer.records.customer_key`) from its identifiers.
 
-    The email where there is one, else ``\\0`` + the customer_id; taken from the
-    fields' text in pyarrow when they have it.
+    The email where there is one, else ``\\0`` + the customer_id; null without either.
     """
-    keys: pa.StringArray | None = None
-    for name in ("customer_id", "email"):
-        c = fields.get(name)
-        if c is None:
-            continue
-        text = c.text()
-        if text is not None:
-            mine = _rows_of(text, c.codes, kept)
-        else:
-            values = c.values[kept]
-            has = ~c.empty[kept] & ~c.bad[kept]
-            mine = pa.array(
-                [str(v) for v in values[has].tolist()] if has.any() else [], pa.string()
-            )
-            mine = _spread(mine, has)
-        if name == "customer_id":
-            mine = pc.binary_join_element_wise(_NUL, mine, _EMPTY)
-        keys = mine if keys is None else pc.coalesce(mine, keys)
-    return keys if keys is not None else pa.nulls(len(kept), pa.string())
+    email = _identifier_text(fields.get("email"))
+    cid = _identifier_text(fields.get("customer_id"))
+    if cid is None:
+        return email if email is not None else pa.nulls(n, pa.string())
+    if email is None:
+        return pc.binary_join_element_wise(_NUL, cid, _EMPTY)
+    missing = _mask(email.is_null())
+    if not missing.any():
+        return email
+    by_id = pc.binary_join_element_wise(_NUL, cid.filter(missing), _EMPTY)
+    return pc.replace_with_mask(email, pa.array(missing), by_id)
+
+
+def _identifier_text(c: _Cleaned | None) -> pa.StringArray | None:
+    """An identifier field per row as text, null where it is missing or invalid."""
+    if c is None:
+        return None
+    text = c.text()
+    if text is not None:
+        return _rows_of(text, c.codes)
+    has = ~c.empty & ~c.bad
+    found = pa.array([str(v) for v in c.values[has].tolist()], pa.string())
+    return _spread(found, has)
 
 
 def _spread(values: pa.StringArray, where: np.ndarray) -> pa.StringArray:

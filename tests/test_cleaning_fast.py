@@ -312,3 +312,13 @@ def test_columns_of_mostly_different_values_same_row_by_row(rule):
     assert cleaning._by_row(_RULES[rule], text)
     _both_ways(_RULES[rule], cells, "US")
     _both_ways(_RULES[rule], [c for c in cells if c.strip()], "GB")  # no empty cell
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(alphabet="0123 .()-+é日", max_size=12)), max_size=30))
+def test_separators_taken_out_of_the_bytes_equal_str_replace(values):
+    expected = [None if v is None else v.translate(str.maketrans("", "", " .()-")) for v in values]
+    for arr in (pa.array(values, pa.string()), pa.array(["x", *values], pa.string()).slice(1)):
+        got = cleaning._digits(arr)
+        got.validate(full=True)
+        assert got.to_pylist() == expected
