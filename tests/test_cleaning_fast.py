@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from email_validator import EmailNotValidError, validate_email
 from hypothesis import HealthCheck, given, settings
@@ -322,3 +323,34 @@ def test_separators_taken_out_of_the_bytes_equal_str_replace(values):
         got = cleaning._digits(arr)
         got.validate(full=True)
         assert got.to_pylist() == expected
+
+
+_TEXTS = st.lists(
+    st.one_of(st.none(), st.text(alphabet=st.sampled_from(["a", "é", "-", ".", *_SPACES]))),
+    max_size=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_TEXTS, st.integers(0, 2))
+def test_trimming_only_where_needed_equals_trimming_everything(values, offset):
+    text = pa.array(["x"] * offset + values, pa.string()).slice(offset)
+    expected = pc.utf8_trim(text, characters=cleaning._WHITESPACE)
+    assert cleaning._trim(text).to_pylist() == expected.to_pylist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from(list("xn-.atesrplocid@é")), max_size=14)
+        | st.sampled_from(["a@b.test", "a@xn--b.com", "xn--@b.org", "a@localhost", "a@b.com"]),
+        max_size=20,
+    )
+)
+def test_addresses_for_the_library_include_every_idna_and_special_use_one(values):
+    flagged = cleaning._idna_or_special(pa.array(values, pa.string())).tolist()
+    for value, flag in zip(values, flagged, strict=True):
+        if "xn--" in value or value.endswith(cleaning._SPECIAL_SUFFIXES):
+            assert flag, value
+        elif flag:  # flagged for sharing the last four bytes of a special-use name
+            assert value.encode()[-4:] in {s[-4:].encode() for s in cleaning._SPECIAL_SUFFIXES}
