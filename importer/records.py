@@ -197,7 +197,7 @@ class CustomerBlock(Sequence[Customer]):
     need only the columns, such as looking for repeated keys, never make them.
     """
 
-    __slots__ = ("encoded", "keys", "records", "lines", "_items")
+    __slots__ = ("encoded", "keys", "records", "lines", "_items", "_encodings")
 
     def __init__(
         self, encoded: pa.BinaryArray, keys: pa.StringArray, records: np.ndarray, lines: np.ndarray
@@ -209,16 +209,29 @@ class CustomerBlock(Sequence[Customer]):
         self.records = records
         self.lines = lines
         self._items: list[Customer] | None = None
+        self._encodings: list[bytes] | None = None
 
     def _customers(self) -> list[Customer]:
-        if self._items is None:
+        return self.customers_and_encodings()[0]
+
+    def customers_and_encodings(self) -> tuple[list[Customer], list[bytes]]:
+        """The customers, made now if they were not yet, and each one's encoded payload."""
+        if self._items is None or self._encodings is None:
+            self._encodings = self.encoded.to_numpy(zero_copy_only=False).tolist()
             self._items = new_customers(
-                self.encoded.to_numpy(zero_copy_only=False).tolist(),
-                self.keys.to_pylist(),
-                self.records.tolist(),
-                self.lines.tolist(),
+                self._encodings, self.keys.to_pylist(), self.records.tolist(), self.lines.tolist()
             )
-        return self._items
+        return self._items, self._encodings
+
+    def encoded_sizes(self) -> np.ndarray:
+        """The length in bytes of each customer's encoded payload."""
+        import numpy as np
+
+        offsets = self.encoded.buffers()[1]
+        if offsets is None:
+            return np.zeros(len(self), np.int64)
+        start = self.encoded.offset
+        return np.diff(np.frombuffer(offsets, np.int32)[start : start + len(self) + 1])
 
     def has_repeats(self) -> bool:
         """Whether two customers share a merge key (or one has none), from the columns alone."""
