@@ -157,13 +157,15 @@ class _Cleaned:
     bad: np.ndarray
     distinct: np.ndarray | None = None
     codes: np.ndarray | None = None
-    #: Where ``distinct`` holds :data:`_OMIT`, when every other distinct value is a str
-    #: (then the field is encoded as JSON in pyarrow, see :func:`_encoded_field`).
+    #: Where ``distinct`` holds :data:`_OMIT`, when every other distinct value is a str,
+    #: or with ``int_values`` an int (then the field is encoded as JSON in pyarrow, see
+    #: :func:`_encoded_field`).
     text_omitted: np.ndarray | None = None
 
     #: The distinct values as pyarrow text, null where omitted; ``distinct`` is then
     #: made from it only when asked for. Without ``codes``: one value per row.
     _text: pa.StringArray | None = None
+    int_values: bool = False
 
     @property
     def values(self) -> np.ndarray:
@@ -184,7 +186,12 @@ class _Cleaned:
 
     def text(self) -> pa.StringArray | None:
         """The distinct values as a pyarrow string array, null where omitted (text fields only)."""
-        if self._text is None and self.text_omitted is not None and self.codes is not None:
+        if (
+            self._text is None
+            and self.text_omitted is not None
+            and self.codes is not None
+            and not self.int_values
+        ):
             self._text = pa.array(self.distinct, pa.string(), mask=self.text_omitted)
         return self._text
 
@@ -348,8 +355,11 @@ def _trim(text: pa.StringArray) -> pa.StringArray:
     that out for a fraction of the cost of trimming.
     """
     offsets, data = _offsets_and_bytes(text)
-    filled = offsets[1:] > offsets[:-1]
-    firsts, lasts = offsets[:-1][filled], offsets[1:][filled] - 1
+    if not len(data):
+        return text
+    # An empty value points at its neighbour's bytes: at worst a needless trim.
+    top = len(data) - 1
+    firsts, lasts = np.minimum(offsets[:-1], top), np.maximum(offsets[1:] - 1, 0)
     if not (_SPACE_FIRST[data[firsts]].any() or _SPACE_LAST[data[lasts]].any()):
         return text
     return pc.utf8_trim(text, characters=_WHITESPACE)
@@ -1196,12 +1206,15 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     # Rejects quote the raw cell of bad rows only, so only those are made Python objects.
     raw = column.raw_where(bad)
     omitted = None
-    if _keeps_text(rule):
+    ints = rule is _rule_int
+    if _keeps_text(rule) or ints:
         omitted = bad_u
         omitted[-1] = True
         omitted[:-1] |= ~filled
     if text is None:
-        return _Cleaned(None, r[codes], _same(src, n), raw, column.empty, bad, v, codes, omitted)
+        return _Cleaned(
+            None, r[codes], _same(src, n), raw, column.empty, bad, v, codes, omitted, None, ints
+        )
     assert omitted is not None, "a rule that gives pyarrow text must keep text"
     # The slot for missing cells, and null where the value is omitted.
     text = pa.concat_arrays([text, pa.nulls(1, pa.string())])
@@ -1475,6 +1488,11 @@ def _encoded_field(name: str, c: _Cleaned, n: int, empty_as_null: bool) -> pa.Bi
     text = None if nulls_for_empty else c.text()
     if text is not None:
         return _rows_of(_json_strings(prefix, text, b","), c.codes)
+    if c.int_values and c.text_omitted is not None and not nulls_for_empty:
+        # JSON writes an integer as its decimal digits, as Arrow's cast to text does.
+        numbers = pa.array(c.distinct, pa.int64(), mask=c.text_omitted)
+        digits = pc.cast(pc.cast(numbers, pa.string()), pa.binary())
+        return _rows_of(pc.binary_join_element_wise(prefix, digits, b",", b""), c.codes)
     if nulls_for_empty:
         values, codes = c.values.copy(), None
         values[c.empty] = None
@@ -1534,7 +1552,12 @@ def _json_escaped(text: pa.StringArray) -> np.ndarray:
     out = np.zeros(len(text), bool)
     offsets, data = _offsets_and_bytes(text)
     start = int(offsets[0])
-    hits = np.flatnonzero(_ESCAPED_BYTES[data[start : int(offsets[-1])]])
+    seg = data[start : int(offsets[-1])]
+    # Plain comparisons first: they find that there is nothing to escape, as is usual,
+    # several times faster than looking every byte up.
+    if not ((seg < 0x20).any() or (seg == 0x22).any() or (seg == 0x5C).any()):
+        return out
+    hits = np.flatnonzero(_ESCAPED_BYTES[seg])
     if len(hits):
         out[np.searchsorted(offsets, hits + start, side="right") - 1] = True
         if text.null_count:

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importer import cleaning, records
+from importer.mapping import resolve_mapping
 from importer.records import Customer, encode_payload
+from importer.source import Chunk
 
 _SPACES = [c for c in map(chr, range(0x3100)) if c.isspace()] + ["\u200b", "\ufeff"]
 _SAMPLES = [
@@ -354,3 +356,37 @@ def test_addresses_for_the_library_include_every_idna_and_special_use_one(values
             assert flag, value
         elif flag:  # flagged for sharing the last four bytes of a special-use name
             assert value.encode()[-4:] in {s[-4:].encode() for s in cleaning._SPECIAL_SUFFIXES}
+
+
+def test_integer_fields_encoded_in_pyarrow_equal_those_encoded_by_orjson():
+    omit = cleaning._OMIT
+    distinct = [0, -5, 2**53, 17, omit]
+    codes = [0, 1, 2, 3, 4, 2]
+    plain = _cleaned_distinct(distinct, codes)
+    as_ints = _cleaned_distinct(distinct, codes)
+    as_ints.text_omitted = np.array([v is omit for v in distinct])
+    as_ints.int_values = True
+    keep = np.ones(6, bool)
+    records, lines = np.arange(1, 7), np.arange(2, 8)
+    fields = {"email": _cleaned_distinct(["a@x.org", omit], [0] * 6)}
+    one = cleaning._customers({**fields, "n": plain}, ["email", "n"], keep, records, lines, False)
+    two = cleaning._customers({**fields, "n": as_ints}, ["email", "n"], keep, records, lines, False)
+    assert as_ints.text() is None
+    assert two.encoded.to_pylist() == one.encoded.to_pylist()
+    assert [c.payload.get("n") for c in two] == [0, -5, 2**53, 17, None, 2**53]
+
+
+def test_integer_column_cleaned_in_pyarrow_gives_plain_json_numbers():
+    chunk_cells = ["7", "-0", "0012", "", "9007199254740992", "12"]
+    frame = pd.DataFrame({"email": [f"u{i}@x.org" for i in range(6)], "n": chunk_cells})
+    chunk = Chunk(frame, np.arange(1, 7), np.arange(2, 8))
+    mapping = resolve_mapping(list(frame.columns))
+    result = cleaning.clean_chunk(chunk, mapping, None, {"n": "int"})
+    assert [c.encoded for c in result.customers] == [
+        b'{"email":"u0@x.org","n":7}',
+        b'{"email":"u1@x.org","n":0}',
+        b'{"email":"u3@x.org"}',
+        b'{"email":"u4@x.org","n":9007199254740992}',
+        b'{"email":"u5@x.org","n":12}',
+    ]
+    assert [(r.record, r.value) for r in result.rejects] == [(3, "0012")]
