@@ -840,16 +840,24 @@ def _rechunk(chunks: Generator[Chunk, None, None], rows: int) -> Generator[Chunk
     The Arrow reader hands over one record batch per block it parsed, about
     10,000 rows of a typical customer file per megabyte; cleaning a chunk
     costs milliseconds however few rows it holds, so chunks are filled up to
-    ``--chunk-rows``. Rows not yet handed on when ``chunks`` fails are simply
-    read again by the fallback, which starts after the last record yielded.
+    ``--chunk-rows``. The first batch goes on alone, so the first request does
+    not wait for a second block. Rows not yet handed on when ``chunks`` fails
+    are simply read again by the fallback, which starts after the last record
+    yielded.
     """
     pending: Chunk | None = None
+    first = True
     try:
         for chunk in chunks:
             pending = chunk if pending is None else _joined(pending, chunk)
             while pending.num_rows >= rows:
                 head, pending = pending.split(rows)
+                first = False
                 yield head
+            if first and pending.rows_read:
+                first = False
+                yield pending
+                pending = None
         if pending is not None and pending.rows_read:
             yield pending
     finally:
