@@ -73,6 +73,14 @@ CITIES = ["Boston", "Austin", "Denver", "Seattle", "Chicago", "Portland", "Miami
 DOMAINS = ["example.com", "mail.example.org", "example.net", "shop.example.co.uk"]
 GENDERS = ["M", "F", "female", "male", "", "unknown", "f", "m"]
 UNSUB = ["false", "true", "no", "yes", "0", "1", ""]
+#: The ``Subscription Groups`` column of ``with_groups`` files: JSON text, or empty.
+GROUPS = [
+    "",
+    '[{"id": "newsletter", "subscribed": true}]',
+    '[{"id": "newsletter", "subscribed": true}, {"id": "offers", "subscribed": false}]',
+    '[{"id": "sms", "subscribed": "yes"}]',
+    '{"id": 42, "subscribed": false}',
+]
 
 
 def _phone(rng: random.Random) -> str:
@@ -91,13 +99,17 @@ def _phone(rng: random.Random) -> str:
     return ""
 
 
-def generate_rows(n: int, seed: int = 7, invalid_every: int = 0) -> Iterator[list[str]]:
+def generate_rows(
+    n: int, seed: int = 7, invalid_every: int = 0, with_groups: bool = False
+) -> Iterator[list[str]]:
     """Yield ``n`` rows matching :data:`HEADER`.
 
     With ``invalid_every`` k > 0, every k-th row lacks both identifiers and
-    every (k+3)-th row has a malformed email.
+    every (k+3)-th row has a malformed email. With ``with_groups``, each row
+    ends with a ``Subscription Groups`` cell (the other cells stay the same).
     """
     rng = random.Random(seed)
+    groups = random.Random(seed + 1)
     start = date(2018, 1, 1)
     for i in range(1, n + 1):
         first = rng.choice(FIRST)
@@ -112,7 +124,7 @@ def generate_rows(n: int, seed: int = 7, invalid_every: int = 0) -> Iterator[lis
         elif invalid_every and i % (invalid_every + 3) == 0:
             email = f"{local}-at-{rng.choice(DOMAINS)}"
         joined = (start + timedelta(days=rng.randint(0, 2500))).isoformat()
-        yield [
+        row = [
             cid,
             email,
             first,
@@ -124,23 +136,30 @@ def generate_rows(n: int, seed: int = 7, invalid_every: int = 0) -> Iterator[lis
             str(rng.randint(0, 5000)),
             rng.choice(CITIES),
         ]
+        if with_groups:
+            # A generator of its own, so the other cells are those of a file without groups.
+            row.append(GROUPS[groups.randrange(len(GROUPS))])
+        yield row
 
 
-def write_file(path: Path, n: int, seed: int = 7, invalid_every: int = 0) -> Path:
+def write_file(
+    path: Path, n: int, seed: int = 7, invalid_every: int = 0, with_groups: bool = False
+) -> Path:
     """Write ``n`` rows to ``path`` as CSV or JSONL (by extension; ``.gz`` compresses)."""
     path = Path(path)
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     opener = gzip.open if path.name.endswith(".gz") else open
-    rows = generate_rows(n, seed, invalid_every)
+    rows = generate_rows(n, seed, invalid_every, with_groups)
+    header = [*HEADER, "Subscription Groups"] if with_groups else HEADER
     with opener(path, "wb") as raw:
         if name.endswith((".jsonl", ".ndjson")):
             for row in rows:
-                obj = {k: v for k, v in zip(HEADER, row, strict=True) if v != ""}
+                obj = {k: v for k, v in zip(header, row, strict=True) if v != ""}
                 raw.write(orjson.dumps(obj) + b"\n")
         else:
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
             writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(HEADER)
+            writer.writerow(header)
             writer.writerows(rows)
             text.flush()
             text.detach()
@@ -153,8 +172,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--invalid-every", type=int, default=0)
+    parser.add_argument(
+        "--with-groups", action="store_true", help="Add a Subscription Groups column (JSON)."
+    )
     args = parser.parse_args()
-    write_file(args.path, args.rows, args.seed, args.invalid_every)
+    write_file(args.path, args.rows, args.seed, args.invalid_every, args.with_groups)
 
 
 if __name__ == "__main__":

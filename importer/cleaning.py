@@ -5,11 +5,12 @@ types of custom attributes, and the reasons rows are refused. Every row of a
 chunk leaves either as a :class:`~importer.records.Customer` payload or as a
 :class:`~importer.records.Reject` (``--on-invalid drop-field`` adds a reject
 marked ``dropped_field`` to a customer that is still sent). Works column by
-column with pyarrow and pandas, each rule once per distinct value; per-row
+column with pyarrow, numpy and pandas: a rule runs once per distinct value,
+or row by row in pyarrow for a column of mostly different values; per-value
 Python only where a value has to go to a validation library (each distinct
-value once) and where each kept row becomes a ``Customer``, whose payload
-leaves here already encoded as the JSON a request carries (see
-:func:`_customers`).
+value once). The kept rows leave as a :class:`~importer.records.CustomerBlock`
+whose payloads are already encoded as the JSON a request carries (see
+:func:`_customers`); no Python object is made per kept row here.
 
 Must not: read files, send anything, merge repeated customers (that is
 :mod:`importer.dedupe`), or keep state between chunks other than the column
@@ -1201,7 +1202,10 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     bad_u = pd.notna(r)
     v[bad_u] = _OMIT
     # One slot past the distinct values stands for the missing cells; "" maps to its own.
-    codes = encoded.indices.fill_null(size).to_numpy(zero_copy_only=False)
+    indices = encoded.indices
+    codes = (indices.fill_null(size) if indices.null_count else indices).to_numpy(
+        zero_copy_only=False
+    )
     bad = bad_u[codes]
     # Rejects quote the raw cell of bad rows only, so only those are made Python objects.
     raw = column.raw_where(bad)
@@ -1491,7 +1495,7 @@ def _encoded_field(name: str, c: _Cleaned, n: int, empty_as_null: bool) -> pa.Bi
     if c.int_values and c.text_omitted is not None and not nulls_for_empty:
         # JSON writes an integer as its decimal digits, as Arrow's cast to text does.
         numbers = pa.array(c.distinct, pa.int64(), mask=c.text_omitted)
-        digits = pc.cast(pc.cast(numbers, pa.string()), pa.binary())
+        digits = pc.cast(numbers, pa.string()).view(pa.binary())
         return _rows_of(pc.binary_join_element_wise(prefix, digits, b",", b""), c.codes)
     if nulls_for_empty:
         values, codes = c.values.copy(), None
@@ -1529,7 +1533,7 @@ def _json_strings(prefix: bytes, text: pa.StringArray, suffix: bytes = b"") -> p
     """
     start = pa.scalar(prefix + b'"', pa.binary())
     end = pa.scalar(b'"' + suffix, pa.binary())
-    out = pc.binary_join_element_wise(start, text.cast(pa.binary()), end, _NOTHING)
+    out = pc.binary_join_element_wise(start, text.view(pa.binary()), end, _NOTHING)
     escaped = _json_escaped(text)
     if escaped.any():
         dumps = orjson.dumps

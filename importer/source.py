@@ -864,6 +864,17 @@ def _rechunk(chunks: Generator[Chunk, None, None], rows: int) -> Generator[Chunk
         chunks.close()
 
 
+def _has_line_break(column: pa.StringArray) -> bool:
+    """Whether any value of ``column`` holds a CR or LF byte (nulls hold no bytes)."""
+    _, offsets_buf, data_buf = column.buffers()
+    if data_buf is None or offsets_buf is None or not len(column):
+        return False
+    offsets = np.frombuffer(offsets_buf, np.int32)
+    data = np.frombuffer(data_buf, np.uint8)
+    seg = data[offsets[column.offset] : offsets[column.offset + len(column)]]
+    return bool((seg == _LF).any() or (seg == _CR).any())
+
+
 def _joined(first: Chunk, second: Chunk) -> Chunk:
     """One chunk of the rows of two consecutive Arrow chunks."""
     assert first.arrow is not None and second.arrow is not None
@@ -1170,6 +1181,8 @@ class _ArrowRows:
             breaks = np.zeros(valid, dtype=np.int64)
             if scan.quotes:
                 for column in batch.columns:
+                    if not _has_line_break(column):
+                        continue  # the usual case, settled at a glance over the bytes
                     breaks += (
                         pc.count_substring(column, "\n").to_numpy()
                         + pc.count_substring(column, "\r").to_numpy()

@@ -86,5 +86,19 @@ def test_cleaning_benchmark_accounts_for_every_row(capsys: pytest.CaptureFixture
     assert stats["rows"] == ROWS
     assert stats["customers"] + stats["rejects"] + stats["merged"] == ROWS
     assert stats["packed"] == stats["customers"] > 0
+    # Every standard field the file can carry, and two custom attributes.
+    assert set(stats["fields"]) >= {
+        "email",
+        "customer_id",
+        "phone_number",
+        "firstname",
+        "lastname",
+        "gender",
+        "joined_at",
+        "unsubscribed",
+        "subscription_groups",
+        "loyalty_points",
+        "city",
+    }
     out = capsys.readouterr().out
     assert "rows/s" in out and "cleaning + packing" in out
