@@ -1475,10 +1475,9 @@ def _customers(
     joined = pc.binary_join_element_wise(_OPEN, *pieces, _NOTHING, null_handling="skip")
     rows = pc.binary_replace_slice(joined, start=-1, stop=_TO_END, replacement=b"}")
     keys = _merge_keys(fields, n)
-    if len(kept) < n:
-        mask = pa.array(keep)
-        rows, keys = rows.filter(mask), keys.filter(mask)
-    return CustomerBlock(rows, keys, records[kept], lines[kept])
+    # The rejected rows stay in the arrays: the block's positions skip them without a copy.
+    positions = None if len(kept) == n else kept
+    return CustomerBlock(rows, keys, records[kept], lines[kept], positions)
 
 
 _OPEN = pa.scalar(b"{", pa.binary())

@@ -195,33 +195,55 @@ class CustomerBlock(Sequence[Customer]):
     asks for the customers one by one (iterating, indexing, comparing); then
     all the :class:`Customer` objects are made at once and kept. Stages that
     need only the columns, such as looking for repeated keys, never make them.
+
+    ``encoded`` and ``keys`` may hold more rows than the block has customers
+    (the whole chunk, rejected rows included): ``positions`` then says which of
+    their rows are the customers', in order, so they need not be copied.
     """
 
-    __slots__ = ("encoded", "keys", "records", "lines", "_items", "_encodings")
+    __slots__ = ("encoded", "keys", "records", "lines", "positions", "_items", "_encodings")
 
     def __init__(
-        self, encoded: pa.BinaryArray, keys: pa.StringArray, records: np.ndarray, lines: np.ndarray
+        self,
+        encoded: pa.BinaryArray,
+        keys: pa.StringArray,
+        records: np.ndarray,
+        lines: np.ndarray,
+        positions: np.ndarray | None = None,
     ):
-        if not len(encoded) == len(keys) == len(records) == len(lines):
+        rows = len(encoded) if positions is None else len(positions)
+        if not (len(encoded) == len(keys) and rows == len(records) == len(lines)):
             raise ValueError("the columns of a customer block differ in length")
         self.encoded = encoded
         self.keys = keys
         self.records = records
         self.lines = lines
+        self.positions = positions
         self._items: list[Customer] | None = None
         self._encodings: list[bytes] | None = None
 
     def _customers(self) -> list[Customer]:
         return self.customers_and_encodings()[0]
 
+    def _mine(self, values: np.ndarray) -> np.ndarray:
+        return values if self.positions is None else values[self.positions]
+
     def customers_and_encodings(self) -> tuple[list[Customer], list[bytes]]:
         """The customers, made now if they were not yet, and each one's encoded payload."""
         if self._items is None or self._encodings is None:
-            self._encodings = self.encoded.to_numpy(zero_copy_only=False).tolist()
-            self._items = new_customers(
-                self._encodings, self.keys.to_pylist(), self.records.tolist(), self.lines.tolist()
-            )
+            encodings = self._mine(self.encoded.to_numpy(zero_copy_only=False)).tolist()
+            keys = self._mine(self.keys.to_numpy(zero_copy_only=False)).tolist()
+            self._encodings = encodings
+            self._items = new_customers(encodings, keys, self.records.tolist(), self.lines.tolist())
         return self._items, self._encodings
+
+    def payloads(self) -> pa.BinaryArray:
+        """Each customer's encoded payload, as a pyarrow array."""
+        return self.encoded if self.positions is None else self.encoded.take(self.positions)
+
+    def merge_keys(self) -> pa.StringArray:
+        """Each customer's merge key, as a pyarrow array."""
+        return self.keys if self.positions is None else self.keys.take(self.positions)
 
     def encoded_sizes(self) -> np.ndarray:
         """The length in bytes of each customer's encoded payload."""
@@ -231,15 +253,18 @@ class CustomerBlock(Sequence[Customer]):
         if offsets is None:
             return np.zeros(len(self), np.int64)
         start = self.encoded.offset
-        return np.diff(np.frombuffer(offsets, np.int32)[start : start + len(self) + 1])
+        return self._mine(
+            np.diff(np.frombuffer(offsets, np.int32)[start : start + len(self.encoded) + 1])
+        )
 
     def has_repeats(self) -> bool:
         """Whether two customers share a merge key (or one has none), from the columns alone."""
         import pyarrow.compute as pc
 
-        if self.keys.null_count:
+        keys = self.merge_keys()
+        if keys.null_count:
             return True
-        return bool(pc.count_distinct(self.keys).as_py() != len(self.keys))
+        return bool(pc.count_distinct(keys).as_py() != len(keys))
 
     def __len__(self) -> int:
         return len(self.records)

@@ -134,3 +134,22 @@ def test_block_is_a_sequence_of_customers():
     assert _block([{"city": "Oslo"}], [None]).has_repeats()  # no key: checked one by one
     with pytest.raises(ValueError):
         CustomerBlock(pa.array([b"{}"]), pa.array([], pa.string()), np.arange(1), np.arange(1))
+
+
+def test_block_with_positions_holds_only_those_rows():
+    payloads = [{"email": "a@x.com"}, {"email": "b@x.com", "city": "Oslo"}, {"email": "a@x.com"}]
+    encoded = pa.array([encode_payload(p) for p in payloads], pa.binary())
+    keys = pa.array(["a@x.com", "b@x.com", "a@x.com"], pa.string())
+    positions = np.array([1, 2])
+    block = CustomerBlock(encoded, keys, np.array([2, 3]), np.array([3, 4]), positions)
+    assert len(block) == 2 and not block.has_repeats()  # the repeat of row 0 is not the block's
+    assert block.payloads().to_pylist() == [encode_payload(p) for p in payloads[1:]]
+    assert block.merge_keys().to_pylist() == ["b@x.com", "a@x.com"]
+    assert block.encoded_sizes().tolist() == [len(encode_payload(p)) for p in payloads[1:]]
+    assert list(block) == [
+        Customer(payloads[1], 2, 3),
+        Customer(payloads[2], 3, 4),
+    ]
+    assert [c.key for c in block] == ["b@x.com", "a@x.com"]
+    with pytest.raises(ValueError):
+        CustomerBlock(encoded, keys, np.array([2]), np.array([3]), positions)
