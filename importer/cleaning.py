@@ -875,7 +875,7 @@ def _fast_phone(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, 
     national = settled & ~_mask(pc.starts_with(values, "+"))
     out = _digits(values)
     if national.any():
-        plus_one = pc.binary_join_element_wise("+1", out.filter(national), "")
+        plus_one = pc.binary_join_element_wise(_PLUS_ONE, out.filter(national), _EMPTY)
         out = pc.replace_with_mask(out, pa.array(national), plus_one)
     return _fill_rest(values, settled, out, reasons, _rule_phone, ctx)
 
@@ -937,7 +937,7 @@ def _fast_date(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, n
         dates = values.filter(plain)
         parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
         same = pc.equal(pc.day(parsed), pc.cast(pc.utf8_slice_codeunits(dates, 8, 10), pa.int64()))
-        no_such = ~_mask(pc.fill_null(same, False))
+        no_such = ~_mask(pc.coalesce(same, _FALSE))
         reasons[np.flatnonzero(plain)[no_such]] = "invalid date: no such date"
     return _fill_rest(values, plain, values, reasons, _rule_date, ctx)
 
@@ -1228,7 +1228,12 @@ def _apply(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Cleaned:
     )
 
 
+# Scalars made once: pyarrow converts a plain Python value passed to a kernel at
+# every call, which costs more than the kernel itself on a small array.
 _NULL_TEXT = pa.scalar(None, pa.string())
+_EMPTY = pa.scalar("", pa.string())
+_PLUS_ONE = pa.scalar("+1", pa.string())
+_FALSE = pa.scalar(False)
 #: Rules whose pyarrow form settles nearly every value without Python.
 _VECTOR_RULES: tuple[Rule, ...] = (_rule_email, _rule_phone, _rule_string, _rule_keep)
 #: Cells of a column looked at to tell whether most of its values differ.
@@ -1495,7 +1500,8 @@ def _encoded_field(name: str, c: _Cleaned, n: int, empty_as_null: bool) -> pa.Bi
         # JSON writes an integer as its decimal digits, as Arrow's cast to text does.
         numbers = pa.array(c.distinct, pa.int64(), mask=c.text_omitted)
         digits = pc.cast(numbers, pa.string()).view(pa.binary())
-        return _rows_of(pc.binary_join_element_wise(prefix, digits, b",", b""), c.codes)
+        start = pa.scalar(prefix, pa.binary())
+        return _rows_of(pc.binary_join_element_wise(start, digits, _COMMA, _NOTHING), c.codes)
     if nulls_for_empty:
         values, codes = c.values.copy(), None
         values[c.empty] = None
@@ -1519,6 +1525,7 @@ def _rows_of(arr: pa.Array, codes: np.ndarray | None) -> pa.Array:
 
 
 _NOTHING = pa.scalar(b"", pa.binary())
+_COMMA = pa.scalar(b",", pa.binary())
 
 
 def _json_strings(prefix: bytes, text: pa.StringArray, suffix: bytes = b"") -> pa.BinaryArray:
@@ -1569,7 +1576,6 @@ def _json_escaped(text: pa.StringArray) -> np.ndarray:
 
 
 _NUL = pa.scalar("\0", pa.string())
-_EMPTY = pa.scalar("", pa.string())
 
 
 def _merge_keys(fields: dict[str, _Cleaned], n: int) -> pa.StringArray:
