@@ -196,14 +196,16 @@ class _Cleaned:
             self._text = pa.array(self.distinct, pa.string(), mask=self.text_omitted)
         return self._text
 
-    def value_at(self, pos: int) -> Any:
-        """The payload value (or :data:`_OMIT`) of row ``pos``, without making the others."""
+    def values_at(self, positions: np.ndarray) -> list[Any]:
+        """The payload values (or :data:`_OMIT`) of the rows at ``positions``, no others made."""
         if self.rows is not None:
-            return self.rows[pos]
-        code = pos if self.codes is None else self.codes[pos]
+            return self.rows[positions].tolist()
+        slots = positions if self.codes is None else self.codes[positions]
         if self.distinct is None and self._text is not None and self.text_omitted is not None:
-            return _OMIT if self.text_omitted[code] else self._text[code].as_py()
-        return self.distinct_values()[code]
+            omitted = self.text_omitted[slots].tolist()
+            got = self._text.take(slots).to_pylist()
+            return [_OMIT if o else v for v, o in zip(got, omitted, strict=True)]
+        return self.distinct_values()[slots].tolist()
 
 
 # -- column preparation --------------------------------------------------------
@@ -1382,39 +1384,49 @@ def _finish(
             has_id |= ~fields[ident].empty & ~bad[ident]
     rejected = ~has_id if drop_field else (~has_id | any_bad)
 
-    def identifier(pos: int) -> Any:
-        for ident in IDENTIFIERS:
-            if ident in fields and not fields[ident].empty[pos] and not bad[ident][pos]:
-                return fields[ident].value_at(pos)
-        return None
+    def identifiers(positions: np.ndarray) -> list[Any]:
+        """The identifier of each row at ``positions``: its email, else its customer_id."""
+        found: list[Any] = [None] * len(positions)
+        for ident in reversed(IDENTIFIERS):
+            if ident not in fields:
+                continue
+            has = np.flatnonzero(~fields[ident].empty[positions] & ~bad[ident][positions])
+            for k, value in zip(has.tolist(), fields[ident].values_at(positions[has]), strict=True):
+                found[k] = value
+        return found
 
-    for pos in np.flatnonzero(rejected):
-        culprit = next((f for f in order if bad[f][pos]), None)
-        if culprit is None:
-            result.rejects.append(
-                Reject(
-                    int(records[pos]),
-                    int(lines[pos]),
-                    "missing identifier: no email or customer_id",
+    refused = np.flatnonzero(rejected)
+    if len(refused):
+        # The first bad field of each refused row, in ``order``, found for all at once.
+        bad_cells = np.stack([bad[f][refused] for f in order] or [np.zeros(len(refused), bool)])
+        culprits = np.where(bad_cells.any(axis=0), bad_cells.argmax(axis=0), -1).tolist()
+        named = identifiers(refused)
+        row_records, row_lines = records[refused].tolist(), lines[refused].tolist()
+        for k, pos in enumerate(refused.tolist()):
+            if culprits[k] < 0:
+                result.rejects.append(
+                    Reject(
+                        row_records[k], row_lines[k], "missing identifier: no email or customer_id"
+                    )
                 )
-            )
-        else:
-            c = fields[culprit]
+                continue
+            c = fields[order[culprits[k]]]
             result.rejects.append(
                 Reject(
-                    int(records[pos]),
-                    int(lines[pos]),
+                    row_records[k],
+                    row_lines[k],
                     str(c.reasons[pos]),
                     column=str(c.column[pos]),
                     value=c.raw[pos],
-                    identifier=identifier(int(pos)),
+                    identifier=named[k],
                 )
             )
     keep = ~rejected
     if drop_field:
         dropped: list[tuple[int, Reject]] = []
         for f in order:
-            for pos in np.flatnonzero(bad[f] & keep):
+            spots = np.flatnonzero(bad[f] & keep)
+            for pos, name in zip(spots.tolist(), identifiers(spots), strict=True):
                 c = fields[f]
                 dropped.append(
                     (
@@ -1425,7 +1437,7 @@ def _finish(
                             str(c.reasons[pos]),
                             column=str(c.column[pos]),
                             value=c.raw[pos],
-                            identifier=identifier(int(pos)),
+                            identifier=name,
                             dropped_field=True,
                         ),
                     )

@@ -401,3 +401,18 @@ def test_pieces_concatenated_in_groups_equal_joining_each_row(rows):
     columns = [pa.array([r[j] for r in rows], pa.binary()) for j in range(width)]
     got = cleaning._concatenated([cleaning._OPEN, *columns]).to_pylist()
     assert got == [b"{" + b"".join(p for p in r if p is not None) for r in rows]
+
+
+def test_values_at_positions_equal_the_values_of_those_rows():
+    omit = cleaning._OMIT
+    distinct = _cleaned_distinct(["a", "b", omit], [2, 0, 1, 0])
+    as_text = _cleaned_distinct(["a", "b", omit], [2, 0, 1, 0])
+    as_text.text_omitted = np.array([False, False, True])
+    assert as_text.text() is not None
+    as_text.distinct = None  # only the pyarrow text is left
+    rows = _cleaned_rows(["x", omit, "z", "w"], [False, True, False, False])
+    positions = np.array([3, 0, 2])
+    for c in (distinct, as_text, rows):
+        got = c.values_at(positions)  # before .values, which makes every row's value
+        assert got == c.values[positions].tolist()
+    assert as_text.values_at(positions) == ["a", omit, "b"]
