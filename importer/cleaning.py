@@ -795,7 +795,8 @@ def _fill_rest(
 
     ``out`` is an object array, or pyarrow text for a rule that keeps text.
     """
-    rest = ~settled
+    # A value without characters is an empty cell: no rule sees it.
+    rest = ~settled & (_byte_lengths(values) > 0)
     if rest.any():
         found, reasons[rest] = rule(_to_objects(values.filter(rest)), ctx)
         if isinstance(out, pa.Array):
@@ -876,22 +877,23 @@ def _fast_phone(values: pa.StringArray, ctx: _Context) -> tuple[pa.StringArray, 
     settled = _mask(pc.and_(pc.string_is_ascii(values), _fullmatch(values, shapes)))
     # The international shapes start with +, the national one never does.
     national = settled & ~_mask(pc.starts_with(values, "+"))
-    out = _digits(values)
-    if national.any():
-        plus_one = pc.binary_join_element_wise(_PLUS_ONE, out.filter(national), _EMPTY)
-        out = pc.replace_with_mask(out, pa.array(national), plus_one)
+    out = _digits(values, plus_one=national)
     return _fill_rest(values, settled, out, reasons, _rule_phone, ctx)
 
 
-def _digits(values: pa.StringArray) -> pa.StringArray:
-    """``values`` without the characters of ``_SEPARATORS``, taken out of all the bytes at once.
+def _digits(values: pa.StringArray, plus_one: np.ndarray | None = None) -> pa.StringArray:
+    """``values`` without the characters of ``_SEPARATORS``, and ``+1`` before those marked.
 
-    The separators are ASCII, so removing their bytes leaves valid UTF-8.
+    Done on all the bytes at once: the separators are ASCII, so removing
+    their bytes (and adding ASCII ones) leaves valid UTF-8.
     """
     validity, offsets_buf, data_buf = values.buffers()
     if data_buf is None or values.offset:
         for separator in " .()-":
             values = pc.replace_substring(values, separator, "")
+        if plus_one is not None and plus_one.any():
+            prefixed = pc.binary_join_element_wise(_PLUS_ONE, values.filter(plus_one), _EMPTY)
+            values = pc.replace_with_mask(values, pa.array(plus_one), prefixed)
         return values
     offsets = np.frombuffer(offsets_buf, np.int32)[: len(values) + 1]
     data = np.frombuffer(data_buf, np.uint8)[offsets[0] : offsets[-1]]
@@ -899,11 +901,18 @@ def _digits(values: pa.StringArray) -> pa.StringArray:
     separators = np.flatnonzero(found)
     starts = offsets - offsets[0]
     # Each value starts earlier by the separators before it.
-    new_offsets = (starts - np.searchsorted(separators, starts)).astype(np.int32)
+    new_offsets = starts - np.searchsorted(separators, starts)
+    data = np.delete(data, separators)
+    if plus_one is not None and plus_one.any():
+        marked = np.flatnonzero(plus_one)
+        at = np.repeat(new_offsets[marked], 2)
+        data = np.insert(data, at, np.tile(np.frombuffer(b"+1", np.uint8), len(marked)))
+        # ... and later by the prefixes before it.
+        new_offsets = new_offsets + 2 * np.concatenate(([0], np.cumsum(plus_one)))
     return pa.StringArray.from_buffers(
         len(values),
-        pa.py_buffer(new_offsets),
-        pa.py_buffer(np.delete(data, separators)),
+        pa.py_buffer(new_offsets.astype(np.int32)),
+        pa.py_buffer(data),
         validity,
         values.null_count,
     )
@@ -1260,14 +1269,21 @@ def _apply_rows(rule: Rule, ctx: _Context, src: str, column: _Prepared) -> _Clea
     assert column.text is not None
     n = len(column.empty)
     filled = ~column.empty
-    everyone = bool(filled.all())
+    # Empty cells (""; no nulls) go along: the fast rules leave a value without
+    # characters alone, and it is left out below. Cheaper than taking them out and
+    # putting them back.
+    whole = not column.text.null_count
     reasons = np.full(n, None, object)
-    out, found = _fast_rule(rule)(column.text if everyone else column.text.filter(filled), ctx)
+    out, found = _fast_rule(rule)(column.text if whole else column.text.filter(filled), ctx)
     assert isinstance(out, pa.Array), "a rule run by row gives pyarrow text"
-    reasons[filled] = found
+    if whole:
+        reasons = found
+        reasons[column.empty] = None
+    else:
+        reasons[filled] = found
     bad = pd.notna(reasons)
     omitted = bad | column.empty
-    text = out if everyone else _spread(out, filled)
+    text = out if whole else _spread(out, filled)
     if omitted.any():
         text = pc.if_else(pa.array(omitted), _NULL_TEXT, text)
     raw = column.raw_where(bad)

@@ -318,13 +318,24 @@ def test_columns_of_mostly_different_values_same_row_by_row(rule):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.text(alphabet="0123 .()-+é日", max_size=12)), max_size=30))
-def test_separators_taken_out_of_the_bytes_equal_str_replace(values):
-    expected = [None if v is None else v.translate(str.maketrans("", "", " .()-")) for v in values]
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.text(alphabet="0123 .()-+é日", max_size=12)), st.booleans()
+        ),
+        max_size=30,
+    )
+)
+def test_separators_taken_out_of_the_bytes_equal_str_replace(cells):
+    values = [v for v, _ in cells]
+    marks = np.array([m for _, m in cells], bool)
+    plain = [None if v is None else v.translate(str.maketrans("", "", " .()-")) for v in values]
+    expected = ["+1" + v if m and v is not None else v for v, m in zip(plain, marks, strict=True)]
     for arr in (pa.array(values, pa.string()), pa.array(["x", *values], pa.string()).slice(1)):
-        got = cleaning._digits(arr)
-        got.validate(full=True)
-        assert got.to_pylist() == expected
+        for mask, want in ((None, plain), (marks, expected)):
+            got = cleaning._digits(arr, mask)
+            got.validate(full=True)
+            assert got.to_pylist() == want
 
 
 _TEXTS = st.lists(
