@@ -96,3 +96,26 @@ def test_docs_readme_order_follows_what_users_ask_first():
     positions = [headings.index(h) for h in wanted]
     assert positions == sorted(positions), headings
     assert README.index("make demo") < README.index("## ")
+
+
+def _options(command: click.Command) -> Iterator[str]:
+    for param in command.params:
+        yield from (*param.opts, *param.secondary_opts)
+    if isinstance(command, click.Group):
+        for name in command.list_commands(click.Context(command)):
+            sub = command.get_command(click.Context(command), name)
+            assert sub is not None
+            yield from _options(sub)
+
+
+def test_docs_every_option_the_readme_names_exists(capsys):
+    from benchmarks import bench_cleaning, bench_http_floor
+    from benchmarks.run import run_benchmark
+
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", README))
+    known = {*_options(main), "--help", "--check"}  # --check: `ruff format --check`
+    for entry in (run_benchmark, bench_cleaning.main, bench_http_floor.main):
+        with pytest.raises(SystemExit):
+            entry(["--help"])
+        known |= set(re.findall(r"--[a-z][a-z0-9-]*", capsys.readouterr().out))
+    assert named <= known, f"the README names options nothing has: {sorted(named - known)}"
