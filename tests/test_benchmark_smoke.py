@@ -79,10 +79,14 @@ def test_http_floor_benchmark_posts_every_call(capsys: pytest.CaptureFixture[str
     assert "20 calls of 50 customers" in capsys.readouterr().out
 
 
-def test_cleaning_benchmark_accounts_for_every_row(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_cleaning_benchmark_accounts_for_every_row(
+    capsys: pytest.CaptureFixture[str], stream: bool
+) -> None:
     from benchmarks.bench_cleaning import main
 
-    stats = main(["--rows", str(ROWS), "--repeat", "1", "--chunk-rows", "500"])
+    args = ["--rows", str(ROWS), "--repeat", "1", "--chunk-rows", "500"]
+    stats = main([*args, "--stream"] if stream else args)
     assert stats["rows"] == ROWS
     assert stats["customers"] + stats["rejects"] + stats["merged"] == ROWS
     assert stats["packed"] == stats["customers"] > 0
@@ -102,3 +106,4 @@ def test_cleaning_benchmark_accounts_for_every_row(capsys: pytest.CaptureFixture
     }
     out = capsys.readouterr().out
     assert "rows/s" in out and "cleaning + packing" in out
+    assert ("reading (before cleaning)" in out) is not stream
