@@ -3,7 +3,10 @@
 Owns: the 50-per-call hard limit and the request-body byte ceiling. Each
 customer's JSON comes with it (cleaning encodes it; a customer made from a
 dict encodes itself once) and is reused by every attempt. Batches are full
-across chunk boundaries: only the last one may be partial.
+across chunk boundaries: only the last one may be partial. A chunk's
+customers usually arrive as a :class:`~importer.records.CustomerBlock`;
+its ``Customer`` objects are made here, all at once, and its payload sizes
+are read off the block's arrays.
 
 Must not: send, retry, or look at why a customer exists.
 """
