@@ -8,12 +8,14 @@ rejected or dead-lettered beyond ``--max-error-rate``; 2 usage or input error;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,9 @@ from .batching import encode_payload
 from .config import ConfigFile, default_map, load_config
 from .errors import AccountingMismatch, ImporterError, RunStopped, UsageError
 from .logs import LOG_FORMATS, protect_secret, setup_logging
-from .mapping import parse_map_option
-from .options import ImportOptions
+from .options import SECTIONS, ImportOptions, cli_fields, flag_name
 from .outcomes import ImportReport
 from .progress import open_progress, rerun_command, summary_lines
-from .state import DEFAULT_STATE_PATH
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -200,47 +200,120 @@ def _fake_config(kw: dict[str, Any], **config: Any) -> Any:
         raise UsageError(f"fake API faults: {exc}") from None
 
 
+def _table_options(*sections: str, only: tuple[str, ...] = ()) -> Any:
+    """Click options for the :class:`ImportOptions` fields of ``sections`` (and ``only``)."""
+    chosen = [f for f in cli_fields() if f.metadata["section"] in sections or f.name in only]
+
+    def decorate(command: Any) -> Any:
+        for f in reversed(chosen):
+            m = f.metadata
+            default = m["cli_default"] if m["cli_default"] is not None else f.default
+            kind: Any = None
+            if m["choices"]:
+                kind = click.Choice(m["choices"])
+            elif m["path"]:
+                kind = click.Path(dir_okay=False, path_type=Path)
+            elif not isinstance(default, bool | tuple) and default is not None:
+                kind = type(default)
+            command = click.option(
+                flag_name(f),
+                f.name,
+                type=kind,
+                is_flag=isinstance(default, bool),
+                multiple=m["multiple"],
+                default=None if m["multiple"] else default,
+                envvar=m["env"],
+                show_envvar=bool(m["env"]),
+                show_default=not (default is None or default is False or default == ()),
+                metavar=m["metavar"],
+                help=m["help"],
+            )(command)
+        return command
+
+    return decorate
+
+
+def _options_from(kw: dict[str, Any], **fixed: Any) -> ImportOptions:
+    """The :class:`ImportOptions` named in ``kw`` (taken out of it), with ``fixed`` on top."""
+    names = {f.name for f in dataclasses.fields(ImportOptions)}
+    values = {name: kw.pop(name) for name in list(kw) if name in names}
+    return ImportOptions(**{**values, **fixed})
+
+
+@dataclass(frozen=True)
+class _Display:
+    """How the command shows a run; the settings no library call needs."""
+
+    config: ConfigFile | None
+    quiet: bool
+    status_every: float
+    log_format: str
+    key_on_command_line: bool = False
+    rerun_args: tuple[str, ...] = ()
+
+
+def _display_options(f: Any) -> Any:
+    for option in reversed(
+        [
+            config_option,
+            click.option(
+                "-q",
+                "--quiet",
+                is_flag=True,
+                help="No live display: plain status lines (see --status-every).",
+            ),
+            click.option(
+                "--status-every",
+                type=click.FloatRange(min=0),
+                default=10.0,
+                show_default=True,
+                help="Seconds between status lines when not on a terminal or --quiet (0: none).",
+            ),
+            click.option(
+                "--log-format",
+                type=click.Choice(LOG_FORMATS),
+                default="text",
+                show_default=True,
+                help="Log lines (and status lines) as text or one JSON object per line.",
+            ),
+            click.option(
+                "-v", "--verbose", count=True, help="More log output (-v info, -vv debug)."
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _display_from(kw: dict[str, Any], options: ImportOptions, mock: bool) -> _Display:
+    """Take the display settings out of ``kw``, set up logging, note how the key was given."""
+    ctx = click.get_current_context()
+    verbose = kw.pop("verbose") + (ctx.find_object(dict) or {}).get("verbose", 0)
+    log_format = kw.pop("log_format")
+    setup_logging(verbose, log_format)
+    config = kw.pop("config", None)
+    if config is not None:
+        for warning in config.warnings():
+            click.echo(f"warning: {warning}", err=True)
+    return _Display(
+        config=config,
+        quiet=kw.pop("quiet"),
+        status_every=kw.pop("status_every"),
+        log_format=log_format,
+        # Said after the summary of a run that used the key (not before a usage
+        # error), where it is not scrolled away by the progress display.
+        key_on_command_line=(
+            ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE
+        ),
+        rerun_args=_rerun_args(options, config, mock),
+    )
+
+
 @main.command()
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
-# -- display, logging and configuration ---------------------------------------
-@config_option
-@click.option(
-    "-q", "--quiet", is_flag=True, help="No live display: plain status lines (see --status-every)."
-)
-@click.option(
-    "--status-every",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Seconds between status lines when not on a terminal or --quiet (0: none).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default="text",
-    show_default=True,
-    help="Log lines (and status lines) as text or one JSON object per line.",
-)
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-# -- connection ---------------------------------------------------------------
-@click.option(
-    "--api-key",
-    envvar="BLUESHIFT_API_KEY",
-    show_envvar=True,
-    help="Blueshift user API key (prefer the environment variable).",
-)
-@click.option(
-    "--region",
-    type=click.Choice(["us", "eu"]),
-    default="us",
-    envvar="BLUESHIFT_REGION",
-    show_default=True,
-    help="Blueshift data centre.",
-)
-@click.option(
-    "--base-url", envvar="BLUESHIFT_BASE_URL", help="Override the API base URL (e.g. a fake API)."
-)
-@click.option("--insecure-http", is_flag=True, help="Allow plain http:// to a non-loopback host.")
+@_display_options
+@_table_options(*SECTIONS)
+@click.option("--no-state", is_flag=True, help="Record nothing (no --resume after a crash).")
 @click.option(
     "--mock",
     is_flag=True,
@@ -250,173 +323,6 @@ def _fake_config(kw: dict[str, Any], **config: Any) -> Any:
     "--mock-rate", type=float, help="With --mock: the fake API's own rate limit (429 above it)."
 )
 @_fault_options("mock-")
-# -- pace and retries ---------------------------------------------------------
-@click.option(
-    "--rate",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help="Requests per second (Blueshift recommends 5).",
-)
-@click.option(
-    "--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once."
-)
-@click.option(
-    "--batch-size", type=int, default=50, show_default=True, help="Customers per call (at most 50)."
-)
-@click.option(
-    "--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for one answer."
-)
-@click.option(
-    "--max-retries", type=int, default=8, show_default=True, help="Retries of a failing call."
-)
-@click.option(
-    "--max-backoff",
-    type=float,
-    default=60.0,
-    show_default=True,
-    help="Longest wait between retries, seconds.",
-)
-@click.option(
-    "--give-up-after",
-    type=float,
-    default=300.0,
-    show_default=True,
-    help="Stop (exit 3) when nothing succeeded for this many seconds.",
-)
-# -- input --------------------------------------------------------------------
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["csv", "jsonl"]),
-    help="Input format (default: from the extension).",
-)
-@click.option(
-    "--encoding", help="Input encoding (default: detected; UTF-8, UTF-16 with BOM, else cp1252)."
-)
-@click.option("--delimiter", help="CSV delimiter (default: sniffed from , ; tab |).")
-@click.option(
-    "--max-field-bytes",
-    type=int,
-    default=1_000_000,
-    show_default=True,
-    help="Reject a row with a CSV cell longer than this (characters).",
-)
-@click.option(
-    "--max-columns",
-    type=int,
-    default=1_000,
-    show_default=True,
-    help="Refuse a file with more columns (or distinct JSONL keys) than this.",
-)
-@click.option(
-    "--max-json-depth",
-    type=int,
-    default=32,
-    show_default=True,
-    help="Reject a JSONL record nested deeper than this.",
-)
-@click.option(
-    "--max-line-bytes",
-    type=int,
-    default=4_000_000,
-    show_default=True,
-    help="Reject a row on a physical line longer than this.",
-)
-# -- mapping and cleaning -----------------------------------------------------
-@click.option(
-    "--mapping",
-    "mapping_file",
-    type=click.Path(path_type=Path),
-    metavar="FILE",
-    help='TOML mapping file: [columns."Name"] tables with target, type, drop.',
-)
-@click.option(
-    "--map",
-    "maps",
-    multiple=True,
-    metavar="'COLUMN=field'",
-    help="Map an input column to a Blueshift field (repeatable).",
-)
-@click.option(
-    "--drop", "drops", multiple=True, metavar="COLUMN", help="Leave a column out (repeatable)."
-)
-@click.option(
-    "--drop-unmapped",
-    is_flag=True,
-    help="Drop columns that match no standard field instead of sending them as custom attributes.",
-)
-@click.option(
-    "--phone-region",
-    default="US",
-    show_default=True,
-    metavar="CC",
-    help="Region for phone numbers written without a country code (e.g. US, GB, DE).",
-)
-@click.option(
-    "--on-invalid",
-    type=click.Choice(["skip-row", "drop-field", "stop"]),
-    default="skip-row",
-    show_default=True,
-    help="A bad value rejects its row, drops only that field, or stops the run.",
-)
-@click.option(
-    "--empty-as-null",
-    is_flag=True,
-    help="Send empty cells as null (clearing the profile field) instead of leaving them out.",
-)
-# -- state: resume and incremental imports ------------------------------------
-@click.option(
-    "--state",
-    "state_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_STATE_PATH,
-    envvar="BLUESHIFT_IMPORT_STATE",
-    show_default=True,
-    show_envvar=True,
-    help="SQLite file recording confirmed rows and payload hashes (for --resume, --changed-only).",
-)
-@click.option("--no-state", is_flag=True, help="Record nothing (no --resume after a crash).")
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue the interrupted run of FILE: skip rows already confirmed, append to outputs.",
-)
-@click.option(
-    "--force", is_flag=True, help="With --resume: start over even if FILE or the options changed."
-)
-@click.option(
-    "--changed-only",
-    is_flag=True,
-    help="Skip customers whose payload equals the last one the API confirmed (nightly imports).",
-)
-# -- outputs ------------------------------------------------------------------
-@click.option(
-    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
-)
-@click.option(
-    "--dead-letter",
-    "dead_letter_path",
-    type=click.Path(path_type=Path),
-    help="JSONL file for customers that could not be delivered (re-importable).",
-)
-@click.option(
-    "--rejects",
-    "rejects_path",
-    type=click.Path(path_type=Path),
-    help="CSV or JSONL file for rows that failed validation.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option(
-    "--dry-run", is_flag=True, help="Read, clean and batch, but send nothing; show a preview."
-)
-@click.option(
-    "--max-error-rate",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Fraction of rows that may be rejected or dead-lettered with exit code 0.",
-)
 def run(input_path: str, **kw: Any) -> None:
     """Import FILE (CSV or JSONL, optionally .gz; - for stdin) into Blueshift.
 
@@ -431,66 +337,35 @@ def run(input_path: str, **kw: Any) -> None:
       blueshift-import run customers.csv --resume   # after a crash or Ctrl-C
       blueshift-import run nightly.csv --changed-only
     """
-    mock = kw.pop("mock")
-    ui = _display_settings(kw, mock)
-    mock_rate = kw.pop("mock_rate")
-    fields: dict[str, Any] = {
-        "api_key": kw["api_key"],
-        "region": kw["region"],
-        "base_url": kw["base_url"],
-        "insecure_http": kw["insecure_http"],
-        "rate": kw["rate"],
-        "concurrency": kw["concurrency"],
-        "batch_size": kw["batch_size"],
-        "timeout": kw["timeout"],
-        "max_retries": kw["max_retries"],
-        "max_backoff": kw["max_backoff"],
-        "give_up_after": kw["give_up_after"],
-        "format": kw["fmt"],
-        "encoding": kw["encoding"],
-        "delimiter": kw["delimiter"],
-        "max_field_bytes": kw["max_field_bytes"],
-        "max_columns": kw["max_columns"],
-        "max_json_depth": kw["max_json_depth"],
-        "max_line_bytes": kw["max_line_bytes"],
-        "mapping_file": kw["mapping_file"],
-        "column_map": parse_map_option(kw["maps"]),
-        "drop_columns": tuple(kw["drops"]),
-        "drop_unmapped": kw["drop_unmapped"],
-        "phone_region": kw["phone_region"],
-        "on_invalid": kw["on_invalid"],
-        "empty_as_null": kw["empty_as_null"],
-        "report_path": kw["report_path"],
-        "dead_letter_path": kw["dead_letter_path"],
-        "rejects_path": kw["rejects_path"],
-        "overwrite": kw["overwrite"],
-        "dry_run": kw["dry_run"],
-        "max_error_rate": kw["max_error_rate"],
-        "state_path": None if kw["no_state"] else kw["state_path"],
-        "resume": kw["resume"],
-        "force": kw["force"],
-        "changed_only": kw["changed_only"],
-    }
-    _apply_config(fields, ui)
+    mock, mock_rate = kw.pop("mock"), kw.pop("mock_rate")
+    config: ConfigFile | None = kw.get("config")
+    fixed: dict[str, Any] = {}
+    if kw.pop("no_state"):
+        fixed["state_path"] = None
+    if config is not None and config.has_columns and not kw.get("mapping_file"):
+        # A config file with [columns] tables is also the mapping file.
+        fixed["mapping_file"] = config.path
     if mock:
-        # Only --mock needs the fake API, and with it aiohttp's server side.
-        from .fake_api import DEFAULT_KEY, FakeApiServer
+        from .fake_api import DEFAULT_KEY
 
-        config = _fake_config(kw, api_key=DEFAULT_KEY, rate=mock_rate)
-        with FakeApiServer(config) as server:
-            click.echo(f"fake API listening on {server.url}", err=True)
-            fields.update(api_key=DEFAULT_KEY, base_url=server.url)
-            code = _run_import(input_path, fields)
-            click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
-    else:
-        code = _run_import(input_path, fields)
+        fixed["api_key"] = DEFAULT_KEY
+    options = _options_from(kw, **fixed)
+    display = _display_from(kw, options, mock)
+    if not mock:
+        sys.exit(_run_import(input_path, options, display))
+    # Only --mock needs the fake API, and with it aiohttp's server side.
+    from .fake_api import DEFAULT_KEY, FakeApiServer
+
+    with FakeApiServer(_fake_config(kw, api_key=DEFAULT_KEY, rate=mock_rate)) as server:
+        click.echo(f"fake API listening on {server.url}", err=True)
+        code = _run_import(input_path, options.replace(base_url=server.url), display)
+        click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
     sys.exit(code)
 
 
-def _run_import(input_path: str, fields: dict[str, Any]) -> int:
+def _run_import(input_path: str, options: ImportOptions, display: _Display) -> int:
     from .pipeline import import_file
 
-    options = ImportOptions(**fields)
     protect_secret(options.api_key)
     if not options.api_key and not options.dry_run:
         raise UsageError("no API key: set BLUESHIFT_API_KEY (or use --mock to try it out)")
@@ -506,18 +381,22 @@ def _run_import(input_path: str, fields: dict[str, Any]) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _open_display() as progress:
+        with open_progress(
+            quiet=display.quiet,
+            status_every=display.status_every,
+            as_json=display.log_format == "json",
+            stream=sys.stderr,
+        ) as progress:
             report = import_file(input_path, options, observer=progress.observe, stop=stop)
     except (RunStopped, AccountingMismatch) as exc:
-        stopped_report: ImportReport | None = getattr(exc, "report", None)
-        if stopped_report is not None:
-            _print_summary(stopped_report)
+        if exc.report is not None:
+            _print_summary(exc.report, display)
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    _print_summary(report)
+    _print_summary(report, display)
     if received:
         return EXIT_SIGINT if received[0] == signal.SIGINT else EXIT_SIGTERM
     return _exit_code(report, options.max_error_rate)
@@ -532,95 +411,46 @@ def _exit_code(report: ImportReport, max_error_rate: float) -> int:
     return EXIT_ERRORS
 
 
-# -- display, logging and configuration ----------------------------------------
-# The settings live on the click context so `_run_import` keeps its signature.
-_UI_KEY = "importer.display"
-
-
-def _display_settings(kw: dict[str, Any], mock: bool) -> dict[str, Any]:
-    """Take the display options out of ``kw``, set up logging, warn about ``--api-key``."""
-    ctx = click.get_current_context()
-    ui = {
-        "config": kw.pop("config"),
-        "quiet": kw.pop("quiet"),
-        "status_every": kw.pop("status_every"),
-        "log_format": kw.pop("log_format"),
-        "mock": mock,
-    }
-    verbose = kw.pop("verbose") + (ctx.find_object(dict) or {}).get("verbose", 0)
-    setup_logging(verbose, ui["log_format"])
-    # Said after the summary of a run that used the key (not before a usage
-    # error), where it is not scrolled away by the progress display.
-    ui["key_on_command_line"] = (
-        ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE
-    )
-    if ui["config"] is not None:
-        for warning in ui["config"].warnings():
-            click.echo(f"warning: {warning}", err=True)
-    ui["rerun_args"] = _rerun_args(kw, ui)
-    ctx.meta[_UI_KEY] = ui
-    return ui
-
-
-def _rerun_args(kw: dict[str, Any], ui: dict[str, Any]) -> list[str]:
+def _rerun_args(options: ImportOptions, config: ConfigFile | None, mock: bool) -> tuple[str, ...]:
     """Options the re-run command must repeat to reach the same API (never the key)."""
     args: list[str] = []
-    if ui["config"] is not None:
-        args += ["--config", str(ui["config"].path)]
-    if ui["mock"]:
-        return [*args, "--mock"]
-    if kw.get("base_url"):
-        args += ["--base-url", kw["base_url"]]
-        if kw.get("insecure_http"):
+    if config is not None:
+        args += ["--config", str(config.path)]
+    if mock:
+        return (*args, "--mock")
+    if options.base_url:
+        args += ["--base-url", options.base_url]
+        if options.insecure_http:
             args.append("--insecure-http")
-    elif kw.get("region") and kw["region"] != "us":
-        args += ["--region", kw["region"]]
-    return args
+    elif options.region != "us":
+        args += ["--region", options.region]
+    return tuple(args)
 
 
-def _apply_config(fields: dict[str, Any], ui: dict[str, Any]) -> None:
-    """A config file with ``[columns]`` tables is also the mapping file (unless one is given)."""
-    config: ConfigFile | None = ui["config"]
-    if config is not None and config.has_columns and not fields.get("mapping_file"):
-        fields["mapping_file"] = config.path
-
-
-def _ui() -> dict[str, Any]:
-    ctx = click.get_current_context(silent=True)
-    return (ctx.meta.get(_UI_KEY) if ctx is not None else None) or {}
-
-
-def _open_display() -> Any:
-    ui = _ui()
-    return open_progress(
-        quiet=ui.get("quiet", False),
-        status_every=ui.get("status_every", 10.0),
-        as_json=ui.get("log_format") == "json",
-        stream=sys.stderr,
-    )
-
-
-def _print_summary(report: ImportReport) -> None:
-    ui = _ui()
-    rerun = rerun_command(report, ui.get("rerun_args", ()))
+def _print_summary(report: ImportReport, display: _Display) -> None:
+    rerun = rerun_command(report, display.rerun_args)
     for line in summary_lines(report, rerun):
         click.echo(line)
-    if ui.get("log_format") == "json":
+    if display.log_format == "json":
         # One machine-readable line for log collectors, next to the human summary.
         summary = {"event": "summary", **report.to_dict()}
         if rerun:
             summary["rerun_command"] = rerun
         click.echo(json.dumps(summary, ensure_ascii=False, default=str), err=True)
-    if report.preview:
-        click.echo("first payloads as they would be sent:")
-        for payload in report.preview:
-            click.echo("  " + encode_payload(payload).decode())
-    if ui.get("key_on_command_line"):
+    _print_preview(report)
+    if display.key_on_command_line:
         click.echo(
             "warning: --api-key is visible to other users in the process list and stays in "
             "your shell history; prefer the BLUESHIFT_API_KEY environment variable",
             err=True,
         )
+
+
+def _print_preview(report: ImportReport) -> None:
+    if report.preview:
+        click.echo(f"first {len(report.preview)} payloads as they would be sent:")
+        for payload in report.preview:
+            click.echo("  " + encode_payload(payload).decode())
 
 
 @main.command("init-config")
@@ -652,41 +482,20 @@ def init_config(
     click.echo(text, nl=False)
 
 
-#: The options ``validate`` shares with ``run`` (same definitions, same meaning).
-_VALIDATE_OPTIONS = (
-    "fmt",
-    "encoding",
-    "delimiter",
-    "max_field_bytes",
-    "max_columns",
-    "max_json_depth",
-    "max_line_bytes",
-    "mapping_file",
-    "maps",
-    "drops",
-    "drop_unmapped",
-    "rejects_path",
-    "report_path",
-    "overwrite",
-)
-
-
 @main.command()
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
-@click.option(
-    "--show",
-    type=int,
-    default=5,
-    show_default=True,
-    help="How many payloads to print, exactly as they would be sent.",
+@config_option
+@_table_options(
+    "input", "cleaning", only=("rejects_path", "report_path", "overwrite", "preview_size")
 )
-def validate(input_path: str, show: int, **kw: Any) -> None:
+def validate(input_path: str, **kw: Any) -> None:
     """Check FILE without sending anything: no network, no API key needed.
 
     Prints the resolved column mapping, how many rows are valid, rejected
     (by reason) or merged, and the first payloads exactly as ``run`` would
-    send them. Takes the input and mapping options of ``run``. Exit 0 when
-    every row is valid, 1 when rows were rejected, 2 for an unusable file.
+    send them. Takes every input, mapping and cleaning option of ``run``, so
+    its verdict is the one ``run --dry-run`` gives. Exit 0 when every row is
+    valid, 1 when rows were rejected, 2 for an unusable file.
 
     \b
     Examples:
@@ -696,25 +505,11 @@ def validate(input_path: str, show: int, **kw: Any) -> None:
     """
     from .pipeline import import_file
 
-    options = ImportOptions(
-        dry_run=True,
-        preview_size=show,
-        format=kw["fmt"],
-        encoding=kw["encoding"],
-        delimiter=kw["delimiter"],
-        max_field_bytes=kw["max_field_bytes"],
-        max_columns=kw["max_columns"],
-        max_json_depth=kw["max_json_depth"],
-        max_line_bytes=kw["max_line_bytes"],
-        mapping_file=kw["mapping_file"],
-        column_map=parse_map_option(kw["maps"]),
-        drop_columns=tuple(kw["drops"]),
-        drop_unmapped=kw["drop_unmapped"],
-        rejects_path=kw["rejects_path"],
-        report_path=kw["report_path"],
-        overwrite=kw["overwrite"],
-    )
-    report = import_file(input_path, options)
+    config: ConfigFile | None = kw.pop("config", None)
+    fixed: dict[str, Any] = {"dry_run": True}
+    if config is not None and config.has_columns and not kw.get("mapping_file"):
+        fixed["mapping_file"] = config.path
+    report = import_file(input_path, _options_from(kw, **fixed))
     _print_validation(report)
     sys.exit(EXIT_OK if report.rejected == 0 else EXIT_ERRORS)
 
@@ -739,13 +534,7 @@ def _print_validation(report: ImportReport) -> None:
     out(f"accounting: {report.accounting_line()}")
     for kind, path in report.files.items():
         out(f"{kind.replace('_', '-')}: {path}")
-    if report.preview:
-        out(f"first {len(report.preview)} payloads as they would be sent:")
-        for payload in report.preview:
-            out("  " + encode_payload(payload).decode())
-
-
-validate.params[1:1] = [p for p in run.params if p.name in _VALIDATE_OPTIONS]
+    _print_preview(report)
 
 
 @main.command("fake-api")
@@ -802,16 +591,7 @@ def fake_api(
 
 
 # -- state: resume and incremental imports ------------------------------------
-_STATE_OPTION = click.option(
-    "--state",
-    "state_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_STATE_PATH,
-    envvar="BLUESHIFT_IMPORT_STATE",
-    show_default=True,
-    show_envvar=True,
-    help="The state file.",
-)
+_STATE_OPTION = _table_options(only=("state_path",))
 
 
 @main.group("state")

@@ -22,6 +22,12 @@ internal: a record that fails for good is dead-lettered, not raised).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .outcomes import ImportReport
+    from .records import Outcome
+
 
 class ImporterError(Exception):
     """Root of every exception raised by blueshift-import."""
@@ -54,9 +60,18 @@ class InputChanged(StateError):
 
 
 class RunStopped(ImporterError):
-    """The run stopped before the end of the input; a report is still written."""
+    """The run stopped before the end of the input; a report is still written.
+
+    ``report`` is the run's report (set by the pipeline); ``outcomes`` those of
+    the part of the batch in hand that was settled before the stop.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.report: ImportReport | None = None
+        self.outcomes: list[Outcome] = []
 
 
 class ApiKeyRejected(RunStopped):
@@ -68,9 +83,13 @@ class ApiUnavailable(RunStopped):
 
 
 class AccountingMismatch(ImporterError):
-    """The outcome counts do not add up to the rows read. Always a bug."""
+    """The outcome counts do not add up to the rows read. Always a bug; ``report`` says how."""
 
     exit_code = 1
+
+    def __init__(self, message: str, report: ImportReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class ApiError(ImporterError):

@@ -1,14 +1,25 @@
-"""The options of one import run, validated once, shared read-only by every stage."""
+"""The options of one import run: declared once, validated once, shared read-only.
+
+Each option is one field of :class:`ImportOptions`, declared with
+:func:`option`: its default, help text, flag, environment variable and
+section live in that one place. The command line builds its options from
+these fields (:func:`cli_fields`), a configuration file accepts the same
+names, and the resume fingerprint (:func:`fingerprint`) is the set of
+fields marked ``shapes=True``: the ones that decide what a row becomes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import UsageError
+from .mapping import parse_map_option
 
 #: Blueshift's hard limit of customers per bulk call; more is answered with 413.
 MAX_BATCH_SIZE = 50
@@ -20,6 +31,47 @@ REGION_URLS = {
 
 FORMATS = ("csv", "jsonl")
 ON_INVALID = ("skip-row", "drop-field", "stop")
+#: Sections of ``--help`` and of the README's options table, in order.
+SECTIONS = ("connection", "pace", "input", "cleaning", "state", "outputs")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    section: str,
+    flag: str | None = None,
+    env: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    path: bool = False,
+    multiple: bool = False,
+    shapes: bool = False,
+    cli: bool = True,
+    cli_default: Any = None,
+) -> Any:
+    """Declare one option as a dataclass field.
+
+    ``flag`` defaults to the field name with dashes; ``shapes`` marks options
+    that decide what a row becomes (a resumed run must use the same ones);
+    ``cli=False`` keeps an option to the library; ``cli_default`` is the
+    command line's default where it differs from the library's.
+    """
+    assert section in SECTIONS, section
+    meta = {
+        "help": help,
+        "section": section,
+        "flag": flag,
+        "env": env,
+        "metavar": metavar,
+        "choices": choices,
+        "path": path,
+        "multiple": multiple,
+        "shapes": shapes,
+        "cli": cli,
+        "cli_default": cli_default,
+    }
+    return field(default=default, metadata=meta, repr=env != "BLUESHIFT_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -27,62 +79,161 @@ class ImportOptions:
     """Everything that decides how a file is imported.
 
     Defaults follow Blueshift's recommendations (5 calls per second, 50
-    customers per call). Invalid values raise :class:`UsageError` on creation.
+    customers per call). ``column_map`` takes a mapping, pairs or
+    ``"Column=field"`` strings; paths take strings. Invalid values raise
+    :class:`UsageError` on creation.
     """
 
-    api_key: str | None = field(default=None, repr=False)
-    region: str = "us"
-    base_url: str | None = None
-    insecure_http: bool = False
+    # -- connection --
+    api_key: str | None = option(
+        None, "Blueshift user API key (prefer the environment variable).",
+        section="connection", env="BLUESHIFT_API_KEY",
+    )  # fmt: skip
+    region: str = option(
+        "us", "Blueshift data centre.", section="connection", env="BLUESHIFT_REGION",
+        choices=tuple(REGION_URLS),
+    )  # fmt: skip
+    base_url: str | None = option(
+        None, "Override the API base URL (e.g. a fake API).", section="connection",
+        env="BLUESHIFT_BASE_URL",
+    )  # fmt: skip
+    insecure_http: bool = option(
+        False, "Allow plain http:// to a non-loopback host.", section="connection"
+    )
 
-    rate: float = 5.0
-    concurrency: int = 4
-    batch_size: int = MAX_BATCH_SIZE
-    max_batch_bytes: int = 1_000_000
-    timeout: float = 30.0
-    max_retries: int = 8
-    max_backoff: float = 60.0
-    backoff_base: float = 0.5
-    give_up_after: float = 300.0
+    # -- pace and retries --
+    rate: float = option(5.0, "Requests per second (Blueshift recommends 5).", section="pace")
+    concurrency: int = option(4, "Requests in flight at once.", section="pace")
+    batch_size: int = option(
+        MAX_BATCH_SIZE, f"Customers per call (at most {MAX_BATCH_SIZE}).", section="pace",
+        shapes=True,
+    )  # fmt: skip
+    max_batch_bytes: int = option(
+        1_000_000, "Largest request body, bytes.", section="pace", shapes=True, cli=False
+    )
+    timeout: float = option(30.0, "Seconds to wait for one answer.", section="pace")
+    max_retries: int = option(8, "Retries of a failing call.", section="pace")
+    max_backoff: float = option(60.0, "Longest wait between retries, seconds.", section="pace")
+    backoff_base: float = option(
+        0.5, "First wait between retries, seconds.", section="pace", cli=False
+    )
+    give_up_after: float = option(
+        300.0, "Stop (exit 3) when nothing succeeded for this many seconds.", section="pace"
+    )
 
-    format: str | None = None
-    encoding: str | None = None
-    delimiter: str | None = None
-    chunk_rows: int = 20_000
-    max_field_bytes: int = 1_000_000
-    max_columns: int = 1_000
-    max_json_depth: int = 32
-    max_line_bytes: int = 4_000_000
+    # -- input --
+    format: str | None = option(
+        None, "Input format (default: from the extension).", section="input", choices=FORMATS,
+        shapes=True,
+    )  # fmt: skip
+    encoding: str | None = option(
+        None, "Input encoding (default: detected; UTF-8, UTF-16 with BOM, else cp1252).",
+        section="input", shapes=True,
+    )  # fmt: skip
+    delimiter: str | None = option(
+        None, "CSV delimiter (default: sniffed from , ; tab |).", section="input", shapes=True
+    )
+    chunk_rows: int = option(20_000, "Rows read and cleaned at a time.", section="input", cli=False)
+    max_field_bytes: int = option(
+        1_000_000, "Reject a row with a CSV cell longer than this (characters).",
+        section="input", shapes=True,
+    )  # fmt: skip
+    max_columns: int = option(
+        1_000, "Refuse a file with more columns (or distinct JSONL keys) than this.",
+        section="input", shapes=True,
+    )  # fmt: skip
+    max_json_depth: int = option(
+        32, "Reject a JSONL record nested deeper than this.", section="input", shapes=True
+    )
+    max_line_bytes: int = option(
+        4_000_000, "Reject a row on a physical line longer than this.", section="input",
+        shapes=True,
+    )  # fmt: skip
 
-    column_map: tuple[tuple[str, str], ...] = ()
-    drop_columns: tuple[str, ...] = ()
-    drop_unmapped: bool = False
-    mapping_file: Path | None = None
-    phone_region: str = "US"
-    on_invalid: str = "skip-row"
-    empty_as_null: bool = False
+    # -- mapping and cleaning --
+    mapping_file: Path | None = option(
+        None, 'TOML mapping file: [columns."Name"] tables with target, type, drop.',
+        section="cleaning", flag="--mapping", metavar="FILE", path=True, shapes=True,
+    )  # fmt: skip
+    column_map: tuple[tuple[str, str], ...] = option(
+        (), "Map an input column to a Blueshift field (repeatable).", section="cleaning",
+        flag="--map", metavar="'COLUMN=field'", multiple=True, shapes=True,
+    )  # fmt: skip
+    drop_columns: tuple[str, ...] = option(
+        (), "Leave a column out (repeatable).", section="cleaning", flag="--drop",
+        metavar="COLUMN", multiple=True, shapes=True,
+    )  # fmt: skip
+    drop_unmapped: bool = option(
+        False, "Drop columns that match no standard field instead of sending them as custom "
+        "attributes.", section="cleaning", shapes=True,
+    )  # fmt: skip
+    phone_region: str = option(
+        "US", "Region for phone numbers written without a country code (e.g. US, GB, DE).",
+        section="cleaning", metavar="CC", shapes=True,
+    )  # fmt: skip
+    on_invalid: str = option(
+        "skip-row", "A bad value rejects its row, drops only that field, or stops the run.",
+        section="cleaning", choices=ON_INVALID, shapes=True,
+    )  # fmt: skip
+    empty_as_null: bool = option(
+        False, "Send empty cells as null (clearing the profile field) instead of leaving them "
+        "out.", section="cleaning", shapes=True,
+    )  # fmt: skip
 
     # -- state: resume and incremental imports --
-    #: The SQLite state store; None records nothing (and allows no resume).
-    state_path: Path | None = None
-    #: Continue the interrupted run of the same input, skipping rows already done.
-    resume: bool = False
-    #: With ``resume``: start over even when the input or the options changed.
-    force: bool = False
-    #: Skip customers whose payload equals the last one the API confirmed.
-    changed_only: bool = False
+    state_path: Path | None = option(
+        None, "SQLite file recording confirmed rows and payload hashes (for --resume, "
+        "--changed-only).", section="state", flag="--state", env="BLUESHIFT_IMPORT_STATE",
+        path=True, cli_default=Path(".blueshift-import") / "state.sqlite",
+    )  # fmt: skip
+    resume: bool = option(
+        False, "Continue the interrupted run of FILE: skip rows already confirmed, append to "
+        "outputs.", section="state",
+    )  # fmt: skip
+    force: bool = option(
+        False, "With --resume: start over even if FILE or the options changed.", section="state"
+    )
+    changed_only: bool = option(
+        False, "Skip customers whose payload equals the last one the API confirmed (nightly "
+        "imports).", section="state",
+    )  # fmt: skip
 
     # -- outputs --
-    report_path: Path | None = None
-    dead_letter_path: Path | None = None
-    rejects_path: Path | None = None
-    overwrite: bool = False
-    dry_run: bool = False
-    #: How many payloads a dry run (``validate``, ``run --dry-run``) keeps to show.
-    preview_size: int = 5
-    max_error_rate: float = 0.0
+    report_path: Path | None = option(
+        None, "Write the JSON report here.", section="outputs", flag="--report", path=True
+    )
+    dead_letter_path: Path | None = option(
+        None, "JSONL file for customers that could not be delivered (re-importable).",
+        section="outputs", flag="--dead-letter", path=True,
+    )  # fmt: skip
+    rejects_path: Path | None = option(
+        None, "CSV or JSONL file for rows that failed validation.", section="outputs",
+        flag="--rejects", path=True,
+    )  # fmt: skip
+    overwrite: bool = option(False, "Replace existing output files.", section="outputs")
+    dry_run: bool = option(
+        False, "Read, clean and batch, but send nothing; show a preview.", section="outputs"
+    )
+    preview_size: int = option(
+        5, "How many payloads a dry run prints, exactly as they would be sent.",
+        section="outputs", flag="--show",
+    )  # fmt: skip
+    max_error_rate: float = option(
+        0.0, "Fraction of rows that may be rejected or dead-lettered with exit code 0.",
+        section="outputs",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "column_map", _pairs(self.column_map))
+        set_(self, "drop_columns", tuple(self.drop_columns))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("path") and isinstance(value, str):
+                set_(self, f.name, Path(value))
+        self._check()
+
+    def _check(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise UsageError(
                 f"--batch-size must be between 1 and {MAX_BATCH_SIZE} "
@@ -91,34 +242,24 @@ class ImportOptions:
             )
         if not self.rate > 0:
             raise UsageError(f"--rate must be above 0 requests per second, got {self.rate}")
-        if self.concurrency < 1:
-            raise UsageError(f"--concurrency must be at least 1, got {self.concurrency}")
-        if self.region not in REGION_URLS:
-            raise UsageError(
-                f"--region must be one of {', '.join(REGION_URLS)}, got {self.region!r}"
-            )
-        if self.format is not None and self.format not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.on_invalid not in ON_INVALID:
-            raise UsageError(
-                f"--on-invalid must be one of {', '.join(ON_INVALID)}, got {self.on_invalid!r}"
-            )
+        for name in ("region", "format", "on_invalid"):
+            choices = _field(name).metadata["choices"]
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise UsageError(
+                    f"--{_dashed(name)} must be one of {', '.join(choices)}, got {value!r}"
+                )
         for name in ("timeout", "max_backoff", "give_up_after"):
             if not getattr(self, name) > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be above 0")
-        if self.max_retries < 0:
-            raise UsageError("--max-retries must be 0 or more")
-        if self.backoff_base < 0:
-            raise UsageError("the backoff base must be 0 or more seconds")
+                raise UsageError(f"--{_dashed(name)} must be above 0")
+        for name in ("max_retries", "backoff_base", "preview_size"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{_dashed(name)} must be 0 or more")
+        for name in ("concurrency", "chunk_rows", "max_batch_bytes", *_LIMITS):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{_dashed(name)} must be at least 1")
         if not 0 <= self.max_error_rate <= 1:
             raise UsageError(f"--max-error-rate must be between 0 and 1, got {self.max_error_rate}")
-        if self.chunk_rows < 1:
-            raise UsageError("the chunk size must be at least 1 row")
-        for name in ("max_field_bytes", "max_columns", "max_json_depth", "max_line_bytes"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.preview_size < 0:
-            raise UsageError(f"--show must be 0 or more, got {self.preview_size}")
         if self.delimiter is not None and len(self.delimiter) != 1:
             raise UsageError(f"--delimiter must be one character, got {self.delimiter!r}")
         if (self.resume or self.changed_only) and self.state_path is None and not self.dry_run:
@@ -140,6 +281,61 @@ class ImportOptions:
     def replace(self, **changes: object) -> ImportOptions:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_LIMITS = ("max_field_bytes", "max_columns", "max_json_depth", "max_line_bytes")
+
+
+def _field(name: str) -> dataclasses.Field[Any]:
+    return next(f for f in dataclasses.fields(ImportOptions) if f.name == name)
+
+
+def _dashed(name: str) -> str:
+    flag = _field(name).metadata.get("flag")
+    return flag[2:] if flag else name.replace("_", "-")
+
+
+def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    """``column_map`` as pairs, from a mapping, pairs or ``"Column=field"`` strings."""
+    items: Iterable[Any] = value.items() if isinstance(value, Mapping) else value
+    pairs = []
+    for item in items:
+        source, target = parse_map_option([item])[0] if isinstance(item, str) else item
+        pairs.append((str(source).strip(), str(target).strip()))
+    return tuple(pairs)
+
+
+def flag_name(f: dataclasses.Field[Any]) -> str:
+    """The command-line flag of an option field, e.g. ``--dead-letter``."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def cli_fields(*sections: str) -> list[dataclasses.Field[Any]]:
+    """The option fields the command line offers, in declaration order (all sections if none)."""
+    return [
+        f
+        for f in dataclasses.fields(ImportOptions)
+        if f.metadata.get("cli") and (not sections or f.metadata["section"] in sections)
+    ]
+
+
+def fingerprint(options: ImportOptions) -> dict[str, Any]:
+    """The options that decide what each row becomes, as plain JSON-able values.
+
+    A resumed run must use the same ones, or rows "already done" would mean
+    something else.
+    """
+    settings: dict[str, Any] = {}
+    for f in dataclasses.fields(options):
+        if not f.metadata.get("shapes"):
+            continue
+        value = getattr(options, f.name)
+        if isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        elif isinstance(value, Path):
+            value = str(value)
+        settings[f.name] = value
+    return settings
 
 
 def check_base_url(url: str, insecure_http: bool) -> None:

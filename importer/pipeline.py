@@ -20,7 +20,7 @@ from .cleaning import clean_chunk, infer_column_types
 from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
-from .options import ImportOptions
+from .options import ImportOptions, fingerprint
 from .outcomes import (
     DeadLetterWriter,
     ImportReport,
@@ -37,7 +37,6 @@ from .state import (
     InputHasher,
     StateReader,
     StateStore,
-    run_settings,
     target_tag,
     trim_output,
 )
@@ -101,7 +100,7 @@ class _Run:
         try:
             info = self.store.begin_run(
                 Fingerprint.of(self.path),
-                run_settings(o),
+                fingerprint(o),
                 resume=o.resume,
                 force=o.force,
                 rejects_path=o.rejects_path,
@@ -350,7 +349,7 @@ async def _run(
     report = run.report
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
-    failure: list[BaseException] = []
+    failure: list[RunStopped] = []
 
     def stopping() -> bool:
         if run.stopping.is_set() or stop.is_set():
@@ -389,7 +388,7 @@ async def _run(
                             outcomes = await sender.send(batch)
                         except RunStopped as exc:
                             # The part of the batch settled before the stop still counts.
-                            outcomes = getattr(exc, "outcomes", [])
+                            outcomes = exc.outcomes
                             if not failure:
                                 failure.append(exc)
                             run.stopping.set()
@@ -448,14 +447,13 @@ async def _run(
         observer(report)
     if failure:
         exc = failure[0]
-        exc.report = report  # type: ignore[attr-defined]
+        exc.report = report
         raise exc
     if not report.accounting_ok:
-        mismatch = AccountingMismatch(
-            f"accounting does not balance (a bug, please report it): {report.accounting_line()}"
+        raise AccountingMismatch(
+            f"accounting does not balance (a bug, please report it): {report.accounting_line()}",
+            report,
         )
-        mismatch.report = report  # type: ignore[attr-defined]
-        raise mismatch
     return report
 
 

@@ -227,7 +227,9 @@ class RateGovernor:
     AIMD: on a 429 the rate is halved (at most once per second, so the 429s
     of requests already in flight count once); while requests succeed it
     climbs back by ``max_rate / climb_seconds`` per second, up to the
-    configured cap. The limiter has a capacity of one, so it never bursts.
+    configured cap, in steps at most once a second. Each pace is an
+    :class:`~aiolimiter.AsyncLimiter` of capacity one, so it never bursts; a
+    new pace gets a new limiter, through aiolimiter's public API only.
     """
 
     def __init__(
@@ -244,11 +246,24 @@ class RateGovernor:
         self.lowest_rate = max_rate
         self.climb_per_s = max_rate / climb_seconds
         self._limiter = AsyncLimiter(1, 1 / max_rate)
+        self._fresh = False
         self._last_decrease = -1e9
         self._last_change = clock()
 
     async def acquire(self) -> None:
-        await self._limiter.acquire()
+        """Wait for this request's turn at the current pace."""
+        while True:
+            limiter = self._limiter
+            if self._fresh:
+                # A new limiter starts with its one slot free: burn it, so the first
+                # request at the new pace waits a full period too and a change never bursts.
+                self._fresh = False
+                await limiter.acquire()
+                continue
+            await limiter.acquire()
+            if limiter is self._limiter:
+                return
+            # The pace changed while this request waited: queue again at the new one.
 
     def _set(self, rate: float) -> None:
         rate = max(self.min_rate, min(self.max_rate, rate))
@@ -257,15 +272,8 @@ class RateGovernor:
             return
         self.rate = rate
         self.lowest_rate = min(self.lowest_rate, rate)
-        # Re-pace the one shared limiter rather than replacing it: a new limiter
-        # starts with a free slot, and tasks queued on the old one would keep its
-        # pace, so every change would let a small burst through. Level is leaked
-        # at the old rate first so the change only affects the future.
-        limiter = self._limiter
-        if limiter._level:  # only a limiter already used has a level (and a loop)
-            limiter._leak()
-        limiter.time_period = 1 / rate
-        limiter._rate_per_sec = rate
+        self._limiter = AsyncLimiter(1, 1 / rate)
+        self._fresh = True
 
     def on_throttled(self) -> None:
         now = self.clock()
@@ -275,8 +283,8 @@ class RateGovernor:
             log.info("throttled by the API (429): rate lowered to %.2f requests/s", self.rate)
 
     def on_success(self) -> None:
-        if self.rate < self.max_rate:
-            elapsed = self.clock() - self._last_change
+        elapsed = self.clock() - self._last_change
+        if self.rate < self.max_rate and elapsed >= 1.0:
             self._set(self.rate + self.climb_per_s * elapsed)
 
 
@@ -409,7 +417,7 @@ class Sender:
         try:
             await self._deliver(batch, done, 0, 0)
         except RunStopped as exc:
-            exc.outcomes = done  # type: ignore[attr-defined]
+            exc.outcomes = done
             raise
         return done
 

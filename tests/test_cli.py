@@ -155,3 +155,54 @@ def test_python_dash_m_importer_help():
     assert proc.returncode == 0
     assert "blueshift-import" in proc.stdout
     assert "run" in proc.stdout and "fake-api" in proc.stdout
+
+
+def test_validate_gives_the_verdict_of_run_dry_run_with_every_cleaning_option(cli, tmp_path):
+    """validate takes --config, --map, --phone-region and --on-invalid like run does."""
+    data = tmp_path / "people.csv"
+    data.write_text(
+        "Mail,Tel,Points\n"
+        "a@example.com,020 7946 0958,1\n"  # a UK number: valid only with --phone-region GB
+        "b@example.com,not a phone,2\n"  # drop-field keeps the row, skip-row rejects it
+        ",,3\n",  # no identifier: rejected either way
+        encoding="utf-8",
+    )
+    config = tmp_path / "import.toml"
+    config.write_text('[columns."Points"]\ntarget = "loyalty_points"\ntype = "int"\n')
+    args = [
+        str(data),
+        "--config",
+        str(config),
+        "--map",
+        "Mail=email",
+        "--map",
+        "Tel=phone_number",
+        "--phone-region",
+        "GB",
+        "--on-invalid",
+        "drop-field",
+        "--show",
+        "5",
+    ]
+    checked = cli("validate", *args, "--report", str(tmp_path / "validate.json"))
+    dry = cli("run", *args, "--dry-run", "--no-state", "--report", str(tmp_path / "dry.json"))
+    assert checked.exit_code == dry.exit_code == 1
+    verdicts = []
+    for name in ("validate.json", "dry.json"):
+        report = json.loads((tmp_path / name).read_text())
+        verdicts.append(
+            (report["rows_read"], report["rejected"], report["not_sent"], report["reject_reasons"])
+        )
+    assert verdicts[0] == verdicts[1] == (3, 1, 2, verdicts[0][3])
+    payloads = [
+        json.loads(line.strip()) for line in checked.stdout.splitlines() if line.startswith("  {")
+    ]
+    assert payloads[0] == {
+        "email": "a@example.com",
+        "phone_number": "+442079460958",
+        "loyalty_points": 1,
+    }
+    assert payloads[1] == {"email": "b@example.com", "loyalty_points": 2}
+    assert [line for line in dry.stdout.splitlines() if line.startswith("  {")] == [
+        line for line in checked.stdout.splitlines() if line.startswith("  {")
+    ]

@@ -75,11 +75,11 @@ def test_default_map_uses_option_and_parameter_names_and_resolves_paths(tmp_path
     )
     result = default_map(config, run.params)
     assert result == {
-        "fmt": "jsonl",
+        "format": "jsonl",
         "dead_letter_path": str(tmp_path / "conf" / "out" / "dl.jsonl"),
         "report_path": "/abs/report.json",
-        "maps": ["Mail=email"],
-        "drops": ["A", "B"],
+        "column_map": ["Mail=email"],
+        "drop_columns": ["A", "B"],
         "rate": 2,
         "mock": True,
     }
@@ -125,7 +125,7 @@ def test_starter_config_parses_and_holds_the_mapping(tmp_path):
         "region",
         "rate",
         "concurrency",
-        "fmt",
+        "format",
         "max_error_rate",
     }
 

@@ -179,6 +179,31 @@ def test_rate_governor_halves_once_per_second_and_climbs_back_over_time():
     assert governor.lowest_rate == 2.5
 
 
+async def test_rate_governor_paces_evenly_and_never_bursts_on_a_change():
+    governor = RateGovernor(40.0)
+    loop = asyncio.get_running_loop()
+    starts: list[tuple[float, float]] = []  # (start time, rate in force)
+
+    async def caller() -> None:
+        for _ in range(6):
+            await governor.acquire()
+            starts.append((loop.time(), governor.rate))
+            if len(starts) == 8:
+                governor.on_throttled()  # halve the pace while others are queued
+
+    await asyncio.gather(*(caller() for _ in range(4)))
+    assert len(starts) == 24
+    times = [t for t, _ in starts]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # One start per period at most, before and after the change (small timer slack).
+    for gap, (_, rate) in zip(gaps, starts[1:], strict=True):
+        assert gap >= 0.8 / 40.0
+        if rate == 20.0:
+            assert gap >= 0.8 / 20.0 or gap >= 0.8 / 40.0
+    after = [b - a for (a, ra), (b, rb) in zip(starts[8:], starts[9:], strict=False)]
+    assert min(after) >= 0.8 / 20.0
+
+
 # -- the retry loop against a scripted server ----------------------------------
 
 
