@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,6 +75,14 @@ def option(
     return field(default=default, metadata=meta, repr=env != "BLUESHIFT_API_KEY")
 
 
+_connection = partial(option, section="connection")
+_pace = partial(option, section="pace")
+_input = partial(option, section="input", shapes=True)
+_cleaning = partial(option, section="cleaning", shapes=True)
+_state = partial(option, section="state")
+_outputs = partial(option, section="outputs")
+
+
 @dataclass(frozen=True)
 class ImportOptions:
     """Everything that decides how a file is imported.
@@ -85,143 +94,109 @@ class ImportOptions:
     """
 
     # -- connection --
-    api_key: str | None = option(
-        None, "Blueshift user API key (prefer the environment variable).",
-        section="connection", env="BLUESHIFT_API_KEY",
-    )  # fmt: skip
-    region: str = option(
-        "us", "Blueshift data centre.", section="connection", env="BLUESHIFT_REGION",
-        choices=tuple(REGION_URLS),
-    )  # fmt: skip
-    base_url: str | None = option(
-        None, "Override the API base URL (e.g. a fake API).", section="connection",
-        env="BLUESHIFT_BASE_URL",
-    )  # fmt: skip
-    insecure_http: bool = option(
-        False, "Allow plain http:// to a non-loopback host.", section="connection"
+    api_key: str | None = _connection(
+        None, "Blueshift user API key (prefer the environment variable).", env="BLUESHIFT_API_KEY"
     )
+    region: str = _connection(
+        "us", "Blueshift data centre.", env="BLUESHIFT_REGION", choices=tuple(REGION_URLS)
+    )
+    base_url: str | None = _connection(
+        None, "Override the API base URL (e.g. a fake API).", env="BLUESHIFT_BASE_URL"
+    )
+    insecure_http: bool = _connection(False, "Allow plain http:// to a non-loopback host.")
 
     # -- pace and retries --
-    rate: float = option(5.0, "Requests per second (Blueshift recommends 5).", section="pace")
-    concurrency: int = option(4, "Requests in flight at once.", section="pace")
-    batch_size: int = option(
-        MAX_BATCH_SIZE, f"Customers per call (at most {MAX_BATCH_SIZE}).", section="pace",
-        shapes=True,
-    )  # fmt: skip
-    max_batch_bytes: int = option(
-        1_000_000, "Largest request body, bytes.", section="pace", shapes=True, cli=False
-    )
-    timeout: float = option(30.0, "Seconds to wait for one answer.", section="pace")
-    max_retries: int = option(8, "Retries of a failing call.", section="pace")
-    max_backoff: float = option(60.0, "Longest wait between retries, seconds.", section="pace")
-    backoff_base: float = option(
-        0.5, "First wait between retries, seconds.", section="pace", cli=False
-    )
-    give_up_after: float = option(
-        300.0, "Stop (exit 3) when nothing succeeded for this many seconds.", section="pace"
-    )
+    rate: float = _pace(5.0, "Requests per second (Blueshift recommends 5).")
+    concurrency: int = _pace(4, "Requests in flight at once.")
+    batch_size: int = _pace(MAX_BATCH_SIZE, "Customers per call (at most 50).", shapes=True)
+    max_batch_bytes: int = _pace(1_000_000, "Largest request body.", shapes=True, cli=False)
+    timeout: float = _pace(30.0, "Seconds to wait for one answer.")
+    max_retries: int = _pace(8, "Retries of a failing call.")
+    max_backoff: float = _pace(60.0, "Longest wait between retries, seconds.")
+    backoff_base: float = _pace(0.5, "First wait between retries, seconds.", cli=False)
+    give_up_after: float = _pace(300.0, "Stop (exit 3) when nothing succeeded this many seconds.")
 
     # -- input --
-    format: str | None = option(
-        None, "Input format (default: from the extension).", section="input", choices=FORMATS,
-        shapes=True,
-    )  # fmt: skip
-    encoding: str | None = option(
-        None, "Input encoding (default: detected; UTF-8, UTF-16 with BOM, else cp1252).",
-        section="input", shapes=True,
-    )  # fmt: skip
-    delimiter: str | None = option(
-        None, "CSV delimiter (default: sniffed from , ; tab |).", section="input", shapes=True
+    format: str | None = _input(
+        None, "Input format (default: from the extension).", choices=FORMATS
     )
-    chunk_rows: int = option(20_000, "Rows read and cleaned at a time.", section="input", cli=False)
-    max_field_bytes: int = option(
-        1_000_000, "Reject a row with a CSV cell longer than this (characters).",
-        section="input", shapes=True,
-    )  # fmt: skip
-    max_columns: int = option(
-        1_000, "Refuse a file with more columns (or distinct JSONL keys) than this.",
-        section="input", shapes=True,
-    )  # fmt: skip
-    max_json_depth: int = option(
-        32, "Reject a JSONL record nested deeper than this.", section="input", shapes=True
+    encoding: str | None = _input(
+        None, "Input encoding (default: detected; UTF-8, UTF-16 with BOM, else cp1252)."
     )
-    max_line_bytes: int = option(
-        4_000_000, "Reject a row on a physical line longer than this.", section="input",
-        shapes=True,
-    )  # fmt: skip
+    delimiter: str | None = _input(None, "CSV delimiter (default: sniffed from , ; tab |).")
+    chunk_rows: int = _input(20_000, "Rows read and cleaned at a time.", shapes=False, cli=False)
+    max_field_bytes: int = _input(1_000_000, "Reject a row with a CSV cell longer than this.")
+    max_columns: int = _input(1_000, "Refuse a file with more columns (or JSONL keys) than this.")
+    max_json_depth: int = _input(32, "Reject a JSONL record nested deeper than this.")
+    max_line_bytes: int = _input(4_000_000, "Reject a row on a physical line longer than this.")
 
     # -- mapping and cleaning --
-    mapping_file: Path | None = option(
+    mapping_file: Path | None = _cleaning(
         None, 'TOML mapping file: [columns."Name"] tables with target, type, drop.',
-        section="cleaning", flag="--mapping", metavar="FILE", path=True, shapes=True,
+        flag="--mapping", metavar="FILE", path=True,
     )  # fmt: skip
-    column_map: tuple[tuple[str, str], ...] = option(
-        (), "Map an input column to a Blueshift field (repeatable).", section="cleaning",
-        flag="--map", metavar="'COLUMN=field'", multiple=True, shapes=True,
+    column_map: tuple[tuple[str, str], ...] = _cleaning(
+        (), "Map an input column to a Blueshift field (repeatable).", flag="--map",
+        metavar="'COLUMN=field'", multiple=True,
     )  # fmt: skip
-    drop_columns: tuple[str, ...] = option(
-        (), "Leave a column out (repeatable).", section="cleaning", flag="--drop",
-        metavar="COLUMN", multiple=True, shapes=True,
-    )  # fmt: skip
-    drop_unmapped: bool = option(
-        False, "Drop columns that match no standard field instead of sending them as custom "
-        "attributes.", section="cleaning", shapes=True,
-    )  # fmt: skip
-    phone_region: str = option(
-        "US", "Region for phone numbers written without a country code (e.g. US, GB, DE).",
-        section="cleaning", metavar="CC", shapes=True,
-    )  # fmt: skip
-    on_invalid: str = option(
-        "skip-row", "A bad value rejects its row, drops only that field, or stops the run.",
-        section="cleaning", choices=ON_INVALID, shapes=True,
-    )  # fmt: skip
-    empty_as_null: bool = option(
-        False, "Send empty cells as null (clearing the profile field) instead of leaving them "
-        "out.", section="cleaning", shapes=True,
-    )  # fmt: skip
+    drop_columns: tuple[str, ...] = _cleaning(
+        (), "Leave a column out (repeatable).", flag="--drop", metavar="COLUMN", multiple=True
+    )
+    drop_unmapped: bool = _cleaning(
+        False,
+        "Drop columns that match no standard field instead of sending them as custom attributes.",
+    )
+    phone_region: str = _cleaning(
+        "US", "Region for phone numbers written without a country code (e.g. US, GB).", metavar="CC"
+    )
+    on_invalid: str = _cleaning(
+        "skip-row",
+        "A bad value rejects its row, drops only that field, or stops the run.",
+        choices=ON_INVALID,
+    )
+    empty_as_null: bool = _cleaning(
+        False, "Send empty cells as null (clearing the field) instead of leaving them out."
+    )
 
     # -- state: resume and incremental imports --
-    state_path: Path | None = option(
-        None, "SQLite file recording confirmed rows and payload hashes (for --resume, "
-        "--changed-only).", section="state", flag="--state", env="BLUESHIFT_IMPORT_STATE",
-        path=True, cli_default=Path(".blueshift-import") / "state.sqlite",
-    )  # fmt: skip
-    resume: bool = option(
-        False, "Continue the interrupted run of FILE: skip rows already confirmed, append to "
-        "outputs.", section="state",
-    )  # fmt: skip
-    force: bool = option(
-        False, "With --resume: start over even if FILE or the options changed.", section="state"
+    state_path: Path | None = _state(
+        None,
+        "SQLite file recording confirmed rows and payload hashes (for --resume, --changed-only).",
+        flag="--state",
+        env="BLUESHIFT_IMPORT_STATE",
+        path=True,
+        cli_default=Path(".blueshift-import") / "state.sqlite",
     )
-    changed_only: bool = option(
-        False, "Skip customers whose payload equals the last one the API confirmed (nightly "
-        "imports).", section="state",
-    )  # fmt: skip
+    resume: bool = _state(
+        False,
+        "Continue the interrupted run of FILE: skip rows already confirmed, append to outputs.",
+    )
+    force: bool = _state(False, "With --resume: start over even if FILE or the options changed.")
+    changed_only: bool = _state(
+        False, "Skip customers whose payload equals the last one the API confirmed (nightly runs)."
+    )
 
     # -- outputs --
-    report_path: Path | None = option(
-        None, "Write the JSON report here.", section="outputs", flag="--report", path=True
+    report_path: Path | None = _outputs(
+        None, "Write the JSON report here.", flag="--report", path=True
     )
-    dead_letter_path: Path | None = option(
-        None, "JSONL file for customers that could not be delivered (re-importable).",
-        section="outputs", flag="--dead-letter", path=True,
-    )  # fmt: skip
-    rejects_path: Path | None = option(
-        None, "CSV or JSONL file for rows that failed validation.", section="outputs",
-        flag="--rejects", path=True,
-    )  # fmt: skip
-    overwrite: bool = option(False, "Replace existing output files.", section="outputs")
-    dry_run: bool = option(
-        False, "Read, clean and batch, but send nothing; show a preview.", section="outputs"
+    dead_letter_path: Path | None = _outputs(
+        None,
+        "JSONL file for customers that could not be delivered (re-importable).",
+        flag="--dead-letter",
+        path=True,
     )
-    preview_size: int = option(
-        5, "How many payloads a dry run prints, exactly as they would be sent.",
-        section="outputs", flag="--show",
-    )  # fmt: skip
-    max_error_rate: float = option(
-        0.0, "Fraction of rows that may be rejected or dead-lettered with exit code 0.",
-        section="outputs",
-    )  # fmt: skip
+    rejects_path: Path | None = _outputs(
+        None, "CSV or JSONL file for rows that failed validation.", flag="--rejects", path=True
+    )
+    overwrite: bool = _outputs(False, "Replace existing output files.")
+    dry_run: bool = _outputs(False, "Read, clean and batch, but send nothing; show a preview.")
+    preview_size: int = _outputs(
+        5, "How many payloads a dry run prints, exactly as sent.", flag="--show"
+    )
+    max_error_rate: float = _outputs(
+        0.0, "Fraction of rows that may be rejected or dead-lettered with exit code 0."
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

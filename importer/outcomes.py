@@ -295,20 +295,25 @@ class ImportReport:
     def accounting_ok(self) -> bool:
         return self.rows_read == self.accounted
 
+    def accounting_terms(self) -> list[tuple[str, int]]:
+        """The right-hand side of the accounting equation as (label, count); zero optional terms
+        (unchanged, already done, not sent) are left out."""
+        terms = [
+            ("succeeded", self.succeeded),
+            ("rejected", self.rejected),
+            ("dead-lettered", self.dead_lettered),
+            ("merged", self.merged_duplicates),
+        ]
+        optional = [
+            ("unchanged", self.unchanged_skipped),
+            ("already done", self.already_done),
+            ("not sent", self.not_sent),
+        ]
+        return terms + [(label, n) for label, n in optional if n]
+
     def accounting_line(self) -> str:
         """``rows_read N = succeeded + rejected + ...`` with the figures, and whether it holds."""
-        parts = [
-            f"succeeded {self.succeeded}",
-            f"rejected {self.rejected}",
-            f"dead-lettered {self.dead_lettered}",
-            f"merged {self.merged_duplicates}",
-        ]
-        if self.unchanged_skipped:
-            parts.append(f"unchanged {self.unchanged_skipped}")
-        if self.already_done:
-            parts.append(f"already done {self.already_done}")
-        if self.not_sent:
-            parts.append(f"not sent {self.not_sent}")
+        parts = [f"{label} {n}" for label, n in self.accounting_terms()]
         verdict = (
             "balanced" if self.accounting_ok else f"MISMATCH by {self.rows_read - self.accounted}"
         )

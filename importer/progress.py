@@ -337,19 +337,9 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
     lines = [f"{title} in {format_duration(report.duration_s)} ({report.duration_s:.1f} s)"]
     if report.mapping:
         lines.append("mapping: " + ", ".join(f"{s} -> {t}" for s, t in report.mapping))
-    lines += [
-        f"  rows read        {report.rows_read}",
-        f"  succeeded        {report.succeeded}",
-        f"  rejected         {report.rejected}",
-        f"  dead-lettered    {report.dead_lettered}",
-        f"  merged repeats   {report.merged_duplicates}",
-    ]
-    if report.unchanged_skipped:
-        lines.append(f"  unchanged        {report.unchanged_skipped}")
-    if report.already_done:
-        lines.append(f"  already done     {report.already_done}")
-    if report.not_sent:
-        lines.append(f"  not sent         {report.not_sent}")
+    lines.append(f"  {'rows read':<16} {report.rows_read}")
+    for label, n in report.accounting_terms():
+        lines.append(f"  {'merged repeats' if label == 'merged' else label:<16} {n}")
     if report.dropped_fields:
         lines.append(f"  fields dropped   {report.dropped_fields} (invalid values left out)")
     lines.append(
