@@ -10,17 +10,15 @@ Must not: clean values, map columns or know about the API. It never holds more
 than one chunk of the file in memory.
 """
 
-from .chunk import Chunk, Limits
-from .dead_letter import DEAD_LETTER_KEYS, unwrap_dead_letter
+from .chunk import Chunk
+from .dead_letter import unwrap_dead_letter
 from .input_hash import InputHasher
-from .opening import detect_encoding, detect_format, sniff_delimiter
-from .reading import Source, SourceInfo, read_chunks
+from .opening import SourceInfo, detect_encoding, detect_format, sniff_delimiter
+from .reading import Source, read_chunks
 
 __all__ = [
-    "DEAD_LETTER_KEYS",
     "Chunk",
     "InputHasher",
-    "Limits",
     "Source",
     "SourceInfo",
     "detect_encoding",

@@ -14,12 +14,17 @@ import codecs
 import csv
 import gzip
 import io
+import logging
+import os
 import sys
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InputUnreadable
+
+log = logging.getLogger(__name__)
 
 SNIFF_BYTES = 64 * 1024
 DELIMITERS = ",;\t|"
@@ -121,14 +126,52 @@ class ByteCounter(io.RawIOBase):
         return len(data)
 
 
-def open_bytes(path: str | Path) -> tuple[io.BufferedReader[Any], ByteCounter, bool, bytes]:
-    """Open ``path`` (stdin for ``-``) as buffered, decompressed bytes.
+@dataclass(frozen=True)
+class SourceInfo:
+    """What was detected about the input."""
 
-    Returns the stream, the counter of bytes read from the file itself
-    (compressed bytes for gzip), whether it is gzip, and its first
-    :data:`SNIFF_BYTES` bytes (left in the stream). Raises
-    :class:`InputUnreadable` when it cannot be opened or decompressed.
+    name: str
+    format: str
+    encoding: str
+    delimiter: str | None
+    compressed: bool
+    size: int | None
+
+
+def open_input(
+    path: str | Path, format: str | None, encoding: str | None, delimiter: str | None
+) -> tuple[io.BufferedReader[Any], ByteCounter, SourceInfo]:
+    """Open ``path`` (stdin for ``-``) and tell what it holds; the overrides win.
+
+    Returns the decompressed bytes, the counter of bytes read from the file
+    itself (compressed bytes for gzip) and what was detected; warns when the
+    encoding is a guess. Raises :class:`InputUnreadable` when the input cannot
+    be opened or decompressed, its format or encoding is unknown, or it looks
+    binary.
     """
+    stream, counter, compressed, head = _open_bytes(path)
+    try:
+        fmt = detect_format(path, format)
+        enc, warning = detect_encoding(head, encoding)
+        if warning:
+            log.warning("%s: %s", path, warning)
+        if looks_binary(head, enc):
+            raise InputUnreadable(
+                f"{path}: looks like a binary file, not {fmt.upper()} text "
+                "(UTF-16 without a byte order mark needs --encoding utf-16)"
+            )
+        delim = None
+        if fmt == "csv":
+            delim = sniff_delimiter(head.decode(enc, "replace").lstrip("\ufeff"), delimiter)
+        size = None if str(path) == "-" else os.path.getsize(path)
+    except BaseException:
+        counter.close()
+        raise
+    return stream, counter, SourceInfo(str(path), fmt, enc, delim, compressed, size)
+
+
+def _open_bytes(path: str | Path) -> tuple[io.BufferedReader[Any], ByteCounter, bool, bytes]:
+    """The decompressed bytes of ``path``, their counter, whether gzip, and the first bytes."""
     if str(path) == "-":
         counter = ByteCounter(sys.stdin.buffer, owned=False)
     elif Path(path).is_dir():

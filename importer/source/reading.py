@@ -1,6 +1,6 @@
 """The source: an opened input and the chunks of rows it yields.
 
-Owns: putting the parts together (open, detect, decode, then CSV or JSONL
+Owns: putting the parts together (open and detect, decode, then CSV or JSONL
 records), the errors met while reading as :class:`~importer.errors.InputUnreadable`,
 and the warning that counts the bytes read with the cp1252 fallback.
 
@@ -9,14 +9,11 @@ Must not: parse records itself, clean values, map columns or know about the API.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import logging
-import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +21,9 @@ from ..errors import InputUnreadable
 from .chunk import Chunk, Limits
 from .csv_rows import CsvRows
 from .jsonl_rows import jsonl_chunks
-from .opening import (
-    SNIFF_BYTES,
-    Utf8Bytes,
-    detect_encoding,
-    detect_format,
-    looks_binary,
-    open_bytes,
-    sniff_delimiter,
-)
+from .opening import SNIFF_BYTES, Utf8Bytes, open_input
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """What was detected about the input."""
-
-    name: str
-    format: str
-    encoding: str
-    delimiter: str | None
-    compressed: bool
-    size: int | None
 
 
 class Source:
@@ -84,32 +61,13 @@ class Source:
         )
         #: The CSV header's names, once :meth:`chunks` has read it.
         self.columns: list[str] = []
-        self._stream, self._counter, compressed, head = open_bytes(path)
-        try:
-            self.format = detect_format(path, format)
-            enc, warning = detect_encoding(head, encoding)
-            if warning:
-                log.warning("%s: %s", path, warning)
-            if looks_binary(head, enc):
-                raise InputUnreadable(
-                    f"{path}: looks like a binary file, not {self.format.upper()} text "
-                    "(UTF-16 without a byte order mark needs --encoding utf-16)"
-                )
-            delim = None
-            if self.format == "csv":
-                delim = sniff_delimiter(head.decode(enc, "replace").lstrip("\ufeff"), delimiter)
-            size = None if str(path) == "-" else os.path.getsize(path)
-        except BaseException:
-            self.close()
-            raise
-        self._utf8 = Utf8Bytes(self._stream, enc, fallback=not encoding)
-        self.info = SourceInfo(str(path), self.format, enc, delim, compressed, size)
+        stream, self._counter, self.info = open_input(path, format, encoding, delimiter)
+        self.format = self.info.format
+        # An encoding the user chose is applied strictly; a guessed one falls back per byte.
+        self._utf8 = Utf8Bytes(stream, self.info.encoding, fallback=not encoding)
 
     def close(self) -> None:
-        """Close the input (stdin stays open)."""
-        # Closing a half-read gzip stream may complain; there is nothing left to lose.
-        with contextlib.suppress(Exception):
-            self._stream.close()
+        """Close the input file (stdin stays open); the streams over it go with it."""
         self._counter.close()
 
     @property
