@@ -10,11 +10,8 @@ repeated and the median reported.
 
 The file is read whole before cleaning starts, and cleaning's figure is the
 CPU time of the thread that runs it (``time.thread_time``; it runs nowhere
-else). With ``--stream`` each chunk is cleaned as it is read, as a run does:
-Arrow's reader then parses the next blocks on threads of its own meanwhile,
-which on a two-core machine slows the cleaning thread itself (shared caches
-and memory bandwidth), and the process's CPU time over the same span would
-also charge that reading to cleaning. The line for reading, cleaning and
+else). With ``--stream`` each chunk is cleaned as it is read, as a run does,
+and reading is then not timed on its own. The line for reading, cleaning and
 packing together is the whole process's CPU time either way.
 
 Cleaning hands its customers on as columns; the next stage, batching, makes
@@ -54,7 +51,7 @@ def measure(path: Path, chunk_rows: int, stream: bool = False) -> dict[str, Any]
     t_total = time.process_time()
     chunks: Iterable[Chunk] = read_chunks(path, chunk_rows=chunk_rows)
     if not stream:
-        # Read everything first, so the reader's threads are idle while cleaning is timed.
+        # Read everything first, so reading is timed apart from cleaning.
         chunks = list(chunks)
     read_s = time.process_time() - t_total
     for chunk in chunks:
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--stream",
         action="store_true",
-        help="Clean each chunk as it is read, as a run does (reading then shares the machine).",
+        help="Clean each chunk as it is read, as a run does (reading is not timed apart).",
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1106,12 +1106,6 @@ def infer_column_types(chunk: Chunk, mapping: ColumnMapping) -> dict[str, str]:
 
 def _distinct_present(chunk: Chunk, src: str) -> np.ndarray:
     """The distinct trimmed non-empty values of column ``src``, in no particular order."""
-    if chunk.arrow is not None:
-        distinct = pc.unique(
-            pc.utf8_trim(pc.unique(chunk.arrow.column(src)), characters=_WHITESPACE)
-        )
-        present = distinct.filter(pc.greater(pc.binary_length(distinct), 0))
-        return present.to_numpy(zero_copy_only=False)
     values, empty = _prepare(chunk.frame[src])
     return pd.unique(values[~empty])
 
@@ -1151,10 +1145,7 @@ def clean_chunk(
     group_pair: dict[str, tuple[str, _Prepared]] = {}
     names = set(chunk.column_names)
     sources = [src for src in mapping.targets if src in names] if n else []
-    if chunk.arrow is not None:
-        prepared = _prepare_arrow(chunk.arrow, sources)
-    else:
-        prepared = _prepare_frame(chunk.frame, sources)
+    prepared = _prepare_frame(chunk.frame, sources)
     for src, target in mapping.targets.items():
         if src not in prepared:
             continue

@@ -23,15 +23,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
 
 from .errors import UsageError
 from .records import Outcome, Reject
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 REPORT_SCHEMA_VERSION = 1
 #: Characters that make a spreadsheet treat a cell as a formula.
@@ -148,40 +145,6 @@ class RejectsWriter:
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
-
-
-#: Keys every dead-letter line has; a JSONL input whose rows all have them is a dead-letter file.
-DEAD_LETTER_KEYS = ("payload", "source", "record", "error", "attempts")
-
-
-def unwrap_dead_letter(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """The payloads of a dead-letter chunk as a frame with one column per field, or None.
-
-    ``frame`` is a chunk of a JSONL input. When its columns are those of a
-    dead-letter line and every row's ``payload`` is an object, the result has
-    the same rows in the same order (same index), with the exact payload
-    values (no float conversion of integers; a field a payload lacks is None).
-    Otherwise the chunk is an ordinary input and None is returned.
-    """
-    if frame.empty or not all(k in frame.columns for k in DEAD_LETTER_KEYS):
-        return None
-    payloads = frame["payload"].tolist()
-    if not all(isinstance(p, dict) for p in payloads):
-        return None
-    fields: dict[str, None] = {}
-    for p in payloads:
-        fields.update(dict.fromkeys(p))
-    # Here rather than at the top: the report and the writers do not need pandas, and the
-    # command imports this module for every subcommand (pandas is loaded once a chunk exists).
-    import pandas as pd
-
-    return pd.DataFrame(
-        {
-            str(k): pd.Series([p.get(k) for p in payloads], index=frame.index, dtype=object)
-            for k in fields
-        },
-        index=frame.index,
-    )
 
 
 class DeadLetterWriter:

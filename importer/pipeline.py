@@ -21,20 +21,13 @@ from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions, fingerprint
-from .outcomes import (
-    DeadLetterWriter,
-    ImportReport,
-    RejectsWriter,
-    refuse_existing,
-    unwrap_dead_letter,
-)
+from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
 from .records import Batch
 from .sending import Sender
-from .source import Chunk, Source
+from .source import Chunk, InputHasher, Source, unwrap_dead_letter
 from .state import (
     ConfirmationWriter,
     Fingerprint,
-    InputHasher,
     StateReader,
     StateStore,
     target_tag,

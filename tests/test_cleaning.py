@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,22 +40,6 @@ def jsonl_chunk(objects: list[dict[str, Any]]) -> Chunk:
     return Chunk(frame, records, records.copy())
 
 
-def arrow_chunk(chunk: Chunk) -> Chunk | None:
-    """The same cells as the Arrow CSV reader hands them over, or None if it could not.
-
-    The Arrow reader gives every cell as text, never missing, and only valid UTF-8.
-    """
-    names = list(chunk.frame.columns)
-    try:
-        columns = [pa.array(chunk.frame[n].to_numpy(dtype=object), type=pa.string()) for n in names]
-    except (pa.ArrowException, UnicodeError):
-        return None
-    if any(c.null_count for c in columns):
-        return None
-    cells = pa.RecordBatch.from_arrays(columns, names=names)
-    return Chunk(None, chunk.records, chunk.lines, list(chunk.rejects), arrow=cells)
-
-
 def _outcome(chunk: Chunk, types: bool, options: ImportOptions) -> Any:
     """What cleaning ``chunk`` gives: the inferred types and the result, or the error raised."""
     mapping = resolve_mapping(chunk.column_names)
@@ -68,18 +51,9 @@ def _outcome(chunk: Chunk, types: bool, options: ImportOptions) -> Any:
 
 
 def clean(rows: list[dict[str, Any]], jsonl: bool = False, types: bool = True, **options: Any):
-    """Clean ``rows`` as one chunk; a CSV chunk is cleaned in its Arrow form too, to the same."""
+    """Clean ``rows`` as one chunk."""
     chunk = jsonl_chunk(rows) if jsonl else csv_chunk(rows)
-    opts = ImportOptions(**options)
-    column_types, result = _outcome(chunk, types and not jsonl, opts)
-    twin = None if jsonl else arrow_chunk(chunk)
-    if twin is not None:
-        twin_types, twin_result = _outcome(twin, types, opts)
-        assert twin_types == column_types
-        if isinstance(result, Exception):
-            assert (type(twin_result), str(twin_result)) == (type(result), str(result))
-        else:
-            assert twin_result == result
+    _, result = _outcome(chunk, types and not jsonl, ImportOptions(**options))
     if isinstance(result, Exception):
         raise result
     return result
@@ -341,8 +315,8 @@ def test_empty_as_null_sends_null_but_never_for_identifiers():
     ]
 
 
-def test_arrow_read_chunks_clean_like_python_read_chunks(tmp_path):
-    """The Arrow reader's chunks (cells kept as Arrow text) clean exactly like frames of str."""
+def test_read_chunks_clean_with_types_from_the_first_chunk(tmp_path):
+    """Chunks as the reader gives them, the first split as a run splits it."""
     header = ["customer_id", "email", "First Name", "points", "subscription_group_id"]
     header.append("subscription_group_subscribed")
     rows = [
@@ -361,20 +335,12 @@ def test_arrow_read_chunks_clean_like_python_read_chunks(tmp_path):
         ImportOptions(empty_as_null=True),
         ImportOptions(),
     ):
-        outcomes = []
-        for arrow in (True, False):
-            with Source(path, chunk_rows=4) as source:
-                if not arrow:
-                    source._arrow_start = lambda: None  # type: ignore[method-assign]
-                chunks = list(source.chunks())
-            assert all((c.arrow is not None) == arrow for c in chunks)
-            mapping = resolve_mapping(chunks[0].column_names)
-            types = infer_column_types(chunks[0], mapping)
-            head, tail = chunks[0].split(1)
-            results = [clean_chunk(c, mapping, options, types) for c in (head, tail, *chunks[1:])]
-            outcomes.append((types, results))
-        assert outcomes[0] == outcomes[1]
-    types, results = outcomes[0]
+        with Source(path, chunk_rows=4) as source:
+            chunks = list(source.chunks())
+        mapping = resolve_mapping(chunks[0].column_names)
+        types = infer_column_types(chunks[0], mapping)
+        head, tail = chunks[0].split(1)
+        results = [clean_chunk(c, mapping, options, types) for c in (head, tail, *chunks[1:])]
     assert types == {"points": "int"}
     # Rejects quote the cell as it was read, surrounding spaces included.
     quoted = {(r.record, r.column, r.value) for result in results for r in result.rejects}

@@ -22,7 +22,7 @@ import pytest
 
 from importer import import_file
 from importer.errors import ApiKeyRejected, ApiUnavailable
-from importer.outcomes import unwrap_dead_letter
+from importer.source import unwrap_dead_letter
 
 from .conftest import API_KEY, fast_options, write_csv
 

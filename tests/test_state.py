@@ -15,7 +15,6 @@ from importer.records import Customer, Reject
 from importer.state import (
     RANGE_SPAN,
     Fingerprint,
-    InputHasher,
     StateReader,
     StateStore,
     parse_age,
@@ -98,25 +97,6 @@ def test_resume_of_stdin_is_refused(tmp_path):
     store = StateStore(tmp_path / "s.sqlite")
     with store, pytest.raises(UsageError, match="standard input"):
         store.begin_run(Fingerprint.of("-"), SETTINGS, resume=True)
-
-
-def test_input_hasher_checks_the_checkpoint_when_it_passes_it(tmp_path):
-    src = _input(tmp_path, "x" * 5000)
-    hasher = InputHasher(src)
-    checkpoint = hasher.advance(3000)
-    hasher.close()
-    ok = InputHasher(src, checkpoint)
-    assert not ok.verified
-    ok.advance(1000)
-    assert not ok.verified
-    ok.advance(4000)
-    assert ok.verified
-    ok.close()
-    src.write_text("y" + "x" * 4999)
-    bad = InputHasher(src, checkpoint)
-    with pytest.raises(InputChanged, match="content changed"):
-        bad.finish()
-    bad.close()
 
 
 async def _confirm(store: StateStore, run, customers: list[Customer], delivered: bool = True):

@@ -1,0 +1,76 @@
+"""The values the source stage hands on: :class:`Chunk`, and the :class:`Limits` it reads under.
+
+Owns: the shape of a chunk and splitting one in two. Must not: read files or clean values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..records import Reject
+
+#: How much raw text of an unparseable record a reject keeps (personal data, possibly huge).
+REJECT_TEXT_CHARS = 1_000
+
+
+def shorten(text: str) -> str:
+    """``text`` cut to :data:`REJECT_TEXT_CHARS` characters, marked with an ellipsis if cut."""
+    return text if len(text) <= REJECT_TEXT_CHARS else text[:REJECT_TEXT_CHARS] + "…"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How the input is read: rows per chunk, and the structural limits (see ``Source``)."""
+
+    chunk_rows: int
+    max_field_bytes: int
+    max_columns: int
+    max_json_depth: int
+    max_line_bytes: int
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """Consecutive rows of the input.
+
+    ``frame`` has the source's column names. CSV cells are Python strings in
+    object columns (``""`` for an empty cell, no type inferred); JSONL values
+    keep their JSON types (missing keys are NaN). ``records`` and ``lines``
+    give, per row, the 1-based record number and the physical line it starts
+    on. ``rejects`` are the unparseable rows met while reading this chunk;
+    ``rows_read`` counts both. ``bytes_read`` is how far the file had been
+    read when the chunk was made.
+    """
+
+    frame: pd.DataFrame
+    records: np.ndarray
+    lines: np.ndarray
+    rejects: list[Reject] = field(default_factory=list)
+    bytes_read: int | None = None
+
+    @property
+    def column_names(self) -> list[str]:
+        """The source's column names, in order."""
+        return list(self.frame.columns)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows parsed (the unparseable ones, in ``rejects``, not counted)."""
+        return len(self.frame)
+
+    @property
+    def rows_read(self) -> int:
+        return self.num_rows + len(self.rejects)
+
+    def split(self, n: int) -> tuple[Chunk, Chunk]:
+        """The first ``n`` rows and the rest; each reject goes with the rows around it."""
+        cut = int(self.records[n - 1]) if 0 < n <= len(self.records) else 0
+        head = [r for r in self.rejects if r.record <= cut]
+        tail = [r for r in self.rejects if r.record > cut]
+        return (
+            Chunk(self.frame.iloc[:n], self.records[:n], self.lines[:n], head, self.bytes_read),
+            Chunk(self.frame.iloc[n:], self.records[n:], self.lines[n:], tail, self.bytes_read),
+        )

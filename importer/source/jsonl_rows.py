@@ -1,0 +1,111 @@
+"""JSONL records: one JSON object per line, parsed with orjson, in chunks of rows.
+
+Owns: lines and their numbers (a record's number is its line's), and the JSONL
+limits (bytes per line, nesting depth, keys per record and in the file). A bad
+line becomes a :class:`~importer.records.Reject`; the rest is still read.
+
+Must not: open files or decode bytes (it is given UTF-8), or look at what a value means.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from ..records import Reject
+from .chunk import REJECT_TEXT_CHARS, Chunk, Limits, shorten
+
+
+def jsonl_chunks(utf8: IO[bytes], limits: Limits, bytes_read: Callable[[], int]) -> Iterator[Chunk]:
+    """Chunks of up to ``chunk_rows`` objects from the UTF-8 lines of ``utf8``.
+
+    ``bytes_read()`` says how far the file was read. Blank lines are skipped.
+    """
+    objects: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    rejects: list[Reject] = []
+    keys: set[str] = set()
+    for lineno, line in _lines(utf8, limits.max_line_bytes):
+        if line is None:
+            reason = f"line longer than {limits.max_line_bytes} bytes"
+            rejects.append(Reject(lineno, lineno, reason))
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            excerpt = shorten(line[: REJECT_TEXT_CHARS * 4].decode(errors="replace").rstrip("\r\n"))
+            rejects.append(Reject(lineno, lineno, f"not valid JSON: {exc.args[0]}", value=excerpt))
+            continue
+        reject = _check_object(obj, lineno, keys, limits)
+        if reject is not None:
+            rejects.append(reject)
+            continue
+        objects.append(obj)
+        numbers.append(lineno)
+        if len(objects) >= limits.chunk_rows:
+            yield _chunk(objects, numbers, rejects, bytes_read())
+            objects, numbers, rejects = [], [], []
+    if objects or rejects:
+        yield _chunk(objects, numbers, rejects, bytes_read())
+
+
+def _lines(utf8: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, line)``; ``None`` for a line over ``limit`` bytes (read, not kept)."""
+    lineno = 0
+    while True:
+        line = utf8.readline(limit + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = utf8.readline(limit)
+            yield lineno, None
+        else:
+            yield lineno, line.removeprefix(codecs.BOM_UTF8) if lineno == 1 else line
+
+
+def _check_object(obj: Any, lineno: int, keys: set[str], limits: Limits) -> Reject | None:
+    """A reject when a parsed line is not an object or breaks a limit, else None.
+
+    ``keys`` holds the distinct keys met so far and gains this object's.
+    """
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        found = kind.get(type(obj), "a number")
+        value = obj if isinstance(obj, str) else orjson.dumps(obj).decode()
+        reason = f"expected a JSON object, found {found}"
+        return Reject(lineno, lineno, reason, value=value[:REJECT_TEXT_CHARS])
+    if len(obj) > limits.max_columns:
+        return Reject(lineno, lineno, f"more than {limits.max_columns} keys in one record")
+    if _depth(obj, limits.max_json_depth + 1) > limits.max_json_depth:
+        reason = f"JSON nested deeper than {limits.max_json_depth} levels"
+        return Reject(lineno, lineno, reason)
+    new = obj.keys() - keys
+    if len(keys) + len(new) > limits.max_columns:
+        reason = f"brings the file over {limits.max_columns} distinct keys (columns)"
+        return Reject(lineno, lineno, reason)
+    keys.update(new)
+    return None
+
+
+def _depth(value: Any, cap: int) -> int:
+    """Nesting depth of ``value`` (objects and arrays), counting no further than ``cap``."""
+    if cap <= 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, cap - 1) for v in children), default=0)
+
+
+def _chunk(objects: list[Any], numbers: list[int], rejects: list[Reject], at: int) -> Chunk:
+    frame = pd.DataFrame.from_records(objects) if objects else pd.DataFrame()
+    frame = frame.astype(object).rename(columns=str)
+    records = np.array(numbers, dtype=np.int64)
+    return Chunk(frame, records, records.copy(), rejects, at)
