@@ -1,0 +1,80 @@
+"""State: what earlier runs confirmed, for ``--resume`` and ``--changed-only``.
+
+Owns one SQLite database (stdlib ``sqlite3``, WAL journal, ``synchronous=NORMAL``),
+created with mode 0600, and the lock file beside it that keeps two runs from
+using one state at once. It records, per run, the input's fingerprint, the
+options that shape the payloads and batches, which source records are done
+(as short ranges of record numbers), and, per customer identifier, a hash of
+the last payload the API confirmed. Its parts:
+
+- :mod:`.store` — opening, schema and upgrades, the lock, starting or resuming
+  a run (and refusing a changed input), prune, reset and the summary;
+- :mod:`.confirmations` — :class:`ConfirmationWriter`, the only writer during a
+  run: one transaction per batch the API answered, progress notes, the finish;
+- :mod:`.reader` — :class:`StateReader`, the producer's look-ups;
+- :mod:`.input_hash` — :class:`InputHasher`, the resume checkpoint of the input.
+
+Durability: each batch the API answered is committed, in one transaction,
+from the event loop's thread before the worker that sent it takes another
+batch. A commit survives the process being killed (``kill -9``, a crash, an
+out-of-memory kill): with WAL it is in the operating system's cache as soon
+as it returns. So ``--resume`` after a kill sends again at most the batches
+that were in flight. With ``synchronous=NORMAL`` the WAL is flushed to disk
+only at checkpoints, not at each commit: a power loss or kernel crash may
+undo the last commits before the next checkpoint; the state is not
+corrupted, and those batches count as not done, so ``--resume`` sends them
+again (the API upserts, so that is harmless). ``synchronous=FULL`` would add
+an fsync to every commit, one per batch.
+
+How the content hash is checked on resume: a hash of the whole file is only
+known at its end, so the run records a *checkpoint* instead — the number of
+bytes read so far and the SHA-256 of exactly those bytes, taken as each chunk
+is read (from a second handle, so the first request is never delayed by a
+scan). A chunk's checkpoint is recorded before any of its rows can be
+confirmed, so every row marked done lies within the checkpointed bytes. On
+``--resume``, size and modification time are compared at once; the content
+is re-hashed as the file is read again, and no batch is sent until the
+re-read reaches the checkpoint and the hashes match. A mismatch raises
+:class:`~importer.errors.InputChanged` before anything from the changed file
+was sent.
+
+Must not: send anything, read the input's records, or decide validity.
+"""
+
+from .confirmations import ConfirmationWriter
+from .input_hash import InputHasher
+from .reader import StateReader
+from .store import (
+    DEFAULT_STATE_PATH,
+    RANGE_SPAN,
+    SCHEMA_VERSION,
+    Fingerprint,
+    RunInfo,
+    StateStore,
+    open_summary,
+    parse_age,
+    payload_hash,
+    record_ranges,
+    run_settings,
+    target_tag,
+    trim_output,
+)
+
+__all__ = [
+    "DEFAULT_STATE_PATH",
+    "RANGE_SPAN",
+    "SCHEMA_VERSION",
+    "ConfirmationWriter",
+    "Fingerprint",
+    "InputHasher",
+    "RunInfo",
+    "StateReader",
+    "StateStore",
+    "open_summary",
+    "parse_age",
+    "payload_hash",
+    "record_ranges",
+    "run_settings",
+    "target_tag",
+    "trim_output",
+]

@@ -1,0 +1,62 @@
+"""The input's resume checkpoint: SHA-256 of the bytes read so far (producer thread).
+
+Owns only the hashing of the input file's bytes, through a handle of its own.
+Must not: touch the state database, or parse the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..errors import InputChanged
+
+#: Bytes read at a time when hashing the input.
+HASH_BLOCK = 1 << 20
+
+
+class InputHasher:
+    """SHA-256 of the input's first bytes, advanced as the source reads (producer thread).
+
+    It reads the file through its own handle, block by block, just behind
+    the source, so it never delays the first request. ``verify`` is the
+    ``(bytes, hexdigest)`` checkpoint of an interrupted run: crossing it
+    compares the hashes and raises :class:`InputChanged` on a mismatch;
+    :attr:`verified` says whether it has been passed.
+    """
+
+    def __init__(self, path: str | Path, verify: tuple[int, str | None] | None = None):
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._hash = hashlib.sha256()
+        self.position = 0
+        self._verify = verify if verify and verify[0] > 0 and verify[1] else None
+        self.verified = self._verify is None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def advance(self, upto: int) -> tuple[int, str]:
+        """Hash the file up to byte ``upto``; return the checkpoint ``(bytes, hexdigest)``."""
+        if self._verify is not None and not self.verified and upto >= self._verify[0]:
+            self._read_to(self._verify[0])
+            if self.position != self._verify[0] or self._hash.hexdigest() != self._verify[1]:
+                raise InputChanged(
+                    "the input's content changed since the interrupted run (its first "
+                    f"{self._verify[0]} bytes hash differently); refusing to resume. "
+                    "Pass --resume --force to start over."
+                )
+            self.verified = True
+        self._read_to(upto)
+        return self.position, self._hash.hexdigest()
+
+    def finish(self) -> tuple[int, str]:
+        """Hash to the end of the file: the whole content's checkpoint."""
+        return self.advance(1 << 62)
+
+    def _read_to(self, upto: int) -> None:
+        while self.position < upto:
+            block = self._file.read(min(HASH_BLOCK, upto - self.position))
+            if not block:
+                return
+            self._hash.update(block)
+            self.position += len(block)
