@@ -26,17 +26,11 @@ corrupted, and those batches count as not done, so ``--resume`` sends them
 again (the API upserts, so that is harmless). ``synchronous=FULL`` would add
 an fsync to every commit, one per batch.
 
-How the content hash is checked on resume: a hash of the whole file is only
-known at its end, so the run records a *checkpoint* instead — the number of
-bytes read so far and the SHA-256 of exactly those bytes, taken as each chunk
-is read (from a second handle, so the first request is never delayed by a
-scan). A chunk's checkpoint is recorded before any of its rows can be
-confirmed, so every row marked done lies within the checkpointed bytes. On
-``--resume``, size and modification time are compared at once; the content
-is re-hashed as the file is read again, and no batch is sent until the
-re-read reaches the checkpoint and the hashes match. A mismatch raises
-:class:`~importer.errors.InputChanged` before anything from the changed file
-was sent.
+Resuming a changed input is refused: the run records a *checkpoint* of the
+input (bytes read so far and their SHA-256, see :class:`InputHasher`) before
+any row of the chunk it covers can be confirmed, so every row marked done lies
+within the checkpointed bytes; a resumed run sends nothing until its re-read
+has passed the checkpoint with the same hash.
 
 Must not: send anything, read the input's records, or decide validity.
 """
@@ -46,15 +40,12 @@ from .input_hash import InputHasher
 from .reader import StateReader
 from .store import (
     DEFAULT_STATE_PATH,
-    RANGE_SPAN,
-    SCHEMA_VERSION,
     Fingerprint,
     RunInfo,
     StateStore,
     open_summary,
     parse_age,
     payload_hash,
-    record_ranges,
     run_settings,
     target_tag,
     trim_output,
@@ -62,8 +53,6 @@ from .store import (
 
 __all__ = [
     "DEFAULT_STATE_PATH",
-    "RANGE_SPAN",
-    "SCHEMA_VERSION",
     "ConfirmationWriter",
     "Fingerprint",
     "InputHasher",
@@ -73,7 +62,6 @@ __all__ = [
     "open_summary",
     "parse_age",
     "payload_hash",
-    "record_ranges",
     "run_settings",
     "target_tag",
     "trim_output",

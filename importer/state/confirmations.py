@@ -10,7 +10,6 @@ for the producer (that is :mod:`.reader`).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -21,8 +20,8 @@ from .store import RunInfo, StateStore, payload_hash, record_ranges, transaction
 class ConfirmationWriter:
     """Records confirmed batches, each committed before its worker goes on.
 
-    Every method runs in the event loop's thread, with one connection opened
-    there. :meth:`record` commits a batch in one short transaction (a few
+    Make it, and call every method, in the event loop's thread: it opens
+    its connection there. :meth:`record` commits a batch in one short transaction (a few
     pages; it does not wait for the disk, see "Durability" in the package
     docstring), so a batch counts as done before its worker takes the next
     one and a crash re-sends at most the batches in flight. Progress notes
@@ -37,13 +36,7 @@ class ConfirmationWriter:
         self.checkpoint = (run.checkpoint_bytes, run.checkpoint_hash)
         self.rejects = (run.rejects_through, run.rejects_offset)
         self.dead_letter_offset = run.dead_letter_offset
-        self._conn: sqlite3.Connection | None = None
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = self.store.connect()
-        return self._conn
+        self.conn = store.connect()
 
     def start(self, rejects_offset: int | None, dead_letter_offset: int | None) -> None:
         """Record where the output files end as the run (re)starts."""
@@ -104,10 +97,8 @@ class ConfirmationWriter:
                 conn.execute("DELETE FROM done WHERE run_id = ?", (self.run.run_id,))
 
     def close(self) -> None:
-        """Close the connection (from the thread that used the writer)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the connection."""
+        self.conn.close()
 
     def _write_progress(self, confirmed: int = 0, dead_lettered: int = 0) -> None:
         """Add to the run's counts and write its progress notes (in the caller's transaction)."""

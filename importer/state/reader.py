@@ -39,25 +39,17 @@ class StateReader:
             self._conn.close()
             self._conn = None
 
-    def done_records(self, first: int, last: int) -> set[int]:
-        """Record numbers in ``[first, last]`` that an earlier attempt of this run settled."""
-        if not self.run.resumed or last < first:
-            return set()
-        rows = self.conn.execute(
-            "SELECT lo, hi FROM done WHERE run_id = ? AND lo BETWEEN ? AND ? AND hi >= ?",
-            (self.run.run_id, first - RANGE_SPAN, last, first),
-        )
-        done: set[int] = set()
-        for lo, hi in rows:
-            done.update(range(max(lo, first), min(hi, last) + 1))
-        return done
-
     def skip_done(self, customers: Sequence[Customer]) -> tuple[Sequence[Customer], int]:
-        """The customers not yet done, and how many were skipped."""
+        """The customers an earlier attempt of this run did not settle, and how many it did."""
         if not self.run.resumed or not customers:
             return customers, 0
-        records = [c.record for c in customers]
-        done = self.done_records(min(records), max(records))
+        first, last = min(c.record for c in customers), max(c.record for c in customers)
+        done: set[int] = set()
+        for lo, hi in self.conn.execute(
+            "SELECT lo, hi FROM done WHERE run_id = ? AND lo BETWEEN ? AND ? AND hi >= ?",
+            (self.run.run_id, first - RANGE_SPAN, last, first),
+        ):
+            done.update(range(max(lo, first), min(hi, last) + 1))
         kept = [c for c in customers if c.record not in done]
         return kept, len(customers) - len(kept)
 

@@ -298,11 +298,9 @@ class StateStore:
                 f"{self.path} is not a blueshift-import state this version can open ({exc})"
             ) from exc
 
-    def __enter__(self) -> StateStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def connect(self) -> sqlite3.Connection:
+        """A new connection for the calling thread."""
+        return connect(self.path)
 
     def close(self) -> None:
         """Release the lock (closing twice does nothing)."""
@@ -310,9 +308,11 @@ class StateStore:
             self._lock.release()
             self._lock = None
 
-    def connect(self) -> sqlite3.Connection:
-        """A new connection for the calling thread."""
-        return connect(self.path)
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def begin_run(
         self,
