@@ -395,7 +395,7 @@ async def _run(
                                 offset = run.dead_letter.path.stat().st_size
                         if run.writer is not None:
                             # Committed before the next batch: a crash re-sends those in flight.
-                            run.writer.record(batch, outcomes, offset)
+                            run.writer.record(outcomes, offset)
                         if observer is not None:
                             _sync_stats(report, sender)
                             observer(report)
@@ -424,7 +424,7 @@ async def _run(
                     if run.writer is not None:
                         done = run.completed and not failure and not run.stopping.is_set()
                         status = "completed" if done else ("stopped" if failure else "interrupted")
-                        await run.writer.finish(status, run.content_hash if done else None)
+                        run.writer.finish(status, run.content_hash if done else None)
         finally:
             run.close_outputs()
             run.close_state()

@@ -5,22 +5,25 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from importer.errors import InputChanged, StateError, StateLocked, UsageError
-from importer.records import Customer, Reject
+from importer.records import Customer, Outcome, Reject, encode_payload
 from importer.state import (
-    RANGE_SPAN,
+    ConfirmationWriter,
     Fingerprint,
     StateReader,
     StateStore,
+    open_summary,
     parse_age,
     payload_hash,
-    record_ranges,
 )
+from importer.state.store import RANGE_SPAN, record_ranges
 
 SETTINGS = {"batch_size": 50, "column_map": []}
 
@@ -40,8 +43,11 @@ def test_record_ranges_compress_consecutive_numbers_and_cap_the_span():
 
 
 def test_payload_hash_ignores_key_order_but_not_values():
-    assert payload_hash({"a": 1, "b": "x"}) == payload_hash({"b": "x", "a": 1})
-    assert payload_hash({"a": 1}) != payload_hash({"a": 2})
+    def digest(payload: dict) -> bytes:
+        return payload_hash(encode_payload(payload))
+
+    assert digest({"a": 1, "b": "x"}) == digest({"b": "x", "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
 
 
 @pytest.mark.parametrize(
@@ -65,9 +71,40 @@ def test_state_files_are_private_and_lock_names_the_holder(tmp_path):
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
         with pytest.raises(StateLocked, match=f"PID {os.getpid()}"):
             StateStore(path)
+        assert open_summary(path)["locked_by"] == str(os.getpid())
         conn.close()
     # Released on close: a second run may use it now.
     StateStore(path).close()
+    assert open_summary(path)["locked_by"] is None
+
+
+_WITHOUT_FCNTL = """
+import os, sys
+sys.modules["fcntl"] = None  # as on a platform that has no fcntl
+from importer.errors import StateLocked
+from importer.state import StateStore, open_summary
+path = sys.argv[1]
+with StateStore(path):
+    try:
+        StateStore(path)
+    except StateLocked as exc:
+        print(f"PID {os.getpid()}" in str(exc))
+    print(open_summary(path)["locked_by"] == str(os.getpid()))
+StateStore(path).close()
+print("fcntl" not in sys.modules or sys.modules["fcntl"] is None)
+"""
+
+
+def test_the_state_is_locked_where_fcntl_does_not_exist(tmp_path):
+    # filelock falls back to a lock file naming its holder there, and warns at import;
+    # the state silences that warning on purpose: -W error shows none escapes.
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _WITHOUT_FCNTL, str(tmp_path / "s.sqlite")],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True"]
 
 
 def test_a_file_that_is_not_a_state_is_refused(tmp_path):
@@ -99,25 +136,20 @@ def test_resume_of_stdin_is_refused(tmp_path):
         store.begin_run(Fingerprint.of("-"), SETTINGS, resume=True)
 
 
-async def _confirm(store: StateStore, run, customers: list[Customer], delivered: bool = True):
-    from importer.records import Outcome
-    from importer.state import ConfirmationWriter
-
+def _confirm(store: StateStore, run, customers: list[Customer], delivered: bool = True):
     writer = ConfirmationWriter(store, run, "t")
-    writer.record(_batch(customers), [Outcome(c, delivered) for c in customers], None)
-    await writer.finish("interrupted")
+    writer.record([Outcome(c, delivered) for c in customers], None)
+    writer.finish("interrupted")
     writer.close()
 
 
 def test_reader_skips_done_rows_and_unchanged_payloads_in_batches(tmp_path):
-    import asyncio
-
     src = _input(tmp_path)
     customers = [Customer({"email": f"u{i}@example.com", "n": i}, i, i + 1) for i in range(1, 1201)]
     with StateStore(tmp_path / "s.sqlite") as store:
         run = store.begin_run(Fingerprint.of(src), SETTINGS)
-        asyncio.run(_confirm(store, run, customers[:700]))
-        asyncio.run(_confirm(store, run, customers[700:710], delivered=False))
+        _confirm(store, run, customers[:700])
+        _confirm(store, run, customers[700:710], delivered=False)
         resumed = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
         reader = StateReader(store, resumed, "t")
         kept, done = reader.skip_done(customers)
@@ -143,19 +175,11 @@ def test_state_uses_wal_with_synchronous_normal(tmp_path):
         conn.close()
 
 
-def _batch(customers: list[Customer]):
-    from importer.batching import encode_payload
-    from importer.records import Batch
-
-    return Batch(tuple(customers), tuple(encode_payload(c.payload) for c in customers))
-
-
 def _tables(path: Path) -> dict[str, list]:
     conn = sqlite3.connect(path)
     try:
         return {
             "done": conn.execute("SELECT run_id, lo, hi FROM done ORDER BY lo").fetchall(),
-            "failed": conn.execute("SELECT run_id, record FROM failed ORDER BY record").fetchall(),
             "payloads": conn.execute(
                 "SELECT target, identifier, hash FROM payloads ORDER BY identifier"
             ).fetchall(),
@@ -163,112 +187,88 @@ def _tables(path: Path) -> dict[str, list]:
                 "SELECT status, confirmed, dead_lettered, checkpoint_bytes, checkpoint_hash, "
                 "rejects_through, rejects_offset, dead_letter_offset FROM runs"
             ).fetchall(),
-            "journal": conn.execute("SELECT count(*) FROM journal").fetchall(),
+            "tables": sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master")),
         }
     finally:
         conn.close()
 
 
-def _kill_after_confirming(path: Path, src: Path) -> list[Customer]:
-    """Confirm a few batches as a run would, then stop without finishing (as if killed)."""
-    import asyncio
-
-    from importer.records import Outcome
-    from importer.state import ConfirmationWriter
-
+def _customers() -> list[Customer]:
     customers = [Customer({"email": f"u{i}@example.com", "n": i}, i, i + 1) for i in range(1, 8)]
     customers.append(Customer({"customer_id": 8, "n": 8}, 8, 9, merged_records=(9,)))
+    return customers
 
-    async def confirm(writer: ConfirmationWriter) -> None:
-        writer.note_input((100, "abc"))
-        writer.record(_batch(customers[:4]), [Outcome(c, True) for c in customers[:4]], None)
-        writer.note_rejects(12, 34)
-        second = customers[4:]
-        # Settled out of order after a split; one of them refused and dead-lettered.
-        outcomes = [Outcome(c, c.record != 6) for c in reversed(second)]
-        writer.record(_batch(second), outcomes, 56)
 
+def _kill_after_confirming(path: Path, src: Path) -> list[Customer]:
+    """Confirm two batches as a run would, then stop without finishing (as if killed)."""
+    customers = _customers()
     with StateStore(path) as store:
         run = store.begin_run(Fingerprint.of(src), SETTINGS)
         writer = ConfirmationWriter(store, run, "t")
-        asyncio.run(confirm(writer))
+        writer.note_input((100, "abc"))
+        writer.record([Outcome(c, True) for c in customers[:4]], None)
+        writer.note_rejects(12, 34)
+        # Settled out of order after a split; one of them refused and dead-lettered.
+        writer.record([Outcome(c, c.record != 6) for c in reversed(customers[4:])], 56)
         writer.close()
     return customers
 
 
-def test_writer_commits_each_batch_at_once_and_checkpoints_in_its_thread(tmp_path, monkeypatch):
-    import threading
-
-    import importer.state
-    from importer.records import Outcome
-    from importer.state import ConfirmationWriter
-
-    monkeypatch.setattr(importer.state, "CHECKPOINT_EVERY", 2)
-    checkpointed_in: list[str] = []
-    checkpoint = ConfirmationWriter._checkpoint_wal
-
-    def spy(self: ConfirmationWriter) -> None:
-        checkpointed_in.append(threading.current_thread().name)
-        checkpoint(self)
-
-    monkeypatch.setattr(ConfirmationWriter, "_checkpoint_wal", spy)
+def test_writer_commits_each_batch_before_record_returns(tmp_path):
     path = tmp_path / "s.sqlite"
     customers = [Customer({"email": f"u{i}@example.com"}, i, i + 1) for i in range(1, 6)]
     with StateStore(path) as store:
         run = store.begin_run(Fingerprint.of(_input(tmp_path)), SETTINGS)
         writer = ConfirmationWriter(store, run, "t")
         for c in customers:
-            writer.record(_batch([c]), [Outcome(c, True)], None)
-            other = sqlite3.connect(path)  # committed as record() returns
-            assert other.execute("SELECT count(*) FROM journal").fetchone() == (c.record,)
+            writer.record([Outcome(c, True)], None)
+            other = sqlite3.connect(path)  # another connection sees it at once
+            assert other.execute("SELECT count(*) FROM payloads").fetchone() == (c.record,)
+            assert other.execute("SELECT max(hi) FROM done").fetchone() == (c.record,)
             other.close()
         writer.close()
-    assert checkpointed_in and all(n.startswith("state-writer") for n in checkpointed_in)
 
 
-def test_a_killed_runs_journal_is_applied_when_the_state_is_next_opened(tmp_path):
-    from importer.state import open_summary
-
+def test_a_killed_runs_confirmations_are_all_in_the_state(tmp_path):
     path = tmp_path / "s.sqlite"
     src = _input(tmp_path)
     customers = _kill_after_confirming(path, src)
-    assert _tables(path)["done"] == []  # still in the journal
-    summary = open_summary(path)  # what `state show` says meanwhile
+    summary = open_summary(path)  # what `state show` says
     assert summary["runs"][0]["confirmed"] == 7 and summary["runs"][0]["dead_lettered"] == 1
-    assert summary["payload_hashes"] == {"t": 7}
+    assert summary["payload_hashes"] == {"t": 7} and summary["locked_by"] is None
 
-    StateStore(path).close()
     tables = _tables(path)
-    assert tables["journal"] == [(0,)]
-    assert tables["done"] == [(1, 1, 4), (1, 5, 5), (1, 7, 9)]  # ranges per batch
-    assert tables["failed"] == [(1, 6)]
+    assert tables["done"] == [(1, 1, 4), (1, 5, 9)]  # ranges per batch, refused record 6 too
     assert tables["runs"] == [("running", 7, 1, 100, "abc", 12, 34, 56)]
-    hashes = {c.identifier: payload_hash(c.payload) for c in customers if c.record != 6}
+    hashes = {c.identifier: payload_hash(c.encoded) for c in customers if c.record != 6}
     assert tables["payloads"] == [("t", ident, hashes[ident]) for ident in sorted(hashes)]
 
     with StateStore(path) as store:
         resumed = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
-        assert resumed.resumed and resumed.confirmed == 7 and resumed.checkpoint_bytes == 100
+        assert resumed.resumed and resumed.checkpoint_bytes == 100
         reader = StateReader(store, resumed, "t")
-        assert reader.done_records(1, 10) == set(range(1, 10))
+        probe = [Customer({"email": "x@example.com"}, r, r + 1) for r in range(1, 11)]
+        kept, done = reader.skip_done(probe)
+        assert done == 9 and [c.record for c in kept] == [10]
         reader.close()
 
 
-def test_the_journal_is_applied_alike_without_sqlite_json_functions(tmp_path, monkeypatch):
-    import importer.state
-
-    src = _input(tmp_path)
-    with_json = tmp_path / "a.sqlite"
-    _kill_after_confirming(with_json, src)
-    StateStore(with_json).close()
-    without = tmp_path / "b.sqlite"
-    _kill_after_confirming(without, src)
-    missing = tuple(
-        s.replace("json_each", "json_each_missing") for s in importer.state._APPLY_JOURNAL
-    )
-    monkeypatch.setattr(importer.state, "_APPLY_JOURNAL", missing)
-    StateStore(without).close()
-    assert _tables(without) == _tables(with_json)
+def test_a_schema_2_state_gets_its_journal_applied_once_and_dropped(tmp_path):
+    path = tmp_path / "s.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript((Path(__file__).parent / "data" / "state_v2.sql").read_text())
+    conn.close()
+    StateStore(path).close()
+    tables = _tables(path)
+    assert "journal" not in tables["tables"] and "failed" not in tables["tables"]
+    # The journal's ranges, its dead-lettered record 6, and the failed table's record 20.
+    assert tables["done"] == [(1, 1, 4), (1, 5, 5), (1, 6, 6), (1, 7, 9), (1, 20, 20)]
+    assert tables["runs"] == [("running", 7, 1, 100, "abc", 12, 34, 56)]
+    # The same digests as this version's: --changed-only still skips those customers.
+    hashes = {c.identifier: payload_hash(c.encoded) for c in _customers() if c.record != 6}
+    assert tables["payloads"] == [("t", ident, hashes[ident]) for ident in sorted(hashes)]
+    StateStore(path).close()
+    assert _tables(path) == tables
 
 
 def test_a_schema_1_state_is_upgraded_and_a_newer_one_refused(tmp_path):
@@ -277,32 +277,32 @@ def test_a_schema_1_state_is_upgraded_and_a_newer_one_refused(tmp_path):
     conn = sqlite3.connect(path)
     conn.executescript(
         "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
-        "DROP TABLE journal;"
+        "CREATE TABLE failed (run_id INTEGER NOT NULL, record INTEGER NOT NULL);"
+        "INSERT INTO failed VALUES (1, 7);"
         "CREATE INDEX payloads_by_age ON payloads (confirmed_at);"
         "INSERT INTO payloads VALUES ('t', 'a@example.com', x'00', 1.0);"
     )
     conn.close()
     StateStore(path).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert "journal" in names and "payloads_by_age" not in names
+    assert "failed" not in names and "payloads_by_age" not in names
+    assert conn.execute("SELECT * FROM done").fetchall() == [(1, 7, 7)]
     assert conn.execute("SELECT count(*) FROM payloads").fetchone() == (1,)
-    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(StateError, match="schema 3"):
+    with pytest.raises(StateError, match="schema 4"):
         StateStore(path)
 
 
 def test_prune_and_reset_forget_old_entries(tmp_path):
-    import asyncio
-
     src = _input(tmp_path)
     path = tmp_path / "s.sqlite"
     with StateStore(path) as store:
         run = store.begin_run(Fingerprint.of(src), SETTINGS)
-        asyncio.run(_confirm(store, run, [Customer({"email": "a@example.com"}, 1, 2)]))
+        _confirm(store, run, [Customer({"email": "a@example.com"}, 1, 2)])
         assert store.prune(3600) == {"runs": 0, "payloads": 0}
         conn = sqlite3.connect(path)
         old = time.time() - 100 * 86400
@@ -313,7 +313,7 @@ def test_prune_and_reset_forget_old_entries(tmp_path):
         assert store.prune(parse_age("90d")) == {"runs": 1, "payloads": 1}
         store.begin_run(Fingerprint.of(src), SETTINGS)
         store.reset()
-        assert store.summary()["run_count"] == 0
+        assert open_summary(path)["run_count"] == 0
 
 
 def test_cli_state_commands_show_prune_reset(cli, tmp_path, fake_api):

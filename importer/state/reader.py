@@ -1,0 +1,79 @@
+"""Look-ups for the producer thread: rows already done, payloads unchanged, rejects written.
+
+Owns nothing on disk: it only reads, through a connection of its own opened
+in the thread that uses it (WAL lets it see every batch the writer committed).
+
+Must not: write to the state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ..records import Customer, Reject
+from .store import RANGE_SPAN, RunInfo, StateStore, payload_hash
+
+#: Identifiers per ``IN (...)`` query: well under SQLite's variable limit.
+LOOKUP_BATCH = 500
+
+
+class StateReader:
+    """What the producer may skip, a chunk at a time, so memory does not grow with the state."""
+
+    def __init__(self, store: StateStore, run: RunInfo, target: str):
+        self.store = store
+        self.run = run
+        self.target = target
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self.store.connect()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection (from the thread that used the reader)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def skip_done(self, customers: Sequence[Customer]) -> tuple[Sequence[Customer], int]:
+        """The customers an earlier attempt of this run did not settle, and how many it did."""
+        if not self.run.resumed or not customers:
+            return customers, 0
+        first, last = min(c.record for c in customers), max(c.record for c in customers)
+        done: set[int] = set()
+        for lo, hi in self.conn.execute(
+            "SELECT lo, hi FROM done WHERE run_id = ? AND lo BETWEEN ? AND ? AND hi >= ?",
+            (self.run.run_id, first - RANGE_SPAN, last, first),
+        ):
+            done.update(range(max(lo, first), min(hi, last) + 1))
+        kept = [c for c in customers if c.record not in done]
+        return kept, len(customers) - len(kept)
+
+    def new_rejects(self, rejects: list[Reject]) -> list[Reject]:
+        """Rejects not yet written to the rejects file by an earlier attempt."""
+        through = self.run.rejects_through if self.run.resumed else 0
+        return [r for r in rejects if r.record > through]
+
+    def skip_unchanged(self, customers: Sequence[Customer]) -> tuple[list[Customer], int]:
+        """The customers whose payload differs from the last confirmed one (or is new)."""
+        kept: list[Customer] = []
+        for start in range(0, len(customers), LOOKUP_BATCH):
+            group = customers[start : start + LOOKUP_BATCH]
+            idents = [c.identifier or "" for c in group]
+            known = dict(
+                self.conn.execute(
+                    "SELECT identifier, hash FROM payloads WHERE target = ? "  # noqa: S608
+                    f"AND identifier IN ({','.join('?' * len(idents))})",
+                    (self.target, *idents),
+                )
+            )
+            kept += [
+                c
+                for c, i in zip(group, idents, strict=True)
+                if known.get(i) != payload_hash(c.encoded)
+            ]
+        return kept, len(customers) - len(kept)
