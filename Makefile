@@ -36,7 +36,7 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff format importer tests benchmarks
 	$(BIN)/ruff check --fix importer tests benchmarks
 
-# Other modes: make bench BENCH_ARGS="--rows 15000 --rate 5" (see README, Performance).
+# Other modes: make bench BENCH_ARGS="--rows 15000 --rate 5" (see benchmarks/README.md).
 BENCH_ARGS ?= --rows 20000 --uncapped
 
 bench: $(TEST_STAMP)

@@ -1,6 +1,6 @@
 """The embedded fake Blueshift API: an aiohttp.web server that behaves like the real one.
 
-Owns: ``POST /api/v1/customers/bulk`` as modelled in DESIGN.md — Basic auth
+Owns: ``POST /api/v1/customers/bulk`` as modelled in docs/ARCHITECTURE.md — Basic auth
 (401), more than 50 customers (413), malformed JSON (400), a token-bucket rate
 limit (429 with ``Retry-After``), per-record validation reported as a 200
 with an ``errors`` array — plus seeded faults for testing: any status with a

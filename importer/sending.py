@@ -34,7 +34,8 @@ from .records import Batch, Outcome, delivered_outcomes
 log = logging.getLogger(__name__)
 
 BULK_PATH = "/api/v1/customers/bulk"
-#: Statuses that mean "try again later" (DESIGN.md), retried up to ``max_retries`` times.
+#: Statuses that mean "try again later" (see docs/ARCHITECTURE.md), retried up to
+#: ``max_retries`` times.
 RETRYABLE_STATUSES = frozenset({404, 408, 409, 429, 502, 503, 504})
 #: A 500 (or another 5xx) may be a bug on the server's side: this many attempts in all.
 MAX_ATTEMPTS_ON_500 = 3

@@ -1,8 +1,15 @@
 """Docs that check themselves: every command has help with an example and is in the README;
-the README documents every exit code and every key of the JSON report."""
+the README documents every exit code, every key of the JSON report and every option.
+
+The README's options table is generated from the option fields
+(:func:`options_table`); ``UPDATE_README=1 python -m pytest tests/test_docs.py``
+rewrites it in place instead of failing when it is out of date.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +19,11 @@ import pytest
 
 from importer import cli as cli_module
 from importer.cli import main
+from importer.options import SECTIONS, cli_fields, flag_name
 from importer.outcomes import ImportReport
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README_PATH = Path(__file__).resolve().parent.parent / "README.md"
+README = README_PATH.read_text(encoding="utf-8")
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -43,9 +52,12 @@ COMMANDS = sorted(_commands(main))
 
 
 def _section(title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.S | re.M)
+    """The README's text under the heading ``title`` (## or ###), up to the next one as high."""
+    match = re.search(rf"^(##+) {re.escape(title)}\n", README, re.M)
     assert match, f"README has no '## {title}' section"
-    return match.group(1)
+    level = len(match.group(1))
+    end = re.compile(rf"^#{{2,{level}}} ", re.M).search(README, match.end())
+    return README[match.end() : end.start() if end else len(README)]
 
 
 def test_docs_found_the_commands():
@@ -85,17 +97,77 @@ def test_docs_readme_report_schema_names_every_key():
 def test_docs_readme_order_follows_what_users_ask_first():
     headings = re.findall(r"^## (.+)$", README, re.M)
     wanted = [
-        "Importing into Blueshift",
+        "Importing",
         "Columns and cleaning",
-        "What happens to each row",
-        "Running nightly",
-        "Resuming after a crash",
-        "Performance",
-        "Troubleshooting by HTTP status",
+        "Outputs",
+        "Exit codes",
+        "Resume and nightly runs",
+        "Configuration",
+        "Options",
+        "Library use",
     ]
     positions = [headings.index(h) for h in wanted]
     assert positions == sorted(positions), headings
     assert README.index("make demo") < README.index("## ")
+    assert README.index("make test") < README.index("## ")
+
+
+OPTIONS_START, OPTIONS_END = "<!-- options:start -->", "<!-- options:end -->"
+SECTION_TITLES = {
+    "connection": "Connection",
+    "pace": "Pace and retries",
+    "input": "Input",
+    "cleaning": "Mapping and cleaning",
+    "state": "State",
+    "outputs": "Outputs",
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _default(f: dataclasses.Field[object]) -> str:
+    value = f.metadata["cli_default"]
+    if value is None:
+        value = f.default
+    if value is None or value is False or value == ():
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def options_table() -> str:
+    """The README's options table: every command-line option field, a section at a time."""
+    lines = ["| option | default | environment | meaning |", "| --- | --- | --- | --- |"]
+    for section in SECTIONS:
+        lines.append(f"| **{SECTION_TITLES.get(section, section)}** | | | |")
+        for f in cli_fields(section):
+            m = f.metadata
+            flag = flag_name(f) + (f" {m['metavar']}" if m["metavar"] else "")
+            env = f"`{m['env']}`" if m["env"] else ""
+            meaning = m["help"]
+            if m["choices"]:
+                meaning += " One of " + ", ".join(f"`{c}`" for c in m["choices"]) + "."
+            cells = [f"`{_cell(flag)}`", _default(f), env, _cell(meaning)]
+            lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
+    return "\n".join(lines)
+
+
+def test_docs_readme_options_table_matches_the_option_fields():
+    start = README.index(OPTIONS_START) + len(OPTIONS_START)
+    end = README.index(OPTIONS_END)
+    expected = "\n" + options_table() + "\n"
+    if README[start:end] == expected:
+        return
+    if os.environ.get("UPDATE_README"):
+        README_PATH.write_text(README[:start] + expected + README[end:], encoding="utf-8")
+        return
+    pytest.fail(
+        "the README's options table is out of date; run "
+        "UPDATE_README=1 python -m pytest tests/test_docs.py, or paste:\n" + expected
+    )
 
 
 def _options(command: click.Command) -> Iterator[str]:
@@ -119,3 +191,22 @@ def test_docs_every_option_the_readme_names_exists(capsys):
             entry(["--help"])
         known |= set(re.findall(r"--[a-z][a-z0-9-]*", capsys.readouterr().out))
     assert named <= known, f"the README names options nothing has: {sorted(named - known)}"
+
+
+def test_docs_readme_stays_a_manual():
+    size = len(README.encode("utf-8"))
+    assert size <= 20_000, (
+        f"README.md is {size} bytes; keep the user's manual within 20,000 "
+        "(internals belong in docs/ARCHITECTURE.md, figures in benchmarks/README.md)"
+    )
+
+
+def test_docs_every_markdown_file_named_exists():
+    root = README_PATH.parent
+    sources = [README_PATH, *root.glob("docs/*.md"), *root.glob("benchmarks/*.md")]
+    sources += [*root.glob("importer/**/*.py"), *root.glob("benchmarks/*.py")]
+    for source in sources:
+        for name in re.findall(r"[\w./-]+\.md\b", source.read_text(encoding="utf-8")):
+            assert (root / name).is_file() or (source.parent / name).is_file(), (
+                f"{source.relative_to(root)} names {name}, which does not exist"
+            )
