@@ -8,19 +8,15 @@ timed separately and not included in the figure. Times are CPU seconds, so a
 busy machine slows the wall clock but not the figure much; the run is
 repeated and the median reported.
 
-The file is read whole before cleaning starts, and cleaning's figure is the
-CPU time of the thread that runs it (``time.thread_time``; it runs nowhere
-else). With ``--stream`` each chunk is cleaned as it is read, as a run does:
-Arrow's reader then parses the next blocks on threads of its own meanwhile,
-which on a two-core machine slows the cleaning thread itself (shared caches
-and memory bandwidth), and the process's CPU time over the same span would
-also charge that reading to cleaning. The line for reading, cleaning and
-packing together is the whole process's CPU time either way.
+The file is read whole (each chunk's frame made) before cleaning starts, and
+cleaning's figure is the CPU time of the thread that runs it
+(``time.thread_time``; it runs nowhere else). With ``--stream`` each chunk is
+cleaned as it is read, as a run does; the reader's work then shares the
+machine with cleaning. The line for reading, cleaning and packing together
+is the whole process's CPU time either way.
 
-Cleaning hands its customers on as columns; the next stage, batching, makes
-one ``Customer`` and one ``bytes`` per customer from them. That cost is timed
-too and printed on a line of its own, so the figure for cleaning does not
-hide work that merely moved.
+Cleaning makes each ``Customer`` with its payload encoded as JSON; packing
+them into batches is timed too and printed on a line of its own.
 
     .venv/bin/python -m benchmarks.bench_cleaning --rows 1000000
 """
@@ -54,8 +50,10 @@ def measure(path: Path, chunk_rows: int, stream: bool = False) -> dict[str, Any]
     t_total = time.process_time()
     chunks: Iterable[Chunk] = read_chunks(path, chunk_rows=chunk_rows)
     if not stream:
-        # Read everything first, so the reader's threads are idle while cleaning is timed.
+        # Read everything first, frames included, so no reading is timed as cleaning.
         chunks = list(chunks)
+        for chunk in chunks:
+            assert len(chunk.frame) == chunk.num_rows
     read_s = time.process_time() - t_total
     for chunk in chunks:
         t0 = time.thread_time()

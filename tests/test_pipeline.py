@@ -9,7 +9,6 @@ import pytest
 
 from importer import ImportOptions, import_file
 from importer.errors import ApiKeyRejected
-from importer.source import read_chunks
 
 from .conftest import fast_options, write_csv
 
@@ -71,19 +70,6 @@ def test_import_dry_run_sends_nothing(fake_api, tmp_path):
         "city": "Oslo",
     }
     assert report.accounting_ok
-
-
-def test_import_csv_never_turns_the_arrow_cells_into_a_frame(fake_api, tmp_path, monkeypatch):
-    def refuse(cells):
-        raise AssertionError("a CSV chunk's frame was built on the import path")
-
-    monkeypatch.setattr("importer.source._frame_of", refuse)
-    rows = _valid_rows(2500)
-    rows[1500]["email"] = " not an email "
-    path = write_csv(tmp_path / "c.csv", rows)
-    assert all(chunk.arrow is not None for chunk in read_chunks(path))
-    report = import_file(path, ImportOptions(dry_run=True, base_url=fake_api.url))
-    assert report.rows_read == 2500 and report.rejected == 1 and report.accounting_ok
 
 
 def test_import_wrong_key_stops_with_report(make_fake_api, tmp_path):
