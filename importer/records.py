@@ -42,6 +42,10 @@ class Customer:
     once with the customer. ``record`` and ``line`` locate its row;
     ``merged_records`` lists the records merged into it (repeats of the same
     customer), for accounting. Customers compare by everything but ``encoded``.
+
+    The payload is read-only: ``encoded`` is made from it once, and customers
+    cleaned from one chunk share the values they have in common (a
+    ``subscription_groups`` list parsed once per distinct cell).
     """
 
     payload: Payload

@@ -285,14 +285,3 @@ def test_integer_column_gives_plain_json_numbers():
         b'{"email":"u5@x.org","n":12}',
     ]
     assert [(r.record, r.value) for r in result.rejects] == [(3, "0012")]
-
-
-def test_rows_sharing_a_groups_value_get_lists_of_their_own():
-    frame = pd.DataFrame(
-        {"customer_id": ["a", "b"], "subscription_groups": ['[{"id": "news"}]'] * 2}
-    )
-    chunk = Chunk(frame, np.arange(1, 3), np.arange(2, 4))
-    a, b = clean_chunk(chunk, resolve_mapping(list(frame.columns))).customers
-    assert a.payload["subscription_groups"] == b.payload["subscription_groups"]
-    assert a.payload["subscription_groups"] is not b.payload["subscription_groups"]
-    assert a.payload["subscription_groups"][0] is not b.payload["subscription_groups"][0]
