@@ -223,10 +223,12 @@ def clean_customer_id(value: Any) -> Cleaned:
 
 
 def clean_firstname(value: Any) -> Cleaned:
+    """The name as text, at most 64 characters."""
     return _short_text(value, "firstname", MAX_NAME)
 
 
 def clean_lastname(value: Any) -> Cleaned:
+    """The name as text, at most 64 characters."""
     return _short_text(value, "lastname", MAX_NAME)
 
 
@@ -245,6 +247,7 @@ def clean_bool(value: Any) -> Cleaned:
 
 
 def clean_string(value: Any) -> Cleaned:
+    """A ``string`` column's value as text (a JSON number becomes its digits)."""
     return as_text(value, "text")
 
 
@@ -258,7 +261,10 @@ def keep_value(value: Any) -> Cleaned:
 # -- dates and numbers -----------------------------------------------------------
 
 
-def _date_or_time(value: str) -> Cleaned:
+def clean_date(value: Any) -> Cleaned:
+    """ISO 8601: dates stay dates, times with a zone become UTC (``…Z``), others stay as given."""
+    if not isinstance(value, str):
+        return None, "invalid date: expected text in ISO 8601"
     if _PLAIN_DATE.fullmatch(value):
         try:
             date.fromisoformat(value)
@@ -279,13 +285,6 @@ def _date_or_time(value: str) -> Cleaned:
     if parsed.tzinfo is not None:
         return parsed.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z", None
     return parsed.isoformat(), None
-
-
-def clean_date(value: Any) -> Cleaned:
-    """ISO 8601: dates stay dates, times with a zone become UTC (``…Z``), others stay as given."""
-    if not isinstance(value, str):
-        return None, "invalid date: expected text in ISO 8601"
-    return _date_or_time(value)
 
 
 def clean_int(value: Any) -> Cleaned:
