@@ -14,10 +14,8 @@ else). With ``--stream`` each chunk is cleaned as it is read, as a run does,
 and reading is then not timed on its own. The line for reading, cleaning and
 packing together is the whole process's CPU time either way.
 
-Cleaning hands its customers on as columns; the next stage, batching, makes
-one ``Customer`` and one ``bytes`` per customer from them. That cost is timed
-too and printed on a line of its own, so the figure for cleaning does not
-hide work that merely moved.
+Cleaning makes each ``Customer`` with its payload encoded as JSON; packing
+them into batches is timed too and printed on a line of its own.
 
     .venv/bin/python -m benchmarks.bench_cleaning --rows 1000000
 """

@@ -1,12 +1,9 @@
 """Batching stage: pack clean customers into API calls of at most 50.
 
 Owns: the 50-per-call hard limit and the request-body byte ceiling. Each
-customer's JSON comes with it (cleaning encodes it; a customer made from a
-dict encodes itself once) and is reused by every attempt. Batches are full
-across chunk boundaries: only the last one may be partial. A chunk's
-customers usually arrive as a :class:`~importer.records.CustomerBlock`;
-its ``Customer`` objects are made here, all at once, and its payload sizes
-are read off the block's arrays.
+customer's JSON comes with it (encoded once, when the customer is made) and
+is reused by every attempt. Batches are full across chunk boundaries: only
+the last one may be partial.
 
 Must not: send, retry, or look at why a customer exists.
 """
@@ -16,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from .options import MAX_BATCH_SIZE
-from .records import Batch, Customer, CustomerBlock, encode_payload
+from .records import Batch, Customer, encode_payload
 
 __all__ = ["BatchPacker", "encode_payload", "pack_batches"]
 
@@ -60,41 +57,16 @@ class BatchPacker:
 
     def add(self, customers: Iterable[Customer]) -> list[Batch]:
         """Add customers; return the batches that became full."""
-        if isinstance(customers, CustomerBlock):
-            return self._add_block(customers)
         done: list[Batch] = []
         for customer in customers:
-            self._add_one(customer, customer.encoded, done)
-        return done
-
-    def _add_one(self, customer: Customer, data: bytes, done: list[Batch]) -> None:
-        if self._group and (
-            len(self._group) >= self.size or self._nbytes + len(data) + 1 > self.max_bytes
-        ):
-            done.append(self._emit())
-        self._group.append(customer)
-        self._encoded.append(data)
-        self._nbytes += len(data) + 1
-
-    def _add_block(self, block: CustomerBlock) -> list[Batch]:
-        """:meth:`add` for a block: whole stretches at a time where they fit the byte ceiling."""
-        done: list[Batch] = []
-        customers, encoded = block.customers_and_encodings()
-        sizes = block.encoded_sizes() + 1  # each with its comma
-        n, i = len(customers), 0
-        while i < n:
-            if len(self._group) >= self.size:
+            data = customer.encoded
+            if self._group and (
+                len(self._group) >= self.size or self._nbytes + len(data) + 1 > self.max_bytes
+            ):
                 done.append(self._emit())
-            stop = min(i + self.size - len(self._group), n)
-            nbytes = int(sizes[i:stop].sum())
-            if self._nbytes + nbytes <= self.max_bytes:
-                self._group.extend(customers[i:stop])
-                self._encoded.extend(encoded[i:stop])
-                self._nbytes += nbytes
-                i = stop
-            else:
-                self._add_one(customers[i], encoded[i], done)
-                i += 1
+            self._group.append(customer)
+            self._encoded.append(data)
+            self._nbytes += len(data) + 1
         return done
 
     def flush(self) -> list[Batch]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .records import Customer, CustomerBlock, Payload, customer_key
+from .records import Customer, Payload, customer_key
 
 __all__ = ["customer_key", "merge_payloads", "merge_repeats"]
 
@@ -57,11 +57,8 @@ def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], in
     The merged customer keeps the first row's place, record and line; the
     records merged into it are listed in ``merged_records``. Customers are
     otherwise returned in their original order. Without repeats, the very
-    sequence given is returned (a :class:`~importer.records.CustomerBlock`
-    is checked on its key column alone).
+    sequence given is returned.
     """
-    if isinstance(customers, CustomerBlock) and not customers.has_repeats():
-        return customers, 0
     keys = [c.key for c in customers]
     if len(set(keys)) == len(keys):
         return customers, 0

@@ -19,36 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MappingError
-
-#: Blueshift's standard customer fields and the header spellings that mean them,
-#: compared after :func:`header_key` folding.
-STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
-    "email": ("email", "e_mail", "email_address", "mail", "emailaddress"),
-    "customer_id": ("customer_id", "customerid", "cust_id", "user_id", "userid", "external_id"),
-    "phone_number": (
-        "phone_number",
-        "phone",
-        "phonenumber",
-        "mobile",
-        "mobile_number",
-        "mobile_phone",
-        "cell",
-        "cell_phone",
-        "telephone",
-        "phone_1",
-        "phone1",
-        "tel",
-    ),
-    "firstname": ("firstname", "first_name", "given_name", "givenname", "forename", "fname"),
-    "lastname": ("lastname", "last_name", "surname", "family_name", "familyname", "lname"),
-    "gender": ("gender", "sex"),
-    "joined_at": ("joined_at", "joined", "signup_date", "signed_up_at", "created_at", "join_date"),
-    "unsubscribed": ("unsubscribed", "is_unsubscribed", "opted_out", "unsubscribe"),
-    "unsubscribed_at": ("unsubscribed_at", "unsubscribe_date"),
-    "subscription_groups": ("subscription_groups", "subscriptions"),
-    "subscription_group_id": ("subscription_group_id",),
-    "subscription_group_subscribed": ("subscription_group_subscribed",),
-}
+from .fields import COLUMN_TYPES, STANDARD_FIELDS
 
 _SYNONYMS = {syn: target for target, syns in STANDARD_FIELDS.items() for syn in syns}
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -84,10 +55,6 @@ class ColumnMapping:
         out = [(s, t) for s, t in self.targets.items()]
         out.extend((s, "(dropped)") for s in self.dropped)
         return out
-
-
-#: Types a mapping file may declare for a column.
-COLUMN_TYPES = ("int", "float", "bool", "date", "string")
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+
 import orjson
-import pyarrow as pa
-from hypothesis import given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
 from importer.batching import BatchPacker, encode_payload, pack_batches
-from importer.records import Customer, CustomerBlock, Outcome, delivered_outcomes
+from importer.records import Customer, Outcome, delivered_outcomes
 
 
 def _customers(n: int, start: int = 0) -> list[Customer]:
@@ -82,43 +83,13 @@ def test_delivered_outcomes_equal_constructed_ones():
     assert all(type(o) is Outcome and o.kind == "http" and o.delivered for o in made)
 
 
-def _block(customers: list[Customer]) -> CustomerBlock:
-    records = np.array([c.record for c in customers], np.int64)
-    return CustomerBlock(
-        pa.array([c.encoded for c in customers], pa.binary()),
-        pa.array([c.key for c in customers], pa.string()),
-        records,
-        records + 1,
-    )
-
-
-@settings(deadline=None)
-@given(
-    st.lists(st.integers(min_value=0, max_value=130), max_size=8),
-    st.integers(1, 50),
-    st.sampled_from([1_000_000, 400, 120, 30]),
-    st.booleans(),
-)
-def test_blocks_are_packed_exactly_like_lists(chunk_sizes, size, max_bytes, first_as_list):
-    # Payloads of varying length, so a small byte ceiling cuts batches anywhere.
-    def chunk(n: int, start: int) -> list[Customer]:
-        return [
-            Customer({"email": f"u{i}@x.io", "note": "n" * (i % 40)}, i + 1, i + 2)
-            for i in range(start, start + n)
-        ]
-
-    as_lists, as_blocks = BatchPacker(size, max_bytes), BatchPacker(size, max_bytes)
-    got: list = []
-    expected: list = []
-    start = 0
-    for k, n in enumerate(chunk_sizes):
-        customers = chunk(n, start)
-        expected.extend(as_lists.add(customers))
-        mixed = customers if (first_as_list and k == 0) else _block(customers)
-        got.extend(as_blocks.add(mixed))
-        start += n
-    expected.extend(as_lists.flush())
-    got.extend(as_blocks.flush())
-    assert [(b.seq, b.encoded, [c.record for c in b.customers]) for b in got] == [
-        (b.seq, b.encoded, [c.record for c in b.customers]) for b in expected
-    ]
+def test_customer_is_immutable_and_encoded_once_when_made():
+    customer = Customer({"email": "a@example.com", "customer_id": "c1"}, 1, 2)
+    assert customer.encoded == encode_payload(customer.payload)
+    assert customer.encoded is customer.encoded
+    assert (customer.key, customer.identifier) == ("a@example.com", "a@example.com")
+    assert Customer({"customer_id": "c1"}, 1, 2).key == "\0c1"
+    assert customer == Customer({"customer_id": "c1", "email": "a@example.com"}, 1, 2)
+    assert "a@example.com" not in repr(customer)  # personal data stays out of logs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        customer.record = 5  # type: ignore[misc]

@@ -187,17 +187,17 @@ def test_phone_region_unknown_is_usage_error():
 
 
 def test_phone_each_distinct_value_parsed_once(monkeypatch):
-    from importer import cleaning
+    from importer.cleaning import rules
 
-    cleaning._phone_by_library.cache_clear()
+    rules._phone_by_library.cache_clear()
     calls: list[str] = []
-    real = cleaning.phonenumbers.parse
+    real = rules.phonenumbers.parse
 
     def counting(value, region):
         calls.append(value)
         return real(value, region)
 
-    monkeypatch.setattr(cleaning.phonenumbers, "parse", counting)
+    monkeypatch.setattr(rules.phonenumbers, "parse", counting)
     rows = [{"customer_id": str(i), "phone": "+49 30 1234567"} for i in range(500)]
     rows += [{"customer_id": "x", "phone": "(202) 555-0123"}]
     result = clean(rows)

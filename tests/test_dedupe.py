@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
 from importer import import_file
 from importer.dedupe import customer_key, merge_payloads, merge_repeats
-from importer.records import Customer, CustomerBlock, encode_payload
+from importer.records import Customer
 
 from .conftest import fast_options, write_csv
 
@@ -95,61 +93,3 @@ def test_repeated_customers_sent_once_and_counted(fake_api, tmp_path):
     ]
     assert (report.rows_read, report.succeeded, report.merged_duplicates) == (3, 2, 1)
     assert report.accounting_ok
-
-
-def _block(payloads: list[dict], keys: list[str | None]) -> CustomerBlock:
-    encoded = pa.array([encode_payload(p) for p in payloads], pa.binary())
-    records = np.arange(1, len(payloads) + 1)
-    return CustomerBlock(encoded, pa.array(keys, pa.string()), records, records + 1)
-
-
-def test_block_without_repeats_is_returned_without_making_customers():
-    block = _block([{"email": "a@x.com"}, {"customer_id": "a@x.com"}], ["a@x.com", "\0a@x.com"])
-    kept, merged = merge_repeats(block)
-    assert kept is block and merged == 0
-    assert block._items is None  # no Customer was made to find that out
-    assert list(block) == [_c(1, email="a@x.com"), _c(2, customer_id="a@x.com")]
-
-
-def test_block_with_repeats_merges_like_a_list():
-    payloads = [
-        {"email": "a@x.com", "city": "Oslo"},
-        {"email": "b@x.com"},
-        {"email": "a@x.com", "firstname": "Ann"},
-    ]
-    block = _block(payloads, ["a@x.com", "b@x.com", "a@x.com"])
-    assert block.has_repeats()
-    as_list = [_c(i + 1, **p) for i, p in enumerate(payloads)]
-    assert merge_repeats(block) == merge_repeats(as_list)
-    kept, merged = merge_repeats(block)
-    assert merged == 1 and kept[0].merged_records == (3,)
-
-
-def test_block_is_a_sequence_of_customers():
-    block = _block([{"email": "a@x.com"}, {"email": "b@x.com"}], ["a@x.com", "b@x.com"])
-    assert len(block) == 2 and block[1].record == 2 and block[1].line == 3
-    assert block[1:] == [_c(2, email="b@x.com")]
-    assert block == [_c(1, email="a@x.com"), _c(2, email="b@x.com")]
-    assert block[0].encoded == b'{"email":"a@x.com"}' and block[0].key == "a@x.com"
-    assert _block([{"city": "Oslo"}], [None]).has_repeats()  # no key: checked one by one
-    with pytest.raises(ValueError):
-        CustomerBlock(pa.array([b"{}"]), pa.array([], pa.string()), np.arange(1), np.arange(1))
-
-
-def test_block_with_positions_holds_only_those_rows():
-    payloads = [{"email": "a@x.com"}, {"email": "b@x.com", "city": "Oslo"}, {"email": "a@x.com"}]
-    encoded = pa.array([encode_payload(p) for p in payloads], pa.binary())
-    keys = pa.array(["a@x.com", "b@x.com", "a@x.com"], pa.string())
-    positions = np.array([1, 2])
-    block = CustomerBlock(encoded, keys, np.array([2, 3]), np.array([3, 4]), positions)
-    assert len(block) == 2 and not block.has_repeats()  # the repeat of row 0 is not the block's
-    assert block.payloads().to_pylist() == [encode_payload(p) for p in payloads[1:]]
-    assert block.merge_keys().to_pylist() == ["b@x.com", "a@x.com"]
-    assert block.encoded_sizes().tolist() == [len(encode_payload(p)) for p in payloads[1:]]
-    assert list(block) == [
-        Customer(payloads[1], 2, 3),
-        Customer(payloads[2], 3, 4),
-    ]
-    assert [c.key for c in block] == ["b@x.com", "a@x.com"]
-    with pytest.raises(ValueError):
-        CustomerBlock(encoded, keys, np.array([2]), np.array([3]), positions)

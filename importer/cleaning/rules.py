@@ -1,0 +1,385 @@
+"""The cleaning rules: one plain function per field or type, one value at a time.
+
+Each rule takes one trimmed, non-empty cell (a str for CSV; for JSONL any
+JSON value but null) and returns ``(clean value, None)`` or ``(None,
+reason)``; the reason reads ``invalid <what>: <why>``. Rules are pure, so
+the caller may apply each once per distinct value, and the few that call a
+validation library keep a bounded cache of its answers.
+
+Must not: look at other cells or rows, or decide a row's fate (that is
+:mod:`importer.cleaning.chunk`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from functools import lru_cache, partial
+from typing import Any
+
+import orjson
+import phonenumbers
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+
+from ..errors import UsageError
+from ..fields import GROUP_ID, GROUP_SUBSCRIBED
+
+#: A rule's answer: the clean value and None, or None and the reason it is invalid.
+Cleaned = tuple[Any, str | None]
+Rule = Callable[[Any], Cleaned]
+
+MAX_EMAIL = 64
+MAX_NAME = 64
+#: The API's phone rule: ``+``, no ``0`` after it, 6 to 14 characters.
+E164 = re.compile(r"\+[1-9][0-9]{4,12}")
+#: Integers beyond this lose precision in JSON consumers that read numbers as doubles.
+MAX_SAFE_INT = 2**53
+
+GENDERS = {
+    **dict.fromkeys(("m", "male", "man", "boy", "masculine", "mr", "h"), "male"),
+    **dict.fromkeys(("f", "female", "woman", "girl", "feminine", "w", "mrs", "ms"), "female"),
+    **dict.fromkeys(
+        (
+            "u",
+            "unknown",
+            "unspecified",
+            "not specified",
+            "prefer not to say",
+            "x",
+            "other",
+            "diverse",
+            "non-binary",
+            "nonbinary",
+        ),
+        "unknown",
+    ),
+}
+BOOLEANS = {
+    **dict.fromkeys(("true", "t", "yes", "y", "1"), True),
+    **dict.fromkeys(("false", "f", "no", "n", "0"), False),
+}
+
+INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+FLOAT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATETIME_TEXT = re.compile(
+    r"[0-9]{4}[-/][0-9]{2}[-/][0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+)
+
+
+def as_text(value: Any, what: str) -> Cleaned:
+    """Text as it is; a JSON number as its digits (``123`` → ``"123"``); anything else refused."""
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, f"invalid {what}: expected text"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None, f"invalid {what}: expected text"
+        return (str(int(value)) if value.is_integer() else repr(value)), None
+    return str(value), None
+
+
+def _short_text(value: Any, what: str, limit: int) -> Cleaned:
+    text, reason = as_text(value, what)
+    if reason is None and len(text) > limit:
+        return None, f"invalid {what}: longer than {limit} characters"
+    return text, reason
+
+
+def _spelling(value: Any, what: str, vocabulary: dict[str, Any]) -> Cleaned:
+    found = vocabulary.get(value.lower()) if isinstance(value, str) else None
+    if found is None:
+        return None, f"invalid {what}: not one of the known spellings"
+    return found, None
+
+
+# -- email ---------------------------------------------------------------------
+
+# Addresses of these shapes are ones email-validator accepts unchanged once
+# lowercased, so they skip it; anything else (quoted parts, IDNA, odd domains)
+# goes to the library. Internationalised local parts made of letters and
+# numbers are accepted unchanged when already in NFC, and at most 63 characters
+# keep the address within the library's 254-byte limit.
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"(?!xn--)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_PLAIN_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}")
+_INTL_ATOM = r"[\w!#$%&'*+/=?^`{|}~-]+"
+_INTL_EMAIL = re.compile(
+    rf"(?=.{{1,63}}$){_INTL_ATOM}(?:\.{_INTL_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}"
+)
+_SPECIAL_SUFFIXES = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
+#: An address without any of these cannot be split into local part and domain.
+_AT_SIGNS = re.compile("[@<\uff20\ufe6b]")
+
+
+@lru_cache(maxsize=65536)
+def _email_by_library(value: str) -> Cleaned:
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return None, f"invalid email: {exc}"
+    normalized = result.normalized.lower()
+    if len(normalized) > MAX_EMAIL:
+        return None, f"invalid email: longer than {MAX_EMAIL} characters"
+    return normalized, None
+
+
+def clean_email(value: Any) -> Cleaned:
+    """The address lowercased and checked by email-validator (no DNS), at most 64 characters."""
+    text, reason = as_text(value, "email")
+    if reason is not None:
+        return None, reason
+    s = text.lower()
+    if not _AT_SIGNS.search(s):
+        # The library's own reason, found once for all addresses without an @-sign.
+        return None, _email_by_library("no at-sign")[1]
+    plain = _PLAIN_EMAIL.fullmatch(s) is not None or (
+        _INTL_EMAIL.fullmatch(s) is not None and unicodedata.normalize("NFC", s) == s
+    )
+    if not plain or s.endswith(_SPECIAL_SUFFIXES):
+        return _email_by_library(s)
+    if len(s) > MAX_EMAIL:
+        return None, f"invalid email: longer than {MAX_EMAIL} characters"
+    return s, None
+
+
+# -- phone ---------------------------------------------------------------------
+
+# The common US and UK mobile shapes, whose E.164 form is their digits (with +1
+# before a US national number): phonenumbers gives the same for each.
+_NANP_INTL = r"\+1[ .-]?(?:\([2-9][0-9]{2}\)|[2-9][0-9]{2})[ .-]?[2-9][0-9]{2}[ .-]?[0-9]{4}"
+_UK_MOBILE = r"\+44 ?7[0-9]{3} ?[0-9]{6}"
+_INTL_SHAPE = re.compile(f"{_NANP_INTL}|{_UK_MOBILE}")
+_NANP_NATIONAL = re.compile(
+    r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]?)[2-9][0-9]{2}[ .-]?[0-9]{4}"
+)
+_NO_SEPARATORS = str.maketrans("", "", " .()-")
+_NANP_REGIONS = frozenset(phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1])
+
+_PARSE_ERRORS = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "no valid country code",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "not a phone number",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+    phonenumbers.NumberParseException.TOO_LONG: "too long",
+}
+_POSSIBLE_ERRORS = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "no valid country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "too short for its country",
+    phonenumbers.ValidationResult.TOO_LONG: "too long for its country",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "wrong length for its country",
+    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "a local number without area code",
+}
+
+
+def check_phone_region(region: str) -> str:
+    """The upper-case region code; raises :class:`UsageError` if phonenumbers does not know it."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise UsageError(
+            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+        )
+    return code
+
+
+@lru_cache(maxsize=65536)
+def _phone_by_library(value: str, region: str) -> Cleaned:
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        return None, f"invalid phone number: {_PARSE_ERRORS.get(exc.error_type, 'not parseable')}"
+    verdict = phonenumbers.is_possible_number_with_reason(number)
+    if verdict != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None, f"invalid phone number: {_POSSIBLE_ERRORS.get(verdict, 'not possible')}"
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if not E164.fullmatch(e164):
+        return None, "invalid phone number: E.164 form must be 6 to 14 characters"
+    return e164, None
+
+
+def clean_phone(value: Any, region: str = "US") -> Cleaned:
+    """The number in E.164; one without ``+`` is read as a national number of ``region``."""
+    text, reason = as_text(value, "phone number")
+    if reason is not None:
+        return None, reason
+    if _INTL_SHAPE.fullmatch(text):
+        return text.translate(_NO_SEPARATORS), None
+    if region in _NANP_REGIONS and _NANP_NATIONAL.fullmatch(text):
+        return "+1" + text.translate(_NO_SEPARATORS), None
+    return _phone_by_library(text, region)
+
+
+# -- text, names, vocabularies ---------------------------------------------------
+
+
+def clean_customer_id(value: Any) -> Cleaned:
+    """The id as text, byte for byte (a JSON number becomes its digits)."""
+    return as_text(value, "customer_id")
+
+
+def clean_firstname(value: Any) -> Cleaned:
+    """The name as text, at most 64 characters."""
+    return _short_text(value, "firstname", MAX_NAME)
+
+
+def clean_lastname(value: Any) -> Cleaned:
+    """The name as text, at most 64 characters."""
+    return _short_text(value, "lastname", MAX_NAME)
+
+
+def clean_gender(value: Any) -> Cleaned:
+    """``male``, ``female`` or ``unknown`` from any of their spellings (:data:`GENDERS`)."""
+    return _spelling(value, "gender", GENDERS)
+
+
+def clean_bool(value: Any) -> Cleaned:
+    """True or false from a spelling in :data:`BOOLEANS`, a JSON boolean, or JSON 0 and 1."""
+    if isinstance(value, bool):
+        return value, None
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value), None
+    return _spelling(value, "boolean", BOOLEANS)
+
+
+def clean_string(value: Any) -> Cleaned:
+    """A ``string`` column's value as text (a JSON number becomes its digits)."""
+    return as_text(value, "text")
+
+
+def keep_value(value: Any) -> Cleaned:
+    """An untyped value as it came (CSV text, a JSON value), unless it is a non-finite number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, "invalid number: not finite"
+    return value, None
+
+
+# -- dates and numbers -----------------------------------------------------------
+
+
+def clean_date(value: Any) -> Cleaned:
+    """ISO 8601: dates stay dates, times with a zone become UTC (``…Z``), others stay as given."""
+    if not isinstance(value, str):
+        return None, "invalid date: expected text in ISO 8601"
+    if _PLAIN_DATE.fullmatch(value):
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            return None, "invalid date: no such date"
+        return value, None
+    if not _DATETIME_TEXT.fullmatch(value):
+        return None, "invalid date: not an ISO 8601 date or time"
+    text = value[:10].replace("/", "-") + value[10:]
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None, "invalid date: no such date or time"
+    if len(value) == 10:
+        return parsed.date().isoformat(), None
+    if parsed.tzinfo is not None:
+        return parsed.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z", None
+    return parsed.isoformat(), None
+
+
+def clean_int(value: Any) -> Cleaned:
+    """A whole number of at most 2**53: plain digits (no sign but ``-``, no leading zero)."""
+    if isinstance(value, str):
+        if len(value) <= 16 and INT_TEXT.fullmatch(value) and abs(int(value)) <= MAX_SAFE_INT:
+            return int(value), None
+        return None, "invalid integer: not a whole number in plain digits"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SAFE_INT:
+        return value, None
+    return None, "invalid integer: not a whole number"
+
+
+def clean_float(value: Any) -> Cleaned:
+    """A finite decimal number, from plain decimal text or a JSON number."""
+    if isinstance(value, str):
+        number = float(value) if FLOAT_TEXT.fullmatch(value) else math.nan
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        number = math.nan
+    if not math.isfinite(number):
+        return None, "invalid number: not a decimal number"
+    return number, None
+
+
+# -- subscription groups -----------------------------------------------------------
+
+
+def _group_entry(item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        return None
+    gid = item.get("id")
+    if isinstance(gid, bool) or not isinstance(gid, str | int) or str(gid).strip() == "":
+        return None
+    subscribed = item.get("subscribed", True)
+    if not isinstance(subscribed, bool):
+        subscribed = BOOLEANS.get(str(subscribed).strip().lower())
+        if subscribed is None:
+            return None
+    return {"id": gid.strip() if isinstance(gid, str) else gid, "subscribed": subscribed}
+
+
+def clean_group_id(value: Any) -> Cleaned:
+    """The id of the one group a ``subscription_group_id`` cell names, as text."""
+    return as_text(value, "subscription group id")
+
+
+def clean_groups(value: Any) -> Cleaned:
+    """A list of ``{"id", "subscribed"}`` objects from JSON text, a JSON array or one object.
+
+    ``subscribed`` defaults to true and takes the spellings of :data:`BOOLEANS`.
+    """
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None, "invalid subscription groups: not valid JSON"
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        return None, "invalid subscription groups: expected a list of objects"
+    entries = [_group_entry(item) for item in items]
+    if any(e is None for e in entries):
+        return None, "invalid subscription groups: each needs an id and a true/false subscribed"
+    return entries, None
+
+
+# -- which rule cleans which field -------------------------------------------------
+
+#: The rule of each standard field but ``phone_number`` (see :func:`field_rules`).
+_FIELD_RULES: dict[str, Rule] = {
+    "email": clean_email,
+    "customer_id": clean_customer_id,
+    "firstname": clean_firstname,
+    "lastname": clean_lastname,
+    "gender": clean_gender,
+    "joined_at": clean_date,
+    "unsubscribed_at": clean_date,
+    "unsubscribed": clean_bool,
+    "subscription_groups": clean_groups,
+    GROUP_ID: clean_group_id,
+    GROUP_SUBSCRIBED: clean_bool,
+}
+#: The rule of each type a custom attribute may have; one without a type keeps its value.
+TYPE_RULES: dict[str, Rule] = {
+    "int": clean_int,
+    "float": clean_float,
+    "bool": clean_bool,
+    "date": clean_date,
+    "string": clean_string,
+}
+
+
+def field_rules(phone_region: str) -> dict[str, Rule]:
+    """The rule of each standard field, national phone numbers read in ``phone_region``."""
+    return {**_FIELD_RULES, "phone_number": partial(clean_phone, region=phone_region)}
