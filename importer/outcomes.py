@@ -2,13 +2,9 @@
 
 Owns: the rejects file (CSV or JSONL by extension), the dead-letter file
 (re-importable JSONL), the :class:`ImportReport` and its JSON form, and the
-accounting invariant::
-
-    rows_read = succeeded + rejected + dead_lettered + merged_duplicates
-                + unchanged_skipped + already_done + not_sent
-
-Files holding records are created with mode 0600 and written in whole lines,
-flushed per write, so a crash never leaves a line a re-import would choke on.
+accounting invariant (:attr:`ImportReport.accounting_ok`). Files holding records
+are created with mode 0600 and written in whole lines, flushed per write, so a
+crash never leaves a line a re-import would choke on.
 
 Must not: decide whether a row is valid or whether a request is retried.
 """
@@ -19,7 +15,7 @@ import csv
 import io
 import os
 import time
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +27,6 @@ from .errors import UsageError
 from .records import Outcome, Reject
 
 REPORT_SCHEMA_VERSION = 1
-#: Characters that make a spreadsheet treat a cell as a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -68,9 +63,8 @@ def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -
 def refuse_existing(path: Path, *, overwrite: bool = False) -> None:
     """Raise :class:`UsageError` before a run if ``path`` exists and may not be replaced.
 
-    For files written only at the end of a run (the report), so a run does
-    not do all its work and then fail to record it, or silently replace a
-    previous run's report.
+    For the report, written only at the end: a run must not do all its work
+    and then fail to record it, or silently replace a previous run's report.
     """
     path = Path(path)
     if path.is_dir():
@@ -90,18 +84,39 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class RejectsWriter:
+class _RecordFile:
+    """A file of records opened with :func:`open_private`, written in whole lines."""
+
+    def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
+        self.path = Path(path)
+        self.source = source
+        self._file = open_private(self.path, overwrite=overwrite, append=append)
+
+    @property
+    def size(self) -> int:
+        """The file's length in bytes (what a resumed run trims it back to)."""
+        return self.path.stat().st_size
+
+    def _write_json_lines(self, records: Iterable[dict[str, Any]]) -> None:
+        self._write(b"".join(orjson.dumps(r, default=str) + b"\n" for r in records))
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class RejectsWriter(_RecordFile):
     """Appends rejects to a CSV or JSONL file (chosen by the file's extension)."""
 
     COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "dropped_field")
 
     def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
-        self.path = Path(path)
-        self.source = source
+        super().__init__(path, source, overwrite=overwrite, append=append)
         self.csv = self.path.suffix.lower() in (".csv", ".tsv")
-        existed = append and self.path.exists() and self.path.stat().st_size > 0
-        self._file = open_private(self.path, overwrite=overwrite, append=append)
-        if self.csv and not existed:
+        if self.csv and self.size == 0:
             self._write_csv_rows([self.COLUMNS])
 
     def _write_csv_rows(self, rows: list[Any]) -> None:
@@ -109,12 +124,9 @@ class RejectsWriter:
         # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
         # which would otherwise split one reject into two lines for any CSV reader.
         csv.writer(buf, lineterminator="\r\n").writerows(rows)
-        self._file.write(buf.getvalue().encode())
-        self._file.flush()
+        self._write(buf.getvalue().encode())
 
     def write(self, rejects: list[Reject]) -> None:
-        if not rejects:
-            return
         if self.csv:
             self._write_csv_rows(
                 [
@@ -131,67 +143,37 @@ class RejectsWriter:
                 ]
             )
         else:
-            self._file.write(
-                b"".join(
-                    orjson.dumps({"source": self.source, **asdict(r)}, default=str) + b"\n"
-                    for r in rejects
-                )
-            )
-            self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
+            self._write_json_lines({"source": self.source, **asdict(r)} for r in rejects)
 
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
 
 
-class DeadLetterWriter:
+class DeadLetterWriter(_RecordFile):
     """Appends undeliverable customers to a JSONL file that ``run`` can re-import.
 
-    One line per customer: ``payload`` (exactly what was sent), ``source`` and
-    ``record``/``line`` (where it came from), ``status`` (the final HTTP
-    status, null when no answer came), ``kind`` (``http``, ``record``,
-    ``timeout``, ``connection``, ``unconfirmed``), ``error`` (the API's
-    message), ``attempts`` and ``at``. Written per batch and flushed.
+    One line per customer, in the shape the README's Outputs section describes.
     """
 
-    def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
-        self.path = Path(path)
-        self.source = source
-        self._file = open_private(self.path, overwrite=overwrite, append=append)
-
     def write(self, outcomes: list[Outcome]) -> None:
-        failed = [o for o in outcomes if not o.delivered]
-        if not failed:
-            return
         at = _now()
-        self._file.write(
-            b"".join(
-                orjson.dumps(
-                    {
-                        # The very bytes that were sent, not a re-encoding of them.
-                        "payload": orjson.Fragment(o.customer.encoded),
-                        "source": self.source,
-                        "record": o.customer.record,
-                        "line": o.customer.line,
-                        "status": o.status,
-                        "kind": o.kind,
-                        "error": o.error,
-                        "attempts": o.attempts,
-                        "at": at,
-                    },
-                    default=str,
-                )
-                + b"\n"
-                for o in failed
-            )
+        self._write_json_lines(
+            {
+                # The very bytes that were sent, not a re-encoding of them.
+                "payload": orjson.Fragment(o.customer.encoded),
+                "source": self.source,
+                "record": o.customer.record,
+                "line": o.customer.line,
+                "status": o.status,
+                "kind": o.kind,
+                "error": o.error,
+                "attempts": o.attempts,
+                "at": at,
+            }
+            for o in outcomes
+            if not o.delivered
         )
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 @dataclass
@@ -237,22 +219,12 @@ class ImportReport:
     @property
     def accounted(self) -> int:
         """The right-hand side of the accounting invariant."""
-        return (
-            self.succeeded
-            + self.rejected
-            + self.dead_lettered
-            + self.merged_duplicates
-            + self.unchanged_skipped
-            + self.already_done
-            + self.not_sent
-        )
+        return sum(n for _, n in self.accounting_terms())
 
     @property
     def error_rate(self) -> float:
         """Rejected plus dead-lettered rows as a fraction of the rows read (0 when none)."""
-        if not self.rows_read:
-            return 0.0
-        return (self.rejected + self.dead_lettered) / self.rows_read
+        return (self.rejected + self.dead_lettered) / max(self.rows_read, 1)
 
     @property
     def accounting_ok(self) -> bool:
@@ -277,18 +249,17 @@ class ImportReport:
     def accounting_line(self) -> str:
         """``rows_read N = succeeded + rejected + ...`` with the figures, and whether it holds."""
         parts = [f"{label} {n}" for label, n in self.accounting_terms()]
-        verdict = (
-            "balanced" if self.accounting_ok else f"MISMATCH by {self.rows_read - self.accounted}"
-        )
+        mismatch = self.rows_read - self.accounted
+        verdict = f"MISMATCH by {mismatch}" if mismatch else "balanced"
         return f"rows read {self.rows_read} = {' + '.join(parts)} ({verdict})"
 
     def count_rejects(self, rejects: list[Reject]) -> None:
-        reasons = Counter(_reason_key(r.reason) for r in rejects)
-        for reason, n in reasons.items():
-            self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + n
-        dropped = sum(1 for r in rejects if r.dropped_field)
-        self.dropped_fields += dropped
-        self.rejected += len(rejects) - dropped
+        for r in rejects:
+            if r.dropped_field:
+                self.dropped_fields += 1
+            else:
+                self.rejected += 1
+            _tally(self.reject_reasons, r.reason)
 
     def count_outcomes(self, outcomes: list[Outcome]) -> None:
         for o in outcomes:
@@ -296,8 +267,7 @@ class ImportReport:
                 self.succeeded += 1
             else:
                 self.dead_lettered += 1
-                key = _reason_key(o.error or o.kind)
-                self.dead_letter_reasons[key] = self.dead_letter_reasons.get(key, 0) + 1
+                _tally(self.dead_letter_reasons, o.error or o.kind)
 
     def finish(self) -> None:
         self.finished_at = _now()
@@ -310,14 +280,12 @@ class ImportReport:
         return self._t0
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-        data["mapping"] = [list(pair) for pair in self.mapping]
-        data.pop("preview")
+        data = {k: v for k, v in asdict(self).items() if k not in ("_t0", "preview")}
         data["error_rate"] = round(self.error_rate, 6)
         data["accounting"] = {"balanced": self.accounting_ok, "line": self.accounting_line()}
         return {"schema_version": REPORT_SCHEMA_VERSION, **data}
 
-    def write(self, path: Path, *, overwrite: bool = True) -> None:
+    def write(self, path: Path) -> None:
         """Write the JSON report atomically (temp file, then rename), mode 0600."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -326,6 +294,7 @@ class ImportReport:
         os.replace(tmp, path)
 
 
-def _reason_key(reason: str) -> str:
-    """The reason without the varying detail after a colon, for counting."""
-    return reason.split(":", 1)[0].strip()
+def _tally(counts: dict[str, int], reason: str) -> None:
+    """Count ``reason`` without the varying detail after a colon."""
+    key = reason.split(":", 1)[0].strip()
+    counts[key] = counts.get(key, 0) + 1

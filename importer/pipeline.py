@@ -22,7 +22,7 @@ from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions, fingerprint
 from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
-from .records import Batch
+from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, unwrap_dead_letter
 from .state import (
@@ -90,18 +90,14 @@ class _Run:
         if o.state_path is None or o.dry_run:
             return
         self.store = StateStore(o.state_path)
-        try:
-            info = self.store.begin_run(
-                Fingerprint.of(self.path),
-                fingerprint(o),
-                resume=o.resume,
-                force=o.force,
-                rejects_path=o.rejects_path,
-                dead_letter_path=o.dead_letter_path,
-            )
-        except BaseException:
-            self.store.close()
-            raise
+        info = self.store.begin_run(
+            Fingerprint.of(self.path),
+            fingerprint(o),
+            resume=o.resume,
+            force=o.force,
+            rejects_path=o.rejects_path,
+            dead_letter_path=o.dead_letter_path,
+        )
         target = target_tag(o.resolved_base_url, o.api_key)
         self.reader = StateReader(self.store, info, target)
         self.writer = ConfirmationWriter(self.store, info, target)
@@ -111,12 +107,6 @@ class _Run:
             trim_output(o.dead_letter_path, info.dead_letter_path, info.dead_letter_offset)
             log.info("resuming run %d of %s", info.run_id, info.source)
         self.report.files["state"] = str(o.state_path)
-
-    def close_state(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.store is not None:
-            self.store.close()
 
     def open_outputs(self) -> None:
         o = self.options
@@ -141,104 +131,51 @@ class _Run:
         if self.writer is not None:
             # Where the output files end now: a resumed run trims them back to this.
             self.writer.start(
-                rejects_offset=None if self.rejects is None else self.rejects.path.stat().st_size,
-                dead_letter_offset=(
-                    None if self.dead_letter is None else self.dead_letter.path.stat().st_size
-                ),
+                rejects_offset=None if self.rejects is None else self.rejects.size,
+                dead_letter_offset=None if self.dead_letter is None else self.dead_letter.size,
             )
 
-    def close_outputs(self) -> None:
-        for writer in (self.rejects, self.dead_letter):
-            if writer is not None:
-                writer.close()
+    def settle(self, batch: Batch, outcomes: list[Outcome]) -> None:
+        """Count a sent batch's outcomes, dead-letter its failures and commit it to the state."""
+        # After a stop, customers whose delivery did not finish are not in ``outcomes``.
+        self.report.not_sent += len(batch) - len(outcomes)
+        self.report.count_outcomes(outcomes)
+        offset = None
+        if self.dead_letter is not None:
+            self.dead_letter.write(outcomes)
+            if not all(o.delivered for o in outcomes):
+                offset = self.dead_letter.size
+        if self.writer is not None:
+            # Committed before the next batch: a crash re-sends those in flight.
+            self.writer.record(outcomes, offset)
 
-
-class _Handoff:
-    """Batches from the producer thread to the workers, at most ``limit`` waiting.
-
-    The producer hands over what it has in groups, so the event loop wakes
-    once per group rather than once per batch, and blocks only while
-    ``limit`` batches wait for a worker. Workers call :meth:`taken` for each
-    batch they get.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[Batch | None],
-        limit: int,
-        stopping: Callable[[], bool],
-    ):
-        self._loop = loop
-        self._queue = queue
-        self._slots = threading.Semaphore(limit)
-        self._stopping = stopping
-
-    def put(self, batches: list[Batch]) -> int:
-        """Hand ``batches`` over in order (producer thread); return how many (fewer if stopping)."""
-        group: list[Batch] = []
-        handed = 0
-        for batch in batches:
-            if not self._slots.acquire(blocking=False):
-                self._flush(group)
-                handed += len(group)
-                group = []
-                while not self._slots.acquire(timeout=0.2):
-                    if self._stopping():
-                        return handed
-            group.append(batch)
-        self._flush(group)
-        return handed + len(group)
-
-    def taken(self) -> None:
-        """A worker took a batch off the queue (event-loop thread)."""
-        self._slots.release()
-
-    def _flush(self, group: list[Batch]) -> None:
-        if group:
-            self._loop.call_soon_threadsafe(self._enqueue, group)
-
-    def _enqueue(self, group: list[Batch]) -> None:
-        for batch in group:
-            self._queue.put_nowait(batch)
+    def close(self) -> None:
+        """Close the output files, then the state (whatever of them was opened)."""
+        for closable in (self.rejects, self.dead_letter, self.writer, self.store):
+            if closable is not None:
+                closable.close()
 
 
 def _produce(
-    run: _Run,
-    source: Source,
-    put: Callable[[list[Batch]], int],
-    notify: Callable[..., object] = lambda *args: None,
+    run: _Run, source: Source, put: Callable[[Batch], bool], notify: Callable[..., object]
 ) -> None:
     """Read, clean and pack the input (in a worker thread), handing batches to ``put``.
 
-    ``notify(fn, *args)`` runs ``fn`` in the event loop's thread, before any
-    batch put afterwards (it tells the state writer how far the input was read).
+    ``put`` returns False once the run is stopping. ``notify(fn, *args)`` runs
+    ``fn`` in the event loop's thread, before any batch put afterwards (it
+    tells the state writer how far the input was read).
     """
-    hasher: InputHasher | None = None
-    if run.writer is not None and source.info.name != "-":
-        hasher = InputHasher(run.path, run.hasher_checkpoint)
-    try:
-        _produce_batches(run, source, put, notify, hasher)
-    finally:
-        if hasher is not None:
-            hasher.close()
-        if run.reader is not None:
-            run.reader.close()
-
-
-def _produce_batches(
-    run: _Run,
-    source: Source,
-    put: Callable[[list[Batch]], int],
-    notify: Callable[..., object],
-    hasher: InputHasher | None,
-) -> None:
     o = run.options
     report = run.report
     reader, writer = run.reader, run.writer
     packer = BatchPacker(o.batch_size, o.max_batch_bytes)
     mappings: dict[tuple[str, ...], ColumnMapping] = {}
+    # One type per CSV column for the whole file, inferred from its first chunk.
+    column_types: dict[tuple[str, ...], dict[str, str]] = {}
     report.bytes_total = source.info.size
+    hasher: InputHasher | None = None
+    if writer is not None and source.info.name != "-":
+        hasher = InputHasher(run.path, run.hasher_checkpoint)
     # On resume, batches wait here until the re-read input is verified against the checkpoint.
     held: list[Batch] = []
 
@@ -248,8 +185,10 @@ def _produce_batches(
             return
         pending = [*held, *batches]
         held.clear()
-        handed = 0 if run.stopping.is_set() else put(pending)
-        report.not_sent += sum(len(b) for b in pending[handed:])
+        for i, batch in enumerate(pending):
+            if not put(batch):
+                report.not_sent += sum(len(b) for b in pending[i:])
+                return
 
     def handle(chunk: Chunk, mapping: ColumnMapping, types: dict[str, str] | None) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
@@ -260,7 +199,7 @@ def _produce_batches(
                 result.rejects if reader is None else reader.new_rejects(result.rejects)
             )
             if writer is not None:
-                notify(writer.note_rejects, _last_record(chunk), run.rejects.path.stat().st_size)
+                notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
         customers, merged = merge_repeats(result.customers)
         report.merged_duplicates += merged
         if reader is not None:
@@ -281,52 +220,54 @@ def _produce_batches(
             return False
         return True
 
-    # One type per CSV column for the whole file, inferred from its first chunk.
-    column_types: dict[tuple[str, ...], dict[str, str]] = {}
-    first = True
-    for chunk in source.chunks():
-        report.rows_read += chunk.rows_read
+    try:
+        for number, chunk in enumerate(source.chunks()):
+            report.rows_read += chunk.rows_read
+            report.bytes_read = source.bytes_read
+            if hasher is not None and writer is not None:
+                notify(writer.note_input, hasher.advance(source.bytes_read))
+            # A dead-letter file (JSONL: CSV cells are never payload objects) is re-imported
+            # as the payloads it holds.
+            payloads = unwrap_dead_letter(chunk.frame) if source.info.format == "jsonl" else None
+            if payloads is not None:
+                chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects, chunk.bytes_read)
+            key = tuple(chunk.column_names)
+            if key not in mappings:
+                mappings[key] = resolve_mapping(
+                    key, o.column_map, o.drop_columns, o.drop_unmapped, run.column_specs
+                )
+                if not report.mapping:
+                    report.mapping = mappings[key].describe()
+            if key not in column_types and chunk.num_rows:
+                column_types[key] = (
+                    infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
+                )
+            pieces = [chunk]
+            if number == 0 and chunk.num_rows > FIRST_PIECE_ROWS:
+                # Types come from the whole first chunk, but only a small piece of it is
+                # cleaned before the first request goes out: the first call does not wait
+                # for a full chunk to be cleaned.
+                pieces = list(chunk.split(FIRST_PIECE_ROWS))
+            for i, piece in enumerate(pieces):
+                if not handle(piece, mappings[key], column_types.get(key)):
+                    # Rows read but never cleaned (the rest of a split chunk) were not sent either.
+                    report.not_sent += sum(p.rows_read for p in pieces[i + 1 :])
+                    return
         report.bytes_read = source.bytes_read
         if hasher is not None and writer is not None:
-            notify(writer.note_input, hasher.advance(source.bytes_read))
-        # A dead-letter file (JSONL: CSV cells are never payload objects) is re-imported
-        # as the payloads it holds.
-        payloads = unwrap_dead_letter(chunk.frame) if source.info.format == "jsonl" else None
-        if payloads is not None:
-            chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects, chunk.bytes_read)
-        key = tuple(chunk.column_names)
-        if key not in mappings:
-            mappings[key] = resolve_mapping(
-                key, o.column_map, o.drop_columns, o.drop_unmapped, run.column_specs
-            )
-            if not report.mapping:
-                report.mapping = mappings[key].describe()
-        if key not in column_types and chunk.num_rows:
-            column_types[key] = (
-                infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
-            )
-        pieces = [chunk]
-        if first and chunk.num_rows > FIRST_PIECE_ROWS:
-            # Types come from the whole first chunk, but only a small piece of it is
-            # cleaned before the first request goes out: the first call does not wait
-            # for a full chunk to be cleaned.
-            pieces = list(chunk.split(FIRST_PIECE_ROWS))
-        first = False
-        for i, piece in enumerate(pieces):
-            if not handle(piece, mappings[key], column_types.get(key)):
-                # Rows read but never cleaned (the rest of a split chunk) were not sent either.
-                report.not_sent += sum(p.rows_read for p in pieces[i + 1 :])
-                return
-    report.bytes_read = source.bytes_read
-    if hasher is not None and writer is not None:
-        checkpoint = hasher.finish()
-        notify(writer.note_input, checkpoint)
-        run.content_hash = checkpoint[1]
-    if o.dry_run:
-        report.requests += len(packer.flush())
-    else:
-        emit(packer.flush())
-    run.completed = not run.stopping.is_set()
+            checkpoint = hasher.finish()
+            notify(writer.note_input, checkpoint)
+            run.content_hash = checkpoint[1]
+        if o.dry_run:
+            report.requests += len(packer.flush())
+        else:
+            emit(packer.flush())
+        run.completed = not run.stopping.is_set()
+    finally:
+        if hasher is not None:
+            hasher.close()
+        if reader is not None:
+            reader.close()
 
 
 def _last_record(chunk: Chunk) -> int:
@@ -342,15 +283,18 @@ async def _run(
     report = run.report
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+    # The queue is bounded by these slots, taken by the producer and given back by the
+    # workers: a thread semaphore, so a producer waiting for room still sees a stop.
+    slots = threading.Semaphore(options.concurrency * 2)
     failure: list[RunStopped] = []
 
-    def stopping() -> bool:
-        if run.stopping.is_set() or stop.is_set():
-            run.stopping.set()
-            return True
+    def put(batch: Batch) -> bool:
+        """Queue ``batch`` (producer thread) once there is room; False once stopping."""
+        while not run.stopping.is_set():
+            if slots.acquire(timeout=0.2):
+                loop.call_soon_threadsafe(queue.put_nowait, batch)
+                return True
         return False
-
-    handoff = _Handoff(loop, queue, options.concurrency * 2, stopping)
 
     with Source(
         path,
@@ -369,36 +313,28 @@ async def _run(
             async with Sender(options) as sender:
 
                 async def worker() -> None:
-                    while True:
-                        batch = await queue.get()
-                        if batch is None:
-                            return
-                        handoff.taken()
-                        if run.stopping.is_set():
-                            report.not_sent += len(batch)
-                            continue
-                        try:
-                            outcomes = await sender.send(batch)
-                        except RunStopped as exc:
-                            # The part of the batch settled before the stop still counts.
-                            outcomes = exc.outcomes
-                            if not failure:
-                                failure.append(exc)
-                            run.stopping.set()
-                        # After a stop, customers whose delivery did not finish are left out.
-                        report.not_sent += len(batch) - len(outcomes)
-                        report.count_outcomes(outcomes)
-                        offset = None
-                        if run.dead_letter is not None:
-                            run.dead_letter.write(outcomes)
-                            if not all(o.delivered for o in outcomes):
-                                offset = run.dead_letter.path.stat().st_size
-                        if run.writer is not None:
-                            # Committed before the next batch: a crash re-sends those in flight.
-                            run.writer.record(outcomes, offset)
-                        if observer is not None:
-                            _sync_stats(report, sender)
-                            observer(report)
+                    try:
+                        while (batch := await queue.get()) is not None:
+                            slots.release()
+                            if run.stopping.is_set():
+                                report.not_sent += len(batch)
+                                continue
+                            try:
+                                outcomes = await sender.send(batch)
+                            except RunStopped as exc:
+                                # The part of the batch settled before the stop still counts.
+                                outcomes = exc.outcomes
+                                if not failure:
+                                    failure.append(exc)
+                                run.stopping.set()
+                            run.settle(batch, outcomes)
+                            if observer is not None:
+                                _sync_stats(report, sender)
+                                observer(report)
+                    except BaseException:
+                        # A dead worker frees no more slots: the producer must not wait for it.
+                        run.stopping.set()
+                        raise
 
                 async def watch_stop() -> None:
                     while not stop.is_set():
@@ -410,13 +346,11 @@ async def _run(
                 workers = [asyncio.create_task(worker()) for _ in range(options.concurrency)]
                 watcher = asyncio.create_task(watch_stop())
                 try:
-                    await asyncio.to_thread(
-                        _produce, run, source, handoff.put, loop.call_soon_threadsafe
-                    )
+                    await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
                 finally:
                     # Workers drain what is queued (counting it as not sent when stopping).
                     for _ in workers:
-                        await queue.put(None)
+                        queue.put_nowait(None)
                     await asyncio.gather(*workers)
                     watcher.cancel()
                     if not options.dry_run:
@@ -426,8 +360,7 @@ async def _run(
                         status = "completed" if done else ("stopped" if failure else "interrupted")
                         run.writer.finish(status, run.content_hash if done else None)
         finally:
-            run.close_outputs()
-            run.close_state()
+            run.close()
     if failure:
         report.stopped = str(failure[0])
     elif stop.is_set():
