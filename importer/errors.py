@@ -92,14 +92,15 @@ class AccountingMismatch(ImporterError):
         self.report = report
 
 
-class ApiError(ImporterError):
-    """A request failed; raised and caught inside :mod:`importer.sending`."""
+class TransientApiError(ImporterError):
+    """A failed attempt worth retrying; raised and caught inside :mod:`importer.sending`.
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+    ``status`` is the HTTP status, None when no answer came; ``kind`` (``http``,
+    ``timeout``, ``connection``, ``record`` or ``unconfirmed``) goes to the
+    dead-letter line if the retries run out.
+    """
+
+    def __init__(self, message: str, status: int | None, kind: str) -> None:
         super().__init__(message)
         self.status = status
-        self.retry_after = retry_after
-
-
-class TransientApiError(ApiError):
-    """A failure worth retrying: 404, 409, 429, 5xx, timeouts, dropped connections."""
+        self.kind = kind

@@ -136,12 +136,5 @@ class Outcome(NamedTuple):
     status: int | None = None
     error: str | None = None
     attempts: int = 1
-    #: ``http`` (an HTTP status), ``record`` (a per-record error in a 2xx) or ``network``.
+    #: ``http``, ``record`` (an error in a 2xx), ``timeout``, ``connection`` or ``unconfirmed``.
     kind: str = "http"
-
-
-def delivered_outcomes(customers: tuple[Customer, ...], attempts: int) -> list[Outcome]:
-    """``[Outcome(c, True, 200, None, attempts) for c in customers]``, made without the
-    named tuple's Python-level constructor (the common case: one per customer sent)."""
-    new = tuple.__new__
-    return [new(Outcome, (c, True, 200, None, attempts, "http")) for c in customers]

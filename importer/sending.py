@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import logging
 import time
@@ -29,56 +30,41 @@ from aiolimiter import AsyncLimiter
 
 from .errors import ApiKeyRejected, ApiUnavailable, RunStopped, TransientApiError
 from .options import ImportOptions
-from .records import Batch, Outcome, delivered_outcomes
+from .records import Batch, Outcome
 
 log = logging.getLogger(__name__)
 
 BULK_PATH = "/api/v1/customers/bulk"
-#: Statuses that mean "try again later" (see docs/ARCHITECTURE.md), retried up to
-#: ``max_retries`` times.
-RETRYABLE_STATUSES = frozenset({404, 408, 409, 429, 502, 503, 504})
 #: A 500 (or another 5xx) may be a bug on the server's side: this many attempts in all.
 MAX_ATTEMPTS_ON_500 = 3
-#: Statuses that refuse the content of a batch: bisect it to find the bad record(s).
-BISECT_STATUSES = frozenset({400, 422})
 #: Per-record error codes in a 2xx that are worth retrying for that record alone.
 TRANSIENT_RECORD_ERRORS = frozenset(
     {"internal_error", "timeout", "temporarily_unavailable", "service_unavailable"}
 )
 
-#: What to do with an answer, by status (see :func:`classify_status`).
-OK, STOP, RETRY, RETRY_FEW, SPLIT, BISECT, FAIL = (
-    "ok",
-    "stop",
-    "retry",
-    "retry-few",
-    "split",
-    "bisect",
-    "fail",
-)
+# What to do with an answer (see :func:`classify_status`).
+OK = "ok"  # read the per-record errors
+STOP = "stop"  # the key is refused: stop the run
+RETRY = "retry"  # try again later, up to ``max_retries`` times
+RETRY_FEW = "retry-few"  # maybe a server bug: MAX_ATTEMPTS_ON_500 attempts in all
+SPLIT = "split"  # too large: send the batch in halves
+BISECT = "bisect"  # refused content: halve down to the bad record(s)
+FAIL = "fail"  # the batch cannot be delivered as it is
 
 
 def classify_status(status: int) -> str:
-    """The response policy for one HTTP status.
-
-    ``ok`` 2xx (read the per-record errors); ``stop`` 401/403 (the key is
-    refused: stop the run); ``retry`` 404, 408, 409, 429, 502, 503, 504
-    (transient: retry up to ``max_retries``); ``retry-few`` 500 and other 5xx
-    (retry :data:`MAX_ATTEMPTS_ON_500` times in all); ``split`` 413 (halve
-    the batch); ``bisect`` 400/422 (halve to isolate the bad record); ``fail``
-    any other status (the batch cannot be delivered as it is).
-    """
+    """The response policy for one HTTP status, as docs/ARCHITECTURE.md models the API."""
     if 200 <= status < 300:
         return OK
     if status in (401, 403):
         return STOP
-    if status in RETRYABLE_STATUSES:
+    if status in (404, 408, 409, 429, 502, 503, 504):
         return RETRY
     if status >= 500:
         return RETRY_FEW
     if status == 413:
         return SPLIT
-    if status in BISECT_STATUSES:
+    if status in (400, 422):
         return BISECT
     return FAIL
 
@@ -113,9 +99,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (now if now is not None else time.time())
-    if seconds != seconds or seconds <= 0:  # NaN or not in the future
-        return None
-    return seconds
+    return seconds if seconds > 0 else None  # not for NaN or a moment not in the future
 
 
 def retry_wait(
@@ -126,10 +110,9 @@ def retry_wait(
     The computed backoff wait, or the server's ``Retry-After`` when it asks
     for longer on a 429 or 503; never more than ``ceiling`` (``--max-backoff``).
     """
-    wait = computed
-    if retry_after is not None and status in (429, 503) and retry_after > wait:
-        wait = retry_after
-    return max(0.0, min(wait, ceiling))
+    if retry_after is not None and status in (429, 503):
+        computed = max(computed, retry_after)
+    return max(0.0, min(computed, ceiling))
 
 
 def error_message(status: int, body: bytes) -> str:
@@ -189,11 +172,13 @@ def attribute_errors(batch: Batch, body: bytes) -> Attribution:
     if not isinstance(errors, list):
         result.unattributed.append(str(errors)[:200])
         return result
-    # Identifier indexes are built only if an error lacks a usable index (the common
-    # answer names positions, and building them for every batch costs per customer).
     by_email: dict[str, list[int]] = {}
     by_id: dict[str, list[int]] = {}
-    indexed = False
+    for i, customer in enumerate(batch.customers):
+        if customer.payload.get("email") is not None:
+            by_email.setdefault(str(customer.payload["email"]).lower(), []).append(i)
+        if customer.payload.get("customer_id") is not None:
+            by_id.setdefault(str(customer.payload["customer_id"]), []).append(i)
     for err in errors:
         if not isinstance(err, dict):
             result.unattributed.append(str(err)[:200])
@@ -203,13 +188,6 @@ def attribute_errors(batch: Batch, body: bytes) -> Attribution:
         if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(batch):
             result.errors[index] = message
             continue
-        if not indexed:
-            indexed = True
-            for i, c in enumerate(batch.customers):
-                if c.payload.get("email") is not None:
-                    by_email.setdefault(str(c.payload["email"]).lower(), []).append(i)
-                if c.payload.get("customer_id") is not None:
-                    by_id.setdefault(str(c.payload["customer_id"]), []).append(i)
         matches: list[int] = []
         if err.get("email") is not None:
             matches = by_email.get(str(err["email"]).lower(), [])
@@ -310,28 +288,6 @@ def retry_waits(base: float, max_wait: float) -> Iterator[float]:
         yield min(max_wait, backoff.full_jitter(next(expo)))
 
 
-class _Failure(TransientApiError):
-    """An attempt that did not deliver, worth retrying; ``kind`` goes to the dead-letter line.
-
-    ``kind`` is ``http`` (an HTTP status), ``timeout``, ``connection``,
-    ``record`` (a per-record error in a 2xx) or ``unconfirmed`` (a 2xx that
-    could not be read).
-    """
-
-    def __init__(self, message: str, status: int | None, kind: str):
-        super().__init__(message, status)
-        self.kind = kind
-
-
-@dataclass
-class _Leftover:
-    """Records of a 2xx answer that are not settled yet: retry them, or split and re-check."""
-
-    batch: Batch
-    failure: _Failure
-    split: bool
-
-
 class Sender:
     """Delivers batches; use as an async context manager within one event loop.
 
@@ -340,9 +296,9 @@ class Sender:
     stop (401/403, API down) no call at all is made.
     """
 
-    def __init__(self, options: ImportOptions, stats: SendStats | None = None):
+    def __init__(self, options: ImportOptions):
         self.options = options
-        self.stats = stats or SendStats()
+        self.stats = SendStats()
         self.url = options.resolved_base_url + BULK_PATH
         self.governor = RateGovernor(options.rate)
         self._session: aiohttp.ClientSession | None = None
@@ -371,18 +327,10 @@ class Sender:
         """Start no new attempt; requests in flight finish (bounded by the timeout)."""
         self._interrupted.set()
 
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupted.is_set()
-
     def _halt(self, exc: RunStopped) -> RunStopped:
         if self._fatal is None:
             self._fatal = exc
         return exc
-
-    def _check_halted(self) -> None:
-        if self._fatal is not None:
-            raise type(self._fatal)(str(self._fatal))
 
     async def _post(self, batch: Batch) -> tuple[int, bytes, float | None]:
         """One HTTP attempt: POST, return status, body and Retry-After seconds."""
@@ -398,10 +346,14 @@ class Sender:
                 return resp.status, body, retry_after
         except TimeoutError as exc:
             self.stats.status_counts["timeout"] += 1
-            raise _Failure(f"no answer within {self.options.timeout:g} s", None, "timeout") from exc
+            raise TransientApiError(
+                f"no answer within {self.options.timeout:g} s", None, "timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
             self.stats.status_counts["connection_error"] += 1
-            raise _Failure(f"connection error ({type(exc).__name__})", None, "connection") from exc
+            raise TransientApiError(
+                f"connection error ({type(exc).__name__})", None, "connection"
+            ) from exc
 
     async def send(self, batch: Batch) -> list[Outcome]:
         """Deliver one batch and return one outcome per customer.
@@ -434,8 +386,9 @@ class Sender:
         attempts = prior
         while True:
             await self.governor.acquire()
-            self._check_halted()
-            if self.interrupted:
+            if self._fatal is not None:
+                raise type(self._fatal)(str(self._fatal))
+            if self._interrupted.is_set():
                 return
             attempts += 1
             used += 1
@@ -446,28 +399,25 @@ class Sender:
                 if action == OK:
                     self.stats.last_success = time.monotonic()
                     self.governor.on_success()
-                    left = self._confirmed(batch, body, attempts, done)
-                    if left is None:
+                    retry = await self._confirmed(batch, body, attempts, done)
+                    if retry is None:
                         return
-                    if left.split:
-                        await self._split(batch, done, attempts, left.failure)
-                        return
-                    batch = left.batch
-                    raise left.failure
+                    batch, failure = retry
+                    raise failure
                 if action == STOP:
                     raise self._halt(ApiKeyRejected(f"API key rejected (HTTP {code})"))
-                message = error_message(code, body)
+                failure = TransientApiError(error_message(code, body), code, "http")
                 if action in (SPLIT, BISECT):
-                    await self._split(batch, done, attempts, _Failure(message, code, "http"))
+                    await self._split(batch, done, attempts, failure)
                     return
                 if action == FAIL:
-                    log.warning("batch %d: refused (%s)", batch.seq, message)
-                    done.extend(self._failed(batch, code, message, attempts, "http"))
+                    log.warning("batch %d: refused (%s)", batch.seq, failure)
+                    done.extend(self._failed(batch, code, str(failure), attempts, "http"))
                     return
                 if code == 429:
                     self.governor.on_throttled()
-                raise _Failure(message, code, "http")
-            except _Failure as failure:
+                raise failure
+            except TransientApiError as failure:
                 status = failure.status
                 few = status is not None and classify_status(status) == RETRY_FEW
                 limit = MAX_ATTEMPTS_ON_500 if few else self.options.max_retries + 1
@@ -485,16 +435,9 @@ class Sender:
                 self._check_alive(wait)
                 self.stats.retries += 1
                 log.debug("batch %d: %s; retry %d in %.3f s", batch.seq, failure, used, wait)
-                if not await self._pause(wait):
-                    return
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep before a retry; False when the run was interrupted meanwhile."""
-        try:
-            await asyncio.wait_for(self._interrupted.wait(), seconds)
-        except TimeoutError:
-            return True
-        return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._interrupted.wait(), wait)
+                    return  # interrupted while waiting
 
     def _failed(
         self, batch: Batch, status: int | None, error: str, attempts: int, kind: str
@@ -502,17 +445,14 @@ class Sender:
         return [Outcome(c, False, status, error, attempts, kind) for c in batch.customers]
 
     def _check_alive(self, upcoming_wait: float) -> None:
-        idle = time.monotonic() + upcoming_wait - self.stats.last_success
-        if idle > self.options.give_up_after:
+        limit = self.options.give_up_after
+        if time.monotonic() + upcoming_wait - self.stats.last_success > limit:
             raise self._halt(
-                ApiUnavailable(
-                    "API unavailable: no request has succeeded for "
-                    f"{self.options.give_up_after:g} s"
-                )
+                ApiUnavailable(f"API unavailable: no request has succeeded for {limit:g} s")
             )
 
     async def _split(
-        self, batch: Batch, done: list[Outcome], attempts: int, failure: _Failure
+        self, batch: Batch, done: list[Outcome], attempts: int, failure: TransientApiError
     ) -> None:
         """Send the halves of a refused batch; a single refused record is undeliverable.
 
@@ -533,37 +473,30 @@ class Sender:
         await self._deliver(first, done, attempts, 0)
         await self._deliver(second, done, attempts, 0)
 
-    def _confirmed(
+    async def _confirmed(
         self, batch: Batch, body: bytes, attempts: int, done: list[Outcome]
-    ) -> _Leftover | None:
-        """Record the outcomes a 2xx answer confirms; say what is left to do.
+    ) -> tuple[Batch, TransientApiError] | None:
+        """Record the outcomes a 2xx answer confirms; return what is left to retry.
 
-        Returns None when every record is settled; else the records whose
-        per-record error was transient (retry them), or the whole batch when
-        errors could not be matched to records (it is suspect: re-check it in
-        halves). Raises :class:`_Failure` for a 2xx whose body cannot be read.
+        Returns the records whose per-record error was transient, with the
+        failure to retry them on, or None when every record is settled. Errors
+        that cannot be matched to records make the whole batch suspect: it is
+        re-checked in halves. Raises :class:`TransientApiError` for a 2xx whose
+        body cannot be read.
         """
         found = attribute_errors(batch, body)
         if found.unreadable:
             # A 2xx we cannot read confirms nothing: resend it whole (upserts make that safe).
-            raise _Failure("2xx answer with an unreadable body", None, "unconfirmed")
+            raise TransientApiError("2xx answer with an unreadable body", None, "unconfirmed")
         if found.unattributed:
-            failure = _Failure(
-                f"unattributed per-record error: {found.unattributed[0]}", 200, "record"
-            )
             if len(batch) > 1:
-                # Which records failed is unknown: re-check in halves rather than
-                # count any of them as delivered. Upserts make the resend safe.
                 log.warning(
                     "batch %d: %d per-record error(s) could not be matched; re-checking in halves",
                     batch.seq,
                     len(found.unattributed),
                 )
-                return _Leftover(batch, failure, split=True)
-            done.extend(self._failed(batch, 200, str(failure), attempts, "record"))
-            return None
-        if not found.errors:
-            done.extend(delivered_outcomes(batch.customers, attempts))
+            message = f"unattributed per-record error: {found.unattributed[0]}"
+            await self._split(batch, done, attempts, TransientApiError(message, 200, "record"))
             return None
         retry: list[int] = []
         for i, customer in enumerate(batch.customers):
@@ -581,4 +514,4 @@ class Sender:
             tuple(batch.encoded[i] for i in retry),
             batch.seq,
         )
-        return _Leftover(again, _Failure(found.errors[retry[0]], 200, "record"), split=False)
+        return again, TransientApiError(found.errors[retry[0]], 200, "record")
