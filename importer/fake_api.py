@@ -17,30 +17,24 @@ It never logs request bodies or the API key.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import logging
 import math
 import random
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
-from aiohttp import web
-
-log = logging.getLogger(__name__)
+from aiohttp import BasicAuth, web
 
 BULK_PATH = "/api/v1/customers/bulk"
 MAX_CUSTOMERS = 50
 DEFAULT_KEY = "fake-api-key"
 _E164 = re.compile(r"^\+[1-9]\d{4,12}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-#: The statuses ``--fault`` is meant for (any status is accepted).
-RETRYABLE_FAULTS = (404, 409, 429, 500, 502, 503, 504)
 
 
 @dataclass
@@ -140,42 +134,29 @@ class FakeApiState:
         self.applied: list[dict[str, Any]] = []
         #: Requests that have arrived, answered or not yet (a slow answer is logged late).
         self.arrived = 0
+        #: ``time.monotonic()`` when the first request arrived.
+        self.first_arrival: float | None = None
         self.lock = threading.Lock()
 
-    def status_counts(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for r in self.requests:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        return counts
+    def status_counts(self) -> Counter[int]:
+        return Counter(r.status for r in self.requests)
 
-    def fault_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for r in self.requests:
-            if r.fault:
-                counts[r.fault] = counts.get(r.fault, 0) + 1
-        return counts
+    def fault_counts(self) -> Counter[str]:
+        return Counter(r.fault for r in self.requests if r.fault)
 
     def applied_ids(self) -> list[str]:
         """Identifiers of applied customers (email, else customer_id), in arrival order."""
         return [_identifier(c) for c in self.applied]
 
-    def attempts_by_id(self) -> dict[str, int]:
+    def attempts_by_id(self) -> Counter[str]:
         """How many requests carried each identifier (a retried record counts every time)."""
-        counts: dict[str, int] = {}
-        for r in self.requests:
-            for ident in r.ids:
-                counts[ident] = counts.get(ident, 0) + 1
-        return counts
+        return Counter(ident for r in self.requests for ident in r.ids)
 
 
 def _identifier(customer: Any) -> str:
     if not isinstance(customer, dict):
         return ""
     return str(customer.get("email") or customer.get("customer_id") or "")
-
-
-STATE_KEY: web.AppKey[FakeApiState] = web.AppKey("state", FakeApiState)
-CONFIG_KEY: web.AppKey[FakeApiConfig] = web.AppKey("config", FakeApiConfig)
 
 
 class _TokenBucket:
@@ -218,62 +199,31 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"status": status, "message": message}, status=status, headers=headers)
 
 
-#: Bodies of injected faults. Gateways answer 502/504 in HTML, and some answers are empty,
-#: so the client's error handling sees what it will meet in production.
-_GATEWAY_HTML = "<html><head><title>{0}</title></head><body><h1>{0}</h1></body></html>"
+def _gateway_page(status: int, title: str) -> web.Response:
+    """The HTML page a gateway answers with, as the client meets it in production."""
+    html = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
+    return web.Response(status=status, text=html, content_type="text/html")
 
 
 def _fault_response(status: int, retry_after: str | None) -> web.Response:
-    headers = {"Retry-After": retry_after} if retry_after and status in (429, 503) else None
+    """An injected fault's answer: gateways answer 502/504 in HTML, 404 comes empty."""
     if status in (502, 504):
-        title = "502 Bad Gateway" if status == 502 else "504 Gateway Time-out"
-        return web.Response(
-            status=status, text=_GATEWAY_HTML.format(title), content_type="text/html"
-        )
+        return _gateway_page(status, "502 Bad Gateway" if status == 502 else "504 Gateway Time-out")
     if status == 404:
         return web.Response(status=status, body=b"")
+    headers = {"Retry-After": retry_after} if retry_after and status in (429, 503) else None
     return _error(status, f"injected fault {status}", headers)
-
-
-def _drop_connection(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
 
 
 def create_app(
     config: FakeApiConfig | None = None, state: FakeApiState | None = None
 ) -> web.Application:
-    """The aiohttp application; ``app[STATE_KEY]`` holds what it received."""
+    """The aiohttp application; ``state`` (a new one by default) records what it receives."""
     config = config or FakeApiConfig()
     state = state or FakeApiState()
     bucket = _TokenBucket(config.rate, config.burst) if config.rate else None
     rng = random.Random(config.seed)
     record_file = open(config.record_path, "ab") if config.record_path else None  # noqa: SIM115
-    first_request: list[float] = []
-    seen = [0]
-
-    def log_request(
-        status: int, n: int, fault: str | None = None, ids: tuple[str, ...] = ()
-    ) -> None:
-        with state.lock:
-            state.requests.append(RequestLog(time.monotonic(), status, n, fault, ids))
-
-    def answer(
-        status: int,
-        n: int,
-        response: web.Response,
-        fault: str | None = None,
-        ids: tuple[str, ...] = (),
-    ) -> web.Response:
-        log_request(status, n, fault, ids)
-        return response
-
-    def dropped(request: web.Request, n: int, fault: str, ids: tuple[str, ...]) -> NoReturn:
-        log_request(0, n, fault, ids)
-        _drop_connection(request)
-        # The transport is gone: this answer is never written; aiohttp discards it quietly.
-        raise web.HTTPServiceUnavailable()
 
     def apply(customers: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         errors: list[dict[str, Any]] = []
@@ -305,102 +255,96 @@ def create_app(
 
     async def bulk(request: web.Request) -> web.Response:
         now = time.monotonic()
-        if not first_request:
-            first_request.append(now)
-        seen[0] += 1
         with state.lock:
             state.arrived += 1
+            arrived = state.arrived
+            if state.first_arrival is None:
+                state.first_arrival = now
+            since_first = now - state.first_arrival
+        customers: list[Any] = []  # known once the body is read
+
+        def answer(
+            status: int, response: web.Response | None, fault: str | None = None
+        ) -> web.Response:
+            """Log the request and return ``response``; None drops the connection instead."""
+            ids = tuple(_identifier(c) for c in customers)
+            with state.lock:
+                state.requests.append(
+                    RequestLog(time.monotonic(), status, len(customers), fault, ids)
+                )
+            if response is None:
+                if request.transport is not None:
+                    request.transport.abort()
+                # The transport is gone: this answer is never written; aiohttp discards it quietly.
+                raise web.HTTPServiceUnavailable()
+            return response
+
         # Draw the same number of values for every request so one fault does not
         # shift the ones after it.
         draws = [rng.random() for _ in range(5)]
-        if key_from_auth_header(request.headers.get("Authorization")) != config.api_key:
-            return answer(401, 0, _error(401, "Invalid API key"))
-        if config.revoke_key_after is not None and seen[0] > config.revoke_key_after:
-            return answer(401, 0, _error(401, "API key revoked"), "revoked")
+        try:
+            key = BasicAuth.decode(request.headers.get("Authorization", ""), "utf-8").login
+        except ValueError:
+            key = None
+        if key != config.api_key:
+            return answer(401, _error(401, "Invalid API key"))
+        if config.revoke_key_after is not None and arrived > config.revoke_key_after:
+            return answer(401, _error(401, "API key revoked"), "revoked")
         if config.outage is not None:
             start, end = config.outage
-            if start <= now - first_request[0] < end:
-                html = _GATEWAY_HTML.format("503 Service Unavailable")
-                return answer(
-                    503, 0, web.Response(status=503, text=html, content_type="text/html"), "outage"
-                )
+            if start <= since_first < end:
+                return answer(503, _gateway_page(503, "503 Service Unavailable"), "outage")
         if bucket is not None:
             wait = bucket.take()
             if wait:
                 retry_after = str(max(1, math.ceil(wait)))
-                return answer(
-                    429, 0, _error(429, "rate limit exceeded", {"Retry-After": retry_after})
-                )
-        raw = await request.read()
+                return answer(429, _error(429, "rate limit exceeded", {"Retry-After": retry_after}))
         try:
-            body = orjson.loads(raw)
+            body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return answer(400, 0, _error(400, "request body is not valid JSON"))
-        customers = body.get("customers") if isinstance(body, dict) else None
-        if not isinstance(customers, list):
-            return answer(400, 0, _error(400, "body must be an object with a 'customers' array"))
-        ids = tuple(_identifier(c) for c in customers)
+            return answer(400, _error(400, "request body is not valid JSON"))
+        if not isinstance(body, dict) or not isinstance(body.get("customers"), list):
+            return answer(400, _error(400, "body must be an object with a 'customers' array"))
+        customers = body["customers"]
         n = len(customers)
         cumulative = 0.0
         for status, probability in sorted(config.faults.items()):
             cumulative += probability
             if draws[0] < cumulative:
                 return answer(
-                    status, n, _fault_response(status, config.retry_after), f"status {status}", ids
+                    status, _fault_response(status, config.retry_after), f"status {status}"
                 )
         if draws[1] < config.drop:
-            return dropped(request, n, "drop", ids)
+            return answer(0, None, "drop")
         if n > config.max_customers:
             return answer(
-                413,
-                n,
-                _error(413, f"at most {config.max_customers} customers per call, got {n}"),
-                ids=ids,
+                413, _error(413, f"at most {config.max_customers} customers per call, got {n}")
             )
-        if config.bad_field is not None:
-            for c in customers:
-                if isinstance(c, dict) and config.bad_field in c:
-                    message = f"malformed attribute {config.bad_field!r} in request"
-                    return answer(400, n, _error(400, message), ids=ids)
+        if config.bad_field is not None and any(
+            isinstance(c, dict) and config.bad_field in c for c in customers
+        ):
+            return answer(400, _error(400, f"malformed attribute {config.bad_field!r} in request"))
         slow = draws[2] < config.slow
         if slow:
             await asyncio.sleep(config.slow_seconds)
         applied, errors = apply(customers)
         if draws[3] < config.applied_then_fail:
             if draws[4] < 0.5:
-                return dropped(request, n, "applied then dropped", ids)
-            return answer(
-                503,
-                n,
-                _fault_response(503, config.retry_after),
-                "applied then 503",
-                ids,
-            )
+                return answer(0, None, "applied then dropped")
+            return answer(503, _fault_response(503, config.retry_after), "applied then 503")
         payload: dict[str, Any] = {"status": "ok", "processed": len(applied)}
         if errors:
             payload["errors"] = errors
-        return answer(200, n, web.json_response(payload), "slow" if slow else None, ids)
+        return answer(200, web.json_response(payload), "slow" if slow else None)
 
     async def close_record_file(app: web.Application) -> None:
         if record_file is not None:
             record_file.close()
 
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app[STATE_KEY] = state
-    app[CONFIG_KEY] = config
     app.router.add_post(BULK_PATH, bulk)
     app.on_cleanup.append(close_record_file)
     return app
-
-
-def key_from_auth_header(header: str | None) -> str | None:
-    """The username (API key) of a Basic ``Authorization`` header, or None."""
-    if not header or not header.startswith("Basic "):
-        return None
-    try:
-        return base64.b64decode(header[6:], validate=True).decode().split(":", 1)[0]
-    except (binascii.Error, UnicodeDecodeError):
-        return None
 
 
 class FakeApiServer:
@@ -414,10 +358,9 @@ class FakeApiServer:
         self.state = FakeApiState()
         self.host = host
         self.port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._run, name="fake-api", daemon=True)
         self._ready = threading.Event()
+        self._stop = threading.Event()
         self._error: BaseException | None = None
 
     @property
@@ -425,7 +368,7 @@ class FakeApiServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> FakeApiServer:
-        self._thread = threading.Thread(target=self._run, name="fake-api", daemon=True)
+        """Start serving; raises what kept the server from starting (a port in use)."""
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None:
@@ -433,40 +376,29 @@ class FakeApiServer:
         return self
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._start_site())
-        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
-            self._error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        loop.run_forever()
-        assert self._runner is not None
-        loop.run_until_complete(self._runner.cleanup())
-        # Answers still sleeping (slow faults) are cancelled, not left to be destroyed pending.
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
+        # Leaving asyncio.run cancels the answers still sleeping (slow faults).
+        asyncio.run(self._serve())
 
-    async def _start_site(self) -> None:
+    async def _serve(self) -> None:
         # A short shutdown timeout: a deliberately slow answer must not hold up stop().
-        self._runner = web.AppRunner(
+        runner = web.AppRunner(
             create_app(self.config, self.state), access_log=None, shutdown_timeout=0.5
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        try:
+            await runner.setup()
+            await web.TCPSite(runner, self.host, self.port).start()
+            self.port = runner.addresses[0][1]
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            self._error = exc
+            return
+        finally:
+            self._ready.set()
+        await asyncio.to_thread(self._stop.wait)
+        await runner.cleanup()
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._stop.set()
+        if self._thread.is_alive():
             self._thread.join(10)
 
     def __enter__(self) -> FakeApiServer:
