@@ -90,11 +90,11 @@ def parse_fault_spec(spec: str) -> tuple[int, float]:
     status, sep, prob = spec.partition("=")
     try:
         code, p = int(status), float(prob)
+        if sep and 100 <= code <= 599 and 0 <= p <= 1:
+            return code, p
     except ValueError:
-        raise ValueError(f"expected STATUS=PROBABILITY, got {spec!r}") from None
-    if not sep or not 100 <= code <= 599 or not 0 <= p <= 1:
-        raise ValueError(f"expected STATUS=PROBABILITY, got {spec!r}")
-    return code, p
+        pass
+    raise ValueError(f"expected STATUS=PROBABILITY, got {spec!r}")
 
 
 def parse_outage_spec(spec: str) -> tuple[float, float]:
@@ -102,11 +102,11 @@ def parse_outage_spec(spec: str) -> tuple[float, float]:
     start, sep, end = spec.partition(":")
     try:
         window = (float(start), float(end))
+        if sep and 0 <= window[0] < window[1]:
+            return window
     except ValueError:
-        raise ValueError(f"expected START:END in seconds, got {spec!r}") from None
-    if not sep or not 0 <= window[0] < window[1]:
-        raise ValueError(f"expected START:END in seconds, got {spec!r}")
-    return window
+        pass
+    raise ValueError(f"expected START:END in seconds, got {spec!r}")
 
 
 @dataclass
