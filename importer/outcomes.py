@@ -254,11 +254,10 @@ class ImportReport:
         return f"rows read {self.rows_read} = {' + '.join(parts)} ({verdict})"
 
     def count_rejects(self, rejects: list[Reject]) -> None:
+        dropped = sum(1 for r in rejects if r.dropped_field)
+        self.dropped_fields += dropped
+        self.rejected += len(rejects) - dropped
         for r in rejects:
-            if r.dropped_field:
-                self.dropped_fields += 1
-            else:
-                self.rejected += 1
             _tally(self.reject_reasons, r.reason)
 
     def count_outcomes(self, outcomes: list[Outcome]) -> None:
