@@ -10,29 +10,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from .batching import encode_payload
 from .config import ConfigFile, default_map, load_config
 from .errors import AccountingMismatch, ImporterError, RunStopped, UsageError
-from .logs import LOG_FORMATS, protect_secret, setup_logging
+from .logs import LOG_FORMATS, secret_filter, setup_logging
 from .options import SECTIONS, ImportOptions, cli_fields, flag_name
 from .outcomes import ImportReport
-from .progress import open_progress, rerun_command, summary_lines
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+_EXIT_ON_SIGNAL: dict[int, int] = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 
-log = logging.getLogger("importer")
+Decorator = Callable[[Any], Any]
+
+
+def _options(*decorators: Decorator) -> Decorator:
+    """Click options applied as if stacked in this order above the command."""
+
+    def decorate(command: Any) -> Any:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
 
 
 class _Group(click.Group):
@@ -47,25 +58,23 @@ class _Group(click.Group):
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    # Looked up only when asked: importlib.metadata costs every other command a few dozen ms.
-    from . import __version__
+    if value and not ctx.resilient_parsing:
+        # Looked up only when asked: importlib.metadata costs every command a few dozen ms.
+        from . import __version__
 
-    click.echo(f"blueshift-import, version {__version__}")
-    ctx.exit()
+        click.echo(f"blueshift-import, version {__version__}")
+        ctx.exit()
+
+
+_VERBOSE = click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--version",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_show_version,
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
     help="Show the version and exit.",
-)
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+)  # fmt: skip
+@_VERBOSE
 @click.pass_context
 def main(ctx: click.Context, verbose: int) -> None:
     """Bulk-import customer files (CSV, JSONL) into Blueshift's customers API.
@@ -92,130 +101,95 @@ def _load_config_option(
     return config
 
 
-def config_option(f: Any) -> Any:
-    """The ``--config FILE`` option, for any command whose options a file may hold."""
-    return click.option(
-        "--config",
-        "config",
-        type=click.Path(dir_okay=False, path_type=Path),
-        is_eager=True,
-        expose_value=True,
-        callback=_load_config_option,
-        help="TOML file with options and the column mapping (flags and environment win).",
-    )(f)
+_CONFIG = click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,
+    callback=_load_config_option,
+    help="TOML file with options and the column mapping (flags and environment win).",
+)
+
+#: The fake API's settings (flag, type, metavar, help), shared by ``fake-api`` and, prefixed
+#: ``mock-``, by ``run --mock``; unset ones keep FakeApiConfig's defaults.
+_FAKE_API_SETTINGS = (
+    ("rate", float, "N", "Requests per second before answering 429 (default: unlimited)."),
+    ("burst", int, "N", "Requests allowed at once above the rate (default: 1)."),
+    (
+        "fault",
+        str,
+        "STATUS=P",
+        "Answer STATUS with probability P, e.g. 503=0.1 (repeatable; 404, 409, 429, 500, 502, "
+        "503, 504).",
+    ),
+    ("slow", float, "P", "Probability of answering after --{p}slow-seconds (records applied)."),
+    ("slow-seconds", float, "SECONDS", "How late a slow answer comes (default: 5)."),
+    ("drop", float, "P", "Probability of closing the connection with no answer."),
+    ("applied-then-fail", float, "P", "Probability of applying the records, then failing."),
+    ("outage", str, "START:END", "Answer 503 from START to END seconds after the first request."),
+    ("revoke-key-after", int, "N", "Answer 401 to every request after the first N."),
+    ("record-errors", float, "P", "Probability per record of an error in a 200 (half transient)."),
+    ("seed", int, "N", "Seed for the faults."),
+    ("record", Path, "FILE", "Append every applied customer to this JSONL file."),
+)
 
 
-# -- fake API faults (shared by ``fake-api`` and ``run --mock``) ----------------
-def _fault_options(prefix: str) -> Any:
-    """The seeded fault flags of the fake API, named ``--{prefix}fault`` etc."""
-    p = prefix
-    options = [
-        click.option(
-            f"--{p}fault",
-            "fault_statuses",
-            multiple=True,
-            metavar="STATUS=P",
-            help="Answer STATUS with probability P, e.g. 503=0.1 (repeatable; "
-            "404, 409, 429, 500, 502, 503, 504).",
-        ),
-        click.option(
-            f"--{p}slow",
-            "fault_slow",
-            type=float,
-            default=0.0,
-            help=f"Probability of answering only after --{p}slow-seconds (records applied).",
-        ),
-        click.option(
-            f"--{p}slow-seconds",
-            "fault_slow_seconds",
-            type=float,
-            default=5.0,
-            show_default=True,
-            help="How late a slow answer comes.",
-        ),
-        click.option(
-            f"--{p}drop",
-            "fault_drop",
-            type=float,
-            default=0.0,
-            help="Probability of closing the connection with no answer.",
-        ),
-        click.option(
-            f"--{p}applied-then-fail",
-            "fault_applied_then_fail",
-            type=float,
-            default=0.0,
-            help="Probability of applying the records, then answering 503 or dropping.",
-        ),
-        click.option(
-            f"--{p}outage",
-            "fault_outage",
-            metavar="START:END",
-            help="Answer 503 to everything from START to END seconds after the first request.",
-        ),
-        click.option(
-            f"--{p}revoke-key-after",
-            "fault_revoke_key_after",
-            type=int,
-            help="Answer 401 to every request after the first N.",
-        ),
-        click.option(
-            f"--{p}record-errors",
-            "fault_record_errors",
-            type=float,
-            default=0.0,
-            help="Probability per record of a per-record error in a 200 (half transient).",
-        ),
-        click.option(f"--{p}seed", "fault_seed", type=int, help="Seed for the faults."),
-    ]
-
-    def decorate(f: Any) -> Any:
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
+def _fake_api_options(prefix: str) -> Decorator:
+    """The fake API's settings as flags named ``--{prefix}rate`` etc. (parameters ``fake_*``)."""
+    return _options(
+        *(
+            click.option(
+                f"--{prefix}{flag}",
+                "fake_" + flag.replace("-", "_"),
+                type=kind,
+                metavar=metavar,
+                multiple=flag == "fault",
+                help=text.format(p=prefix),
+            )
+            for flag, kind, metavar, text in _FAKE_API_SETTINGS
+        )
+    )
 
 
-def _fake_config(kw: dict[str, Any], **config: Any) -> Any:
-    """A :class:`FakeApiConfig` from the fault flags in ``kw`` (removed from it)."""
+def _fake_config(kw: dict[str, Any], api_key: str) -> Any:
+    """A :class:`FakeApiConfig` accepting ``api_key``, from the settings (``fake_*``) in ``kw``.
+
+    Raises :class:`UsageError` for a malformed or impossible fault.
+    """
     from .fake_api import FakeApiConfig, parse_fault_spec, parse_outage_spec
 
+    settings = {
+        name.removeprefix("fake_"): value
+        for name, value in kw.items()
+        if name.startswith("fake_") and value is not None
+    }
+    settings["record_path"] = settings.pop("record", None)
     try:
-        faults = dict(parse_fault_spec(spec) for spec in kw.pop("fault_statuses"))
-        outage = kw.pop("fault_outage")
-        return FakeApiConfig(
-            faults=faults,
-            slow=kw.pop("fault_slow"),
-            slow_seconds=kw.pop("fault_slow_seconds"),
-            drop=kw.pop("fault_drop"),
-            applied_then_fail=kw.pop("fault_applied_then_fail"),
-            outage=parse_outage_spec(outage) if outage else None,
-            revoke_key_after=kw.pop("fault_revoke_key_after"),
-            record_errors=kw.pop("fault_record_errors"),
-            seed=kw.pop("fault_seed"),
-            **config,
-        )
+        settings["faults"] = dict(parse_fault_spec(spec) for spec in settings.pop("fault"))
+        if "outage" in settings:
+            settings["outage"] = parse_outage_spec(settings["outage"])
+        return FakeApiConfig(api_key=api_key, **settings)
     except ValueError as exc:
         raise UsageError(f"fake API faults: {exc}") from None
 
 
-def _table_options(*sections: str, only: tuple[str, ...] = ()) -> Any:
-    """Click options for the :class:`ImportOptions` fields of ``sections`` (and ``only``)."""
-    chosen = [f for f in cli_fields() if f.metadata["section"] in sections or f.name in only]
-
-    def decorate(command: Any) -> Any:
-        for f in reversed(chosen):
-            m = f.metadata
-            default = m["cli_default"] if m["cli_default"] is not None else f.default
-            kind: Any = None
-            if m["choices"]:
-                kind = click.Choice(m["choices"])
-            elif m["path"]:
-                kind = click.Path(dir_okay=False, path_type=Path)
-            elif not isinstance(default, bool | tuple) and default is not None:
-                kind = type(default)
-            command = click.option(
+def _table_options(*sections: str, only: tuple[str, ...] = (), exists: bool = False) -> Decorator:
+    """Click options for the :class:`ImportOptions` fields of ``sections`` (and ``only``);
+    ``exists``: their paths must name existing files."""
+    options = []
+    for f in cli_fields():
+        m = f.metadata
+        if m["section"] not in sections and f.name not in only:
+            continue
+        default = m["cli_default"] if m["cli_default"] is not None else f.default
+        kind: Any = None
+        if m["choices"]:
+            kind = click.Choice(m["choices"])
+        elif m["path"]:
+            kind = click.Path(exists=exists, dir_okay=False, path_type=Path)
+        elif not isinstance(default, bool | tuple) and default is not None:
+            kind = type(default)
+        options.append(
+            click.option(
                 flag_name(f),
                 f.name,
                 type=kind,
@@ -227,14 +201,19 @@ def _table_options(*sections: str, only: tuple[str, ...] = ()) -> Any:
                 show_default=not (default is None or default is False or default == ()),
                 metavar=m["metavar"],
                 help=m["help"],
-            )(command)
-        return command
+            )
+        )
+    return _options(*options)
 
-    return decorate
 
+def _options_from(kw: dict[str, Any], config: ConfigFile | None, **fixed: Any) -> ImportOptions:
+    """The :class:`ImportOptions` named in ``kw`` (taken out of it), with ``fixed`` on top.
 
-def _options_from(kw: dict[str, Any], **fixed: Any) -> ImportOptions:
-    """The :class:`ImportOptions` named in ``kw`` (taken out of it), with ``fixed`` on top."""
+    A ``config`` file with ``[columns]`` tables is also the mapping file,
+    unless ``--mapping`` names another.
+    """
+    if config is not None and config.has_columns and not kw.get("mapping_file"):
+        fixed.setdefault("mapping_file", config.path)
     names = {f.name for f in dataclasses.fields(ImportOptions)}
     values = {name: kw.pop(name) for name in list(kw) if name in names}
     return ImportOptions(**{**values, **fixed})
@@ -244,86 +223,57 @@ def _options_from(kw: dict[str, Any], **fixed: Any) -> ImportOptions:
 class _Display:
     """How the command shows a run; the settings no library call needs."""
 
-    config: ConfigFile | None
     quiet: bool
     status_every: float
     log_format: str
-    key_on_command_line: bool = False
-    rerun_args: tuple[str, ...] = ()
+    key_on_command_line: bool
+    rerun_args: tuple[str, ...]
 
 
-def _display_options(f: Any) -> Any:
-    for option in reversed(
-        [
-            config_option,
-            click.option(
-                "-q",
-                "--quiet",
-                is_flag=True,
-                help="No live display: plain status lines (see --status-every).",
-            ),
-            click.option(
-                "--status-every",
-                type=click.FloatRange(min=0),
-                default=10.0,
-                show_default=True,
-                help="Seconds between status lines when not on a terminal or --quiet (0: none).",
-            ),
-            click.option(
-                "--log-format",
-                type=click.Choice(LOG_FORMATS),
-                default="text",
-                show_default=True,
-                help="Log lines (and status lines) as text or one JSON object per line.",
-            ),
-            click.option(
-                "-v", "--verbose", count=True, help="More log output (-v info, -vv debug)."
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
-def _display_from(kw: dict[str, Any], options: ImportOptions, mock: bool) -> _Display:
-    """Take the display settings out of ``kw``, set up logging, note how the key was given."""
-    ctx = click.get_current_context()
-    verbose = kw.pop("verbose") + (ctx.find_object(dict) or {}).get("verbose", 0)
-    log_format = kw.pop("log_format")
-    setup_logging(verbose, log_format)
-    config = kw.pop("config", None)
-    if config is not None:
-        for warning in config.warnings():
-            click.echo(f"warning: {warning}", err=True)
-    return _Display(
-        config=config,
-        quiet=kw.pop("quiet"),
-        status_every=kw.pop("status_every"),
-        log_format=log_format,
-        # Said after the summary of a run that used the key (not before a usage
-        # error), where it is not scrolled away by the progress display.
-        key_on_command_line=(
-            ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE
-        ),
-        rerun_args=_rerun_args(options, config, mock),
-    )
+_DISPLAY_OPTIONS = _options(
+    _CONFIG,
+    click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="No live display: plain status lines (see --status-every).",
+    ),
+    click.option(
+        "--status-every",
+        type=click.FloatRange(min=0),
+        default=10.0,
+        show_default=True,
+        help="Seconds between status lines when not on a terminal or --quiet (0: none).",
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        default="text",
+        show_default=True,
+        help="Log lines (and status lines) as text or one JSON object per line.",
+    ),
+    _VERBOSE,
+)
 
 
 @main.command()
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
-@_display_options
+@_DISPLAY_OPTIONS
 @_table_options(*SECTIONS)
 @click.option("--no-state", is_flag=True, help="Record nothing (no --resume after a crash).")
-@click.option(
-    "--mock",
-    is_flag=True,
-    help="Start the embedded fake API on a free loopback port and import into it.",
-)
-@click.option(
-    "--mock-rate", type=float, help="With --mock: the fake API's own rate limit (429 above it)."
-)
-@_fault_options("mock-")
-def run(input_path: str, **kw: Any) -> None:
+@click.option("--mock", is_flag=True, help="Import into the embedded fake API (see --mock-*).")
+@_fake_api_options("mock-")
+def run(
+    input_path: str,
+    config: ConfigFile | None,
+    quiet: bool,
+    status_every: float,
+    log_format: str,
+    verbose: int,
+    no_state: bool,
+    mock: bool,
+    **kw: Any,
+) -> None:
     """Import FILE (CSV or JSONL, optionally .gz; - for stdin) into Blueshift.
 
     \b
@@ -337,26 +287,31 @@ def run(input_path: str, **kw: Any) -> None:
       blueshift-import run customers.csv --resume   # after a crash or Ctrl-C
       blueshift-import run nightly.csv --changed-only
     """
-    mock, mock_rate = kw.pop("mock"), kw.pop("mock_rate")
-    config: ConfigFile | None = kw.get("config")
-    fixed: dict[str, Any] = {}
-    if kw.pop("no_state"):
-        fixed["state_path"] = None
-    if config is not None and config.has_columns and not kw.get("mapping_file"):
-        # A config file with [columns] tables is also the mapping file.
-        fixed["mapping_file"] = config.path
+    ctx = click.get_current_context()
+    setup_logging(verbose + ctx.ensure_object(dict).get("verbose", 0), log_format)
+    for warning in config.warnings() if config is not None else ():
+        click.echo(f"warning: {warning}", err=True)
+    fixed: dict[str, Any] = {"state_path": None} if no_state else {}
     if mock:
         from .fake_api import DEFAULT_KEY
 
         fixed["api_key"] = DEFAULT_KEY
-    options = _options_from(kw, **fixed)
-    display = _display_from(kw, options, mock)
+    options = _options_from(kw, config, **fixed)
+    display = _Display(
+        quiet,
+        status_every,
+        log_format,
+        # Said after the summary of a run that used the key (not before a usage
+        # error), where it is not scrolled away by the progress display.
+        key_on_command_line=ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE,
+        rerun_args=_rerun_args(options, config, mock),
+    )
     if not mock:
         sys.exit(_run_import(input_path, options, display))
     # Only --mock needs the fake API, and with it aiohttp's server side.
-    from .fake_api import DEFAULT_KEY, FakeApiServer
+    from .fake_api import FakeApiServer
 
-    with FakeApiServer(_fake_config(kw, api_key=DEFAULT_KEY, rate=mock_rate)) as server:
+    with FakeApiServer(_fake_config(kw, str(options.api_key))) as server:
         click.echo(f"fake API listening on {server.url}", err=True)
         code = _run_import(input_path, options.replace(base_url=server.url), display)
         click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
@@ -365,8 +320,9 @@ def run(input_path: str, **kw: Any) -> None:
 
 def _run_import(input_path: str, options: ImportOptions, display: _Display) -> int:
     from .pipeline import import_file
+    from .progress import RunProgress
 
-    protect_secret(options.api_key)
+    secret_filter.add(options.api_key)  # never in a log line from now on
     if not options.api_key and not options.dry_run:
         raise UsageError("no API key: set BLUESHIFT_API_KEY (or use --mock to try it out)")
     stop = threading.Event()
@@ -374,18 +330,16 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
 
     def on_signal(signum: int, frame: Any) -> None:
         if received:
-            os._exit(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+            os._exit(_EXIT_ON_SIGNAL[signum])
         received.append(signum)
         click.echo("stopping: finishing requests in flight (again to quit at once)", err=True)
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in _EXIT_ON_SIGNAL}
     try:
-        with open_progress(
-            quiet=display.quiet,
-            status_every=display.status_every,
-            as_json=display.log_format == "json",
-            stream=sys.stderr,
+        as_json = display.log_format == "json"
+        with RunProgress(
+            sys.stderr, quiet=display.quiet, every=display.status_every, as_json=as_json
         ) as progress:
             report = import_file(input_path, options, observer=progress.observe, stop=stop)
     except (RunStopped, AccountingMismatch) as exc:
@@ -398,27 +352,22 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
             signal.signal(s, handler)
     _print_summary(report, display)
     if received:
-        return EXIT_SIGINT if received[0] == signal.SIGINT else EXIT_SIGTERM
+        return _EXIT_ON_SIGNAL[received[0]]
     return _exit_code(report, options.max_error_rate)
 
 
 def _exit_code(report: ImportReport, max_error_rate: float) -> int:
     failed = report.rejected + report.dead_lettered
-    if failed == 0:
-        return EXIT_OK
-    if report.rows_read and report.error_rate <= max_error_rate:
-        return EXIT_OK
-    return EXIT_ERRORS
+    tolerated = report.rows_read and report.error_rate <= max_error_rate
+    return EXIT_OK if failed == 0 or tolerated else EXIT_ERRORS
 
 
 def _rerun_args(options: ImportOptions, config: ConfigFile | None, mock: bool) -> tuple[str, ...]:
     """Options the re-run command must repeat to reach the same API (never the key)."""
-    args: list[str] = []
-    if config is not None:
-        args += ["--config", str(config.path)]
+    args = ["--config", str(config.path)] if config is not None else []
     if mock:
-        return (*args, "--mock")
-    if options.base_url:
+        args.append("--mock")
+    elif options.base_url:
         args += ["--base-url", options.base_url]
         if options.insecure_http:
             args.append("--insecure-http")
@@ -428,6 +377,8 @@ def _rerun_args(options: ImportOptions, config: ConfigFile | None, mock: bool) -
 
 
 def _print_summary(report: ImportReport, display: _Display) -> None:
+    from .progress import rerun_command, summary_lines
+
     rerun = rerun_command(report, display.rerun_args)
     for line in summary_lines(report, rerun):
         click.echo(line)
@@ -437,7 +388,6 @@ def _print_summary(report: ImportReport, display: _Display) -> None:
         if rerun:
             summary["rerun_command"] = rerun
         click.echo(json.dumps(summary, ensure_ascii=False, default=str), err=True)
-    _print_preview(report)
     if display.key_on_command_line:
         click.echo(
             "warning: --api-key is visible to other users in the process list and stays in "
@@ -446,26 +396,10 @@ def _print_summary(report: ImportReport, display: _Display) -> None:
         )
 
 
-def _print_preview(report: ImportReport) -> None:
-    if report.preview:
-        click.echo(f"first {len(report.preview)} payloads as they would be sent:")
-        for payload in report.preview:
-            click.echo("  " + encode_payload(payload).decode())
-
-
 @main.command("init-config")
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["csv", "jsonl"]),
-    help="Input format (default: from the extension).",
-)
-@click.option("--encoding", help="Input encoding (default: detected).")
-@click.option("--delimiter", help="CSV delimiter (default: sniffed).")
-def init_config(
-    input_path: str, fmt: str | None, encoding: str | None, delimiter: str | None
-) -> None:
+@_table_options(only=("format", "encoding", "delimiter"))
+def init_config(input_path: str, **kw: Any) -> None:
     """Print a starter config file for FILE, with the column mapping detected from its header.
 
     Only column names are read into the file, never values. Edit it, then pass
@@ -478,17 +412,16 @@ def init_config(
     """
     from .config import detect_starter_config
 
-    text = detect_starter_config(input_path, format=fmt, encoding=encoding, delimiter=delimiter)
-    click.echo(text, nl=False)
+    click.echo(detect_starter_config(input_path, **kw), nl=False)
 
 
 @main.command()
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
-@config_option
+@_CONFIG
 @_table_options(
     "input", "cleaning", only=("rejects_path", "report_path", "overwrite", "preview_size")
 )
-def validate(input_path: str, **kw: Any) -> None:
+def validate(input_path: str, config: ConfigFile | None, **kw: Any) -> None:
     """Check FILE without sending anything: no network, no API key needed.
 
     Prints the resolved column mapping, how many rows are valid, rejected
@@ -504,75 +437,23 @@ def validate(input_path: str, **kw: Any) -> None:
           --rejects rejects.csv
     """
     from .pipeline import import_file
+    from .progress import validation_lines
 
-    config: ConfigFile | None = kw.pop("config", None)
-    fixed: dict[str, Any] = {"dry_run": True}
-    if config is not None and config.has_columns and not kw.get("mapping_file"):
-        fixed["mapping_file"] = config.path
-    report = import_file(input_path, _options_from(kw, **fixed))
-    _print_validation(report)
+    report = import_file(input_path, _options_from(kw, config, dry_run=True))
+    for line in validation_lines(report):
+        click.echo(line)
     sys.exit(EXIT_OK if report.rejected == 0 else EXIT_ERRORS)
-
-
-def _print_validation(report: ImportReport) -> None:
-    out = click.echo
-    out(f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s")
-    out("mapping:")
-    width = max((len(s) for s, _ in report.mapping), default=0)
-    for source, target in report.mapping:
-        arrow = target if target == "(dropped)" else f"-> {target}"
-        out(f"  {source:<{width}}  {arrow}")
-    out(
-        f"rows read {report.rows_read}: valid {report.not_sent}, rejected {report.rejected}, "
-        f"merged {report.merged_duplicates}"
-    )
-    if report.dropped_fields:
-        out(f"  fields dropped   {report.dropped_fields}")
-    for reason, n in sorted(report.reject_reasons.items(), key=lambda kv: -kv[1]):
-        out(f"  rejected: {n} × {reason}")
-    out(f"would send {report.not_sent} customers in {report.requests} requests")
-    out(f"accounting: {report.accounting_line()}")
-    for kind, path in report.files.items():
-        out(f"{kind.replace('_', '-')}: {path}")
-    _print_preview(report)
 
 
 @main.command("fake-api")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free port).")
 @click.option(
-    "--api-key",
-    envvar="FAKE_API_KEY",
-    default="fake-api-key",
-    show_default=True,
+    "--api-key", envvar="FAKE_API_KEY", default="fake-api-key", show_default=True,
     help="The key the fake API accepts.",
-)
-@click.option(
-    "--rate", type=float, help="Requests per second before answering 429 (default: unlimited)."
-)
-@click.option(
-    "--burst",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Requests allowed at once above the rate.",
-)
-@_fault_options("")
-@click.option(
-    "--record",
-    "record_path",
-    type=click.Path(path_type=Path),
-    help="Append every applied customer to this JSONL file.",
-)
-def fake_api(
-    host: str,
-    port: int,
-    api_key: str,
-    rate: float | None,
-    burst: int,
-    record_path: Path | None,
-    **faults: Any,
-) -> None:
+)  # fmt: skip
+@_fake_api_options("")
+def fake_api(host: str, port: int, api_key: str, **settings: Any) -> None:
     """Run the fake Blueshift API in the foreground, for dry runs and tests.
 
     \b
@@ -585,13 +466,13 @@ def fake_api(
     """
     from .fake_api import serve_forever
 
-    config = _fake_config(faults, api_key=api_key, rate=rate, burst=burst, record_path=record_path)
+    config = _fake_config(settings, api_key)
     click.echo(f"fake Blueshift API on http://{host}:{port} (Ctrl-C to stop)", err=True)
     serve_forever(config, host, port)
 
 
 # -- state: resume and incremental imports ------------------------------------
-_STATE_OPTION = _table_options(only=("state_path",))
+_STATE_OPTION = _table_options(only=("state_path",), exists=True)
 
 
 @main.group("state")
@@ -616,12 +497,12 @@ def state_show(state_path: Path, as_json: bool) -> None:
     Example:
       blueshift-import state show --state .blueshift-import/state.sqlite
     """
+    from datetime import datetime
+
     from .state import open_summary
 
     summary = open_summary(state_path)
     if as_json:
-        import json
-
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"state {summary['path']} ({summary['size_bytes']} bytes)")
@@ -634,17 +515,12 @@ def state_show(state_path: Path, as_json: bool) -> None:
     )
     click.echo(f"  runs: {summary['run_count']} (latest first)")
     for r in summary["runs"]:
+        when = datetime.fromtimestamp(r["updated_at"]).isoformat(sep=" ", timespec="seconds")
         click.echo(
-            f"  #{r['id']:<4} {r['status']:<11} {_when(r['updated_at'])}  "
+            f"  #{r['id']:<4} {r['status']:<11} {when}  "
             f"confirmed {r['confirmed']}, dead-lettered {r['dead_lettered']}, "
             f"attempts {r['attempts']}  {r['source']}"
         )
-
-
-def _when(timestamp: float) -> str:
-    from datetime import datetime
-
-    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
 
 
 @state_group.command("reset")
@@ -659,8 +535,6 @@ def state_reset(state_path: Path, yes: bool) -> None:
     """
     from .state import StateStore
 
-    if not state_path.is_file():
-        raise UsageError(f"no state at {state_path}")
     if not yes:
         click.confirm(f"forget everything recorded in {state_path}?", abort=True)
     with StateStore(state_path) as store:
@@ -686,8 +560,6 @@ def state_prune(state_path: Path, older_than: str) -> None:
     from .state import StateStore, parse_age
 
     seconds = parse_age(older_than)
-    if not state_path.is_file():
-        raise UsageError(f"no state at {state_path}")
     with StateStore(state_path) as store:
         removed = store.prune(seconds)
     click.echo(

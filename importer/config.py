@@ -2,33 +2,28 @@
 
 A configuration file holds a command's options under their long names
 (``rate = 5``, ``dead-letter = "failed.jsonl"``; dashes or underscores) and,
-optionally, the column mapping as ``[columns."Source column"]`` tables. The
-column tables are read by :mod:`importer.mapping` (through
-``ImportOptions.mapping_file``), never here.
-
-Precedence, highest first: command-line flags, environment variables
-(``BLUESHIFT_API_KEY``, ``BLUESHIFT_REGION``, ``BLUESHIFT_BASE_URL``), the
-configuration file, built-in defaults. The command line gets that order by
-handing :func:`default_map` to click as the command's default map, which
-click consults after flags and environment and before defaults.
-
-Relative paths in the file are relative to the file's own directory, so a
-cron job finds the same files whatever its working directory.
+optionally, the column mapping as ``[columns."Source column"]`` tables.
+Precedence, highest first: flags, environment variables, the file, defaults;
+click gives that order to the :func:`default_map` it is handed. Relative paths
+are relative to the file's directory, so a cron job finds the same files
+whatever its working directory.
 
 Owns: reading and checking the file, translating its keys to a command's
-parameters, writing a starter file. Must not: parse the column tables or
-validate option values (click and :class:`~importer.options.ImportOptions`
-do that).
+parameters, writing a starter file. Must not: parse the column tables (that is
+:mod:`importer.mapping`) or validate option values (click and
+:class:`~importer.options.ImportOptions` do that).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shlex
-import stat
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_IRWXG, S_IRWXO
 from typing import Any
 
 import click
@@ -36,8 +31,6 @@ import click
 from .errors import UsageError
 from .mapping import ColumnMapping
 
-#: The table that holds the column mapping (read by :mod:`importer.mapping`).
-COLUMNS_TABLE = "columns"
 #: Parameters a configuration file cannot set.
 NOT_CONFIGURABLE = frozenset({"config", "help", "input_path", "version"})
 
@@ -53,18 +46,13 @@ class ConfigFile:
 
     def warnings(self) -> list[str]:
         """Things worth telling the user about the file itself (never its values)."""
-        out = []
-        if "api_key" in self.options:
-            try:
-                mode = self.path.stat().st_mode
-            except OSError:
-                mode = 0
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                out.append(
+        with contextlib.suppress(OSError):
+            if "api_key" in self.options and self.path.stat().st_mode & (S_IRWXG | S_IRWXO):
+                return [
                     f"{self.path} holds the API key and other users can read it "
                     f"(chmod 600 {self.path}, or use BLUESHIFT_API_KEY instead)"
-                )
-        return out
+                ]
+        return []
 
 
 def fold_key(key: str) -> str:
@@ -88,7 +76,7 @@ def load_config(path: str | Path) -> ConfigFile:
         raise UsageError(f"--config {path}: cannot read it ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"--config {path}: not valid TOML ({exc})") from exc
-    columns = data.pop(COLUMNS_TABLE, None)
+    columns = data.pop("columns", None)  # the mapping, read by importer.mapping
     if columns is not None and not isinstance(columns, dict):
         raise UsageError(f'--config {path}: "columns" must be a table of [columns."Name"] tables')
     options: dict[str, Any] = {}
@@ -117,67 +105,36 @@ def default_map(config: ConfigFile, params: Iterable[click.Parameter]) -> dict[s
     for param in params:
         if not isinstance(param, click.Option) or param.name in NOT_CONFIGURABLE:
             continue
-        for opt in (*param.opts, *param.secondary_opts):
+        for opt in param.opts:
             if opt.startswith("--"):
                 index.setdefault(fold_key(opt[2:]), param)
         if param.name:
             index.setdefault(fold_key(param.name), param)
-    result: dict[str, Any] = {}
-    unknown: list[str] = []
-    for key, value in config.options.items():
-        found = index.get(key)
-        if found is None or found.name is None:
-            unknown.append(key)
-            continue
-        param = found
-        if param.multiple and not isinstance(value, list):
-            value = [value]
-        if isinstance(param.type, click.Path):
-            value = _resolve_paths(config.path.parent, value)
-        result[param.name] = value
+    unknown = [key for key in config.options if key not in index]
     if unknown:
-        known = sorted({_long_name(p) for p in index.values()})
+        known = {opt[2:] for param in index.values() for opt in param.opts if opt.startswith("--")}
         raise UsageError(
             f"--config {config.path}: unknown option(s) {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(known)})"
+            f"(known: {', '.join(sorted(known))})"
         )
+    result: dict[str, Any] = {}
+    for key, value in config.options.items():
+        param = index[key]
+        if param.multiple and not isinstance(value, list):
+            value = [value]
+        relative = isinstance(value, str) and not Path(value).expanduser().is_absolute()
+        if isinstance(param.type, click.Path) and relative and value != "-":
+            value = str(config.path.parent / value)
+        result[str(param.name)] = value
     return result
 
 
-def _long_name(param: click.Parameter) -> str:
-    longs = [o[2:] for o in param.opts if o.startswith("--")]
-    return longs[0] if longs else str(param.name)
-
-
-def _resolve_paths(base: Path, value: Any) -> Any:
-    if isinstance(value, list):
-        return [_resolve_paths(base, v) for v in value]
-    if isinstance(value, str) and value != "-" and not Path(value).expanduser().is_absolute():
-        return str(base / value)
-    return value
-
-
 def toml_string(text: str) -> str:
-    """``text`` as a TOML basic string, with the characters TOML forbids escaped."""
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    """``text`` as a TOML basic string.
+
+    A JSON string is one, but for DEL (0x7F), which TOML accepts only escaped.
+    """
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007F")
 
 
 def detect_starter_config(
@@ -200,12 +157,9 @@ def detect_starter_config(
     with Source(
         path, format=format, encoding=encoding, delimiter=delimiter, chunk_rows=sample_rows
     ) as source:
-        columns: list[str] = []
-        for chunk in source.chunks():
-            columns = [str(c) for c in chunk.column_names] or list(source.columns)
-            if columns:
-                break
-        columns = columns or list(source.columns)
+        # JSONL's columns are its records' keys; a CSV file with only a header has no chunk.
+        found = (chunk.column_names for chunk in source.chunks())
+        columns = next((names for names in found if names), None) or source.columns
         fmt = source.format
     return starter_config(str(path), resolve_mapping(columns), fmt)
 

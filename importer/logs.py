@@ -1,15 +1,8 @@
 """Logging for the command line: text or JSON lines on stderr, and a key that never leaks.
 
-Owns: the handler the ``blueshift-import`` command installs on the
-``importer`` logger (``-v`` info, ``-vv`` debug; ``--log-format text|json``)
-and :class:`SecretFilter`, which replaces the API key (and its Basic-auth
-encoding) with ``***`` in every record that passes the handler, whatever
-module logged it.
-
-The library itself installs nothing but a :class:`logging.NullHandler`: an
-application that imports it decides where its log lines go.
-
-Must not: print progress or summaries (that is :mod:`importer.progress`).
+Owns: the handler the command puts on the ``importer`` logger, and the filter
+that masks the API key in every record passing it. The library itself installs
+only a :class:`logging.NullHandler`. Must not: print progress or summaries.
 """
 
 from __future__ import annotations
@@ -23,23 +16,21 @@ from typing import IO, Any
 import orjson
 
 LOG_FORMATS = ("text", "json")
-LOGGER_NAME = "importer"
 MASK = "***"
 #: Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-def level_for(verbosity: int) -> int:
-    """The log level for ``-v`` counted ``verbosity`` times: warnings, info, then debug."""
-    return (logging.WARNING, logging.INFO, logging.DEBUG)[max(0, min(verbosity, 2))]
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a record was given with ``extra=``."""
+    names = sorted(vars(record).keys() - _STANDARD_ATTRS)
+    return {name: getattr(record, name) for name in names if not name.startswith("_")}
 
 
 class SecretFilter(logging.Filter):
-    """Masks registered secrets in a record's message, arguments and extras.
+    """Masks registered secrets in a record's message, traceback and ``extra=`` fields.
 
-    Attach it to a handler (not a logger) so it sees the records of every
-    child logger too. Secrets shorter than 4 characters are ignored: masking
-    them would garble ordinary words.
+    On a handler (not a logger), it sees the records of every child logger too.
     """
 
     def __init__(self) -> None:
@@ -47,32 +38,28 @@ class SecretFilter(logging.Filter):
         self._secrets: set[str] = set()
 
     def add(self, secret: str | None) -> None:
-        """Mask ``secret`` and its HTTP Basic encoding from now on."""
-        if not secret or len(secret) < 4:
-            return
-        self._secrets.add(secret)
-        self._secrets.add(base64.b64encode(f"{secret}:".encode()).decode("ascii"))
+        """Mask ``secret`` and its HTTP Basic encoding from now on (not under 4 characters:
+        masking those would garble ordinary words)."""
+        if secret and len(secret) >= 4:
+            self._secrets |= {secret, base64.b64encode(f"{secret}:".encode()).decode("ascii")}
 
     def mask(self, text: str) -> str:
         for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
+            text = text.replace(secret, MASK)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True
-        # Render the message now so a secret inside an argument is masked too.
-        message = record.getMessage()
-        record.msg = self.mask(message)
-        record.args = None
+        # Render the message and traceback now, so a secret in an argument is masked too.
+        record.msg, record.args = self.mask(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.mask(record.exc_text)
         record.exc_info = None
-        for key, value in list(vars(record).items()):
-            if key not in _STANDARD_ATTRS and isinstance(value, str):
+        for key, value in _extras(record).items():
+            if isinstance(value, str):
                 setattr(record, key, self.mask(value))
         return True
 
@@ -86,10 +73,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **_extras(record),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                data[key] = value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -100,51 +85,36 @@ class JsonFormatter(logging.Formatter):
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
 
-    def __init__(self, stream: IO[str] | None = None):
-        super().__init__(stream)
-        self._fixed = stream is not None
-
     def emit(self, record: logging.LogRecord) -> None:
-        if not self._fixed:
-            self.stream = sys.stderr
+        self.stream = sys.stderr
         super().emit(record)
 
 
-_handler: _StderrHandler | None = None
+_handler: logging.Handler | None = None
 secret_filter = SecretFilter()
 
 
 def setup_logging(
     verbosity: int = 0, log_format: str = "text", stream: IO[str] | None = None
 ) -> logging.Handler:
-    """Send the ``importer`` loggers' records to stderr (or ``stream``).
+    """Send the ``importer`` loggers' records through :data:`secret_filter` to stderr (or
+    ``stream``) as text or JSON lines: warnings, and with ``verbosity`` 1 info, 2 debug.
 
     Calling it again replaces the handler it installed before, so the group's
-    and a command's options can both set it. Every record passes
-    :data:`secret_filter`.
+    and a command's options can both set it.
     """
     global _handler
-    if log_format not in LOG_FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
-    logger = logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger("importer")
     if _handler is not None:
         logger.removeHandler(_handler)
-    handler = _StderrHandler(stream)
-    handler.addFilter(secret_filter)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    level = level_for(verbosity)
-    handler.setLevel(level)
-    logger.addHandler(handler)
+    _handler = logging.StreamHandler(stream) if stream else _StderrHandler()
+    _handler.addFilter(secret_filter)
+    text = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    _handler.setFormatter(JsonFormatter() if log_format == "json" else text)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[max(0, min(verbosity, 2))]
+    _handler.setLevel(level)
+    logger.addHandler(_handler)
     # Lower the logger's threshold only when asked; otherwise leave it to the
     # application (or the root logger) so embedding code keeps control.
     logger.setLevel(level if verbosity > 0 else logging.NOTSET)
-    _handler = handler
-    return handler
-
-
-def protect_secret(secret: str | None) -> None:
-    """Never let ``secret`` (an API key) appear in a log line from now on."""
-    secret_filter.add(secret)
+    return _handler

@@ -1,33 +1,30 @@
 """What the command shows while a run goes and when it ends.
 
-Owns: the live display on a terminal (rich), the periodic one-line status
-for logs and cron mail (plain text or JSON, no control characters), the
-estimates behind both (current request rate, ETA from bytes read), and the
-end-of-run summary's lines.
-
-This is the command line's helper: the library never imports it and never
-prints. Everything here reads an :class:`~importer.outcomes.ImportReport`
-that the pipeline hands to its ``observer``; it changes nothing in it.
-
-Must not: decide exit codes or touch the pipeline's state.
+Owns: the live display on a terminal, the periodic status line for logs and
+cron mail (plain text or JSON, no control characters), the figures behind
+both, and the end-of-run summary's lines. Only the command line uses it; it
+reads the live :class:`~importer.outcomes.ImportReport` and changes nothing.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
-import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import orjson
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.text import Text
 
+from .batching import encode_payload
 from .outcomes import ImportReport
 
-#: Seconds of history behind the "current rate" figure.
+#: Seconds of history behind the current request rate and the ETA.
 RATE_WINDOW_S = 10.0
 #: How many rejection / dead-letter reasons the summary lists.
 TOP_REASONS = 5
@@ -37,217 +34,102 @@ def format_duration(seconds: float | None) -> str:
     """``h:mm:ss`` (or ``m:ss`` under an hour); ``-`` when unknown."""
     if seconds is None or seconds != seconds or seconds < 0:
         return "-"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
+    h, rem = divmod(int(round(seconds)), 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def customers_sent(report: ImportReport) -> int:
-    """Customers that went through the API, delivered or not."""
-    return report.succeeded + report.dead_lettered
+class RunProgress:
+    """Shows a run's progress on ``stream``: a live display on a terminal, unless
+    ``quiet`` or ``as_json``; else (a pipe, a log file, cron) a status line every
+    ``every`` seconds (none when it is 0), plain text or JSON.
 
-
-@dataclass(frozen=True)
-class Estimate:
-    """A snapshot of how far a run is: figures for the display and the status line."""
-
-    elapsed: float
-    request_rate: float
-    fraction: float | None
-    eta: float | None
-
-
-class RunMeter:
-    """Turns successive looks at the live report into a current rate and an ETA.
-
-    The ETA comes from the file's size: ``rows_read`` grows with
-    ``bytes_read``, so the total row count is projected as
-    ``rows_read × bytes_total / bytes_read`` (no need to count rows first),
-    and the remaining rows are divided by the rows finished per second so far.
-    Without a size (stdin) there is no ETA.
+    Use as a context manager; :meth:`observe` is the pipeline's observer. The
+    figures come from two ``rich.progress`` tasks fed from the live report:
+    the file's bytes, of which the rows accounted for count pro rata (so the
+    total is known from the start, and percentage and ETA follow), and the
+    requests, whose speed over the last :data:`RATE_WINDOW_S` seconds is the
+    current request rate. Without a file size (stdin) there is no percentage
+    or ETA. Both displays refresh on a timer, so they keep moving while the
+    API makes the run wait.
     """
 
-    def __init__(self, started: float | None = None, window: float = RATE_WINDOW_S):
-        self.started = time.monotonic() if started is None else started
-        self.window = window
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def estimate(self, report: ImportReport | None, now: float | None = None) -> Estimate:
-        now = time.monotonic() if now is None else now
-        elapsed = max(0.0, now - self.started)
-        if report is None:
-            return Estimate(elapsed, 0.0, None, None)
-        self._samples.append((now, report.requests))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
-            self._samples.popleft()
-        (t0, r0), (t1, r1) = self._samples[0], self._samples[-1]
-        rate = (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
-        fraction = eta = None
-        done = report.accounted
-        if report.bytes_total and report.bytes_read and report.rows_read:
-            total_rows = report.rows_read * report.bytes_total / report.bytes_read
-            fraction = min(1.0, done / total_rows) if total_rows else 1.0
-            if done and elapsed > 0:
-                eta = max(0.0, total_rows - done) / (done / elapsed)
-        return Estimate(elapsed, rate, fraction, eta)
-
-
-def status_fields(report: ImportReport | None, est: Estimate) -> dict[str, Any]:
-    """The figures of one status line, as a dict (the JSON status line's content)."""
-    data: dict[str, Any] = {
-        "event": "status",
-        "elapsed_s": round(est.elapsed, 1),
-    }
-    if report is None:
-        data["state"] = "starting"
-        return data
-    data.update(
-        rows_read=report.rows_read,
-        sent=customers_sent(report),
-        succeeded=report.succeeded,
-        rejected=report.rejected,
-        dead_lettered=report.dead_lettered,
-        retries=report.retries,
-        requests=report.requests,
-        rate=round(est.request_rate, 2),
-        rate_limit=report.rate_limit,
-    )
-    if est.fraction is not None:
-        data["percent"] = round(100 * est.fraction, 1)
-    if est.eta is not None:
-        data["eta_s"] = round(est.eta)
-    return data
-
-
-def format_status(report: ImportReport | None, est: Estimate) -> str:
-    """One plain line for logs: counts, rate against the cap, elapsed and ETA."""
-    if report is None:
-        return f"status: starting, elapsed {format_duration(est.elapsed)}"
-    parts = [
-        f"read {report.rows_read}",
-        f"sent {customers_sent(report)}",
-        f"ok {report.succeeded}",
-        f"rejected {report.rejected}",
-        f"dead {report.dead_lettered}",
-        f"retries {report.retries}",
-        f"rate {est.request_rate:.1f}/{report.rate_limit:g} req/s",
-        f"elapsed {format_duration(est.elapsed)}",
-    ]
-    if est.fraction is not None:
-        parts.append(f"{100 * est.fraction:.0f}%")
-    if est.eta is not None:
-        parts.append(f"eta {format_duration(est.eta)}")
-    return "status: " + ", ".join(parts)
-
-
-class Progress:
-    """Shows a run's progress; used as a context manager, fed through :meth:`observe`.
-
-    The base class shows nothing (``--status-every 0`` with ``--quiet``).
-    """
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        quiet: bool = False,
+        every: float = 10.0,
+        as_json: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.live = not quiet and not as_json and _is_terminal(stream)
+        self.every, self.stream, self.as_json = every, stream, as_json
         self.report: ImportReport | None = None
-        self.meter = RunMeter()
+        self.console = Console(file=stream, highlight=False)
+        self.bar = Progress(
+            BarColumn(bar_width=30),
+            TaskProgressColumn(),
+            TextColumn("{task.description}"),
+            console=self.console,
+            get_time=clock,
+            speed_estimate_period=RATE_WINDOW_S,
+        )
+        self._file = self.bar.add_task("", total=None)
+        self._requests = self.bar.add_task("", total=None, visible=False)
+        self._done = threading.Event()
+        self._worker: Live | threading.Thread | None = None
 
     def observe(self, report: ImportReport) -> None:
-        """The pipeline's observer: remember the live report (called after each batch)."""
+        """Remember the live report (the pipeline calls this after each batch)."""
         self.report = report
 
-    def start(self) -> None:
-        """Begin showing progress."""
-
-    def close(self) -> None:
-        """Stop showing progress; the terminal is left clean for the summary."""
-
-    def __enter__(self) -> Progress:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class StatusLines(Progress):
-    """A status line every ``every`` seconds on ``stream``: plain text or JSON.
-
-    A timer thread writes the lines, so they keep coming while the API makes
-    the run wait (retries, backoff) and no batch completes.
-    """
-
-    def __init__(self, every: float, stream: IO[str] | None = None, as_json: bool = False):
-        super().__init__()
-        self.every = every
-        self.stream = stream
-        self.as_json = as_json
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.lines_written = 0
-
-    def line(self, now: float | None = None) -> str:
-        est = self.meter.estimate(self.report, now)
-        if self.as_json:
-            return orjson.dumps(status_fields(self.report, est)).decode()
-        return format_status(self.report, est)
-
-    def tick(self, now: float | None = None) -> None:
-        """Write one status line now."""
-        stream = self.stream or sys.stderr
-        stream.write(self.line(now) + "\n")
-        stream.flush()
-        self.lines_written += 1
-
-    def _loop(self) -> None:
-        while not self._done.wait(self.every):
-            try:
-                self.tick()
-            except (OSError, ValueError):  # the stream went away (closed pipe): stop quietly
-                return
-
-    def start(self) -> None:
-        if self.every > 0 and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="status-lines", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-
-class LiveDisplay(Progress):
-    """The terminal display: a bar, the counts, rate against the cap, elapsed and ETA."""
-
-    def __init__(self, stream: IO[str] | None = None):
-        super().__init__()
-        from rich.console import Console
-
-        self.console = Console(file=stream or sys.stderr, highlight=False)
-        self._live: Any = None
-
-    def render(self, now: float | None = None) -> Any:
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
-
+    def figures(self) -> dict[str, Any]:
+        """The run's figures now, as the JSON status line holds them."""
         report = self.report
-        est = self.meter.estimate(report, now)
+        file_task, request_task = self.bar.tasks
+        elapsed = file_task.elapsed or 0.0
+        figures: dict[str, Any] = {"event": "status", "elapsed_s": round(elapsed, 1)}
         if report is None:
-            return Text(f"starting… {format_duration(est.elapsed)}", style="dim")
-        head = Table.grid(padding=(0, 2))
-        head.add_row(
-            ProgressBar(total=100, completed=100 * (est.fraction or 0.0), width=30)
-            if est.fraction is not None
-            else Text("reading (size unknown)", style="dim"),
-            Text(f"{100 * est.fraction:.0f}%" if est.fraction is not None else ""),
-            Text(f"elapsed {format_duration(est.elapsed)}"),
-            Text(f"ETA {format_duration(est.eta)}"),
+            return {**figures, "state": "starting"}
+        if report.bytes_total and report.bytes_read and report.rows_read:
+            done = report.accounted * report.bytes_read / report.rows_read
+            self.bar.update(self._file, total=report.bytes_total, completed=done)
+        self.bar.update(self._requests, completed=report.requests)
+        figures.update(
+            rows_read=report.rows_read,
+            sent=report.succeeded + report.dead_lettered,
+            succeeded=report.succeeded,
+            rejected=report.rejected,
+            dead_lettered=report.dead_lettered,
+            retries=report.retries,
+            requests=report.requests,
+            rate=round(request_task.speed or 0.0, 2),
+            rate_limit=report.rate_limit,
         )
+        if file_task.total:
+            figures["percent"] = round(file_task.percentage, 1)
+            if file_task.time_remaining is not None:
+                figures["eta_s"] = round(file_task.time_remaining)
+        return figures
+
+    def status_line(self) -> str:
+        """One status line for logs: JSON, or plain text from :func:`format_status`."""
+        if self.as_json:
+            return orjson.dumps(self.figures()).decode()
+        return format_status(self.figures())
+
+    def render(self) -> Any:
+        """The live display: bar, percentage, elapsed and ETA, counts, rate against the cap."""
+        figures = self.figures()
+        elapsed = format_duration(figures["elapsed_s"])
+        report = self.report
+        if report is None:
+            return Text(f"starting… {elapsed}", style="dim")
+        eta = format_duration(figures.get("eta_s"))
+        self.bar.update(self._file, description=f"elapsed {elapsed}  ETA {eta}")
         counts = Text.from_markup(
-            f"rows read [bold]{report.rows_read:,}[/]  sent [bold]{customers_sent(report):,}[/]"
+            f"rows read [bold]{report.rows_read:,}[/]  sent [bold]{figures['sent']:,}[/]"
             f"  succeeded [bold green]{report.succeeded:,}[/]"
             f"  rejected [bold yellow]{report.rejected:,}[/]"
             f"  dead-lettered [bold red]{report.dead_lettered:,}[/]"
@@ -255,54 +137,71 @@ class LiveDisplay(Progress):
         answers = ", ".join(f"{k}: {v}" for k, v in report.status_counts.items())
         pace = Text.from_markup(
             f"retries [bold]{report.retries:,}[/]"
-            f"  rate [bold]{est.request_rate:.1f}[/] of {report.rate_limit:g} req/s"
+            f"  rate [bold]{figures['rate']:.1f}[/] of {report.rate_limit:g} req/s"
             + (f"  API {answers}" if answers else "")
         )
-        return Group(head, counts, pace)
+        return Group(self.bar, counts, pace)
 
-    def start(self) -> None:
-        from rich.live import Live
+    def _write_status_lines(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                self.stream.write(self.status_line() + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # the stream went away (closed pipe): stop quietly
+                return
 
-        self._live = Live(
-            console=self.console,
-            get_renderable=self.render,
-            refresh_per_second=4,
-            transient=True,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-        self._live.start()
+    def __enter__(self) -> RunProgress:
+        if self.live:
+            self._worker = Live(
+                console=self.console,
+                get_renderable=self.render,
+                refresh_per_second=4,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+        elif self.every > 0:
+            self._worker = threading.Thread(
+                target=self._write_status_lines, name="status-lines", daemon=True
+            )
+        if self._worker is not None:
+            self._worker.start()
+        return self
 
-    def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+    def __exit__(self, *exc: object) -> None:
+        """Stop showing progress; the terminal is left clean for the summary."""
+        self._done.set()
+        if isinstance(self._worker, Live):
+            self._worker.stop()
+        elif self._worker is not None:
+            self._worker.join()
+        self._worker = None
 
 
-def open_progress(
-    *,
-    quiet: bool = False,
-    status_every: float = 10.0,
-    as_json: bool = False,
-    stream: IO[str] | None = None,
-) -> Progress:
-    """The right display for where stderr goes.
-
-    A terminal gets the live display unless ``quiet``; anything else (a pipe,
-    a log file, cron) or ``quiet`` gets a status line every ``status_every``
-    seconds (none when it is 0). JSON logs get JSON status lines.
-    """
-    stream = stream or sys.stderr
-    if not quiet and not as_json and _is_terminal(stream):
-        return LiveDisplay(stream)
-    if status_every > 0:
-        return StatusLines(status_every, stream, as_json=as_json)
-    return Progress()
+def format_status(figures: dict[str, Any]) -> str:
+    """One plain status line from :meth:`RunProgress.figures`: counts, rate
+    against the cap, elapsed and, when the file's size is known, percentage and ETA."""
+    elapsed = format_duration(figures["elapsed_s"])
+    if "rows_read" not in figures:
+        return f"status: starting, elapsed {elapsed}"
+    parts = [
+        f"read {figures['rows_read']}",
+        f"sent {figures['sent']}",
+        f"ok {figures['succeeded']}",
+        f"rejected {figures['rejected']}",
+        f"dead {figures['dead_lettered']}",
+        f"retries {figures['retries']}",
+        f"rate {figures['rate']:.1f}/{figures['rate_limit']:g} req/s",
+        f"elapsed {elapsed}",
+    ]
+    if "percent" in figures:
+        parts.append(f"{figures['percent']:.0f}%")
+    if "eta_s" in figures:
+        parts.append(f"eta {format_duration(figures['eta_s'])}")
+    return "status: " + ", ".join(parts)
 
 
 def _is_terminal(stream: IO[str]) -> bool:
-    import os
-
     try:
         tty = stream.isatty()
     except (AttributeError, ValueError):
@@ -310,7 +209,7 @@ def _is_terminal(stream: IO[str]) -> bool:
     return tty and os.environ.get("TERM", "") != "dumb"
 
 
-def _top(counts: dict[str, int], n: int = TOP_REASONS) -> list[tuple[str, int]]:
+def _top(counts: dict[str, int], n: int | None = TOP_REASONS) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
@@ -369,4 +268,31 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
             f"  fix the rows listed in {report.files['rejects']} and import them again "
             "(rejected rows were never sent)"
         )
-    return lines
+    return lines + _preview_lines(report)
+
+
+def validation_lines(report: ImportReport) -> list[str]:
+    """What ``validate`` prints: the mapping as a table, the verdict, the first payloads."""
+    lines = [f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s", "mapping:"]
+    width = max((len(source) for source, _ in report.mapping), default=0)
+    for source, target in report.mapping:
+        lines.append(f"  {source:<{width}}  {target if target == '(dropped)' else '-> ' + target}")
+    lines.append(
+        f"rows read {report.rows_read}: valid {report.not_sent}, rejected {report.rejected}, "
+        f"merged {report.merged_duplicates}"
+    )
+    if report.dropped_fields:
+        lines.append(f"  fields dropped   {report.dropped_fields}")
+    for reason, n in _top(report.reject_reasons, n=None):
+        lines.append(f"  rejected: {n} × {reason}")
+    lines.append(f"would send {report.not_sent} customers in {report.requests} requests")
+    lines.append(f"accounting: {report.accounting_line()}")
+    lines += [f"{kind.replace('_', '-')}: {path}" for kind, path in report.files.items()]
+    return lines + _preview_lines(report)
+
+
+def _preview_lines(report: ImportReport) -> list[str]:
+    if not report.preview:
+        return []
+    payloads = ["  " + encode_payload(payload).decode() for payload in report.preview]
+    return [f"first {len(report.preview)} payloads as they would be sent:", *payloads]

@@ -17,15 +17,7 @@ import pytest
 import importer.pipeline
 from importer.logs import SecretFilter, setup_logging
 from importer.outcomes import REPORT_SCHEMA_VERSION, ImportReport
-from importer.progress import (
-    LiveDisplay,
-    Progress,
-    RunMeter,
-    StatusLines,
-    open_progress,
-    rerun_command,
-    summary_lines,
-)
+from importer.progress import RunProgress, rerun_command, summary_lines
 
 from .conftest import API_KEY, write_csv
 
@@ -293,61 +285,74 @@ def test_json_log_format_writes_json_lines_on_stderr(cli, make_fake_api, tmp_pat
     assert status and status[-1]["rate_limit"] == 20.0
 
 
-def test_open_progress_picks_the_display_for_the_stream():
+def test_progress_is_live_only_on_a_terminal():
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    assert isinstance(open_progress(stream=Tty()), LiveDisplay)
-    assert type(open_progress(stream=Tty(), quiet=True)) is StatusLines
-    assert type(open_progress(stream=io.StringIO())) is StatusLines
-    assert type(open_progress(stream=io.StringIO(), status_every=0)) is Progress
-    assert type(open_progress(stream=Tty(), as_json=True)) is StatusLines
+    assert RunProgress(Tty()).live is True
+    assert RunProgress(Tty(), quiet=True).live is False
+    assert RunProgress(io.StringIO()).live is False
+    assert RunProgress(Tty(), as_json=True).live is False
 
 
-def test_status_line_eta_from_bytes_read():
-    stream = io.StringIO()
-    lines = StatusLines(10, stream)
-    lines.meter = RunMeter(started=100.0)
-    lines.tick(now=100.0)
-    report = ImportReport(source="x", rate_limit=5.0)
-    report.rows_read, report.bytes_read, report.bytes_total = 1_000, 25_000, 100_000
-    report.succeeded, report.rejected = 490, 10
-    report.requests = 10
-    lines.observe(report)
-    lines.tick(now=110.0)
-    report.requests = 60
-    lines.tick(now=120.0)
-    out = stream.getvalue().splitlines()
-    assert out[0] == "status: starting, elapsed 0:00"
-    # 1,000 rows in a quarter of the file: about 4,000 rows; 500 done in 20 s leaves 140 s.
-    assert out[2] == (
-        "status: read 1000, sent 490, ok 490, rejected 10, dead 0, retries 0, "
-        "rate 5.0/5 req/s, elapsed 0:20, 12%, eta 2:20"
+class _Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _report_at(progress: RunProgress, clock: _Clock, now: float, **counts: int) -> None:
+    """Move the clock to ``now`` and give the progress the report's new counts."""
+    clock.now = now
+    report = progress.report or ImportReport(source="x", rate_limit=5.0, bytes_total=100_000)
+    for name, value in counts.items():
+        setattr(report, name, value)
+    progress.observe(report)
+
+
+def test_status_line_rate_and_eta_from_bytes_read():
+    clock, stream = _Clock(100.0), io.StringIO()
+    lines = RunProgress(stream, clock=clock)
+    assert lines.status_line() == "status: starting, elapsed 0:00"
+    # A quarter of the file read, 500 of its 1,000 rows done, 10 requests made ...
+    counts = {"rows_read": 1_000, "bytes_read": 25_000, "succeeded": 490, "rejected": 10}
+    _report_at(lines, clock, 110.0, **counts, requests=10)
+    lines.status_line()
+    # ... then half of it, 1,500 of 2,000 rows done (a quarter of the file in 10 s) and 50
+    # more requests: 5 requests/s, and the last 62.5 % of the file take 25 s more.
+    counts = {"rows_read": 2_000, "bytes_read": 50_000, "succeeded": 1_490}
+    _report_at(lines, clock, 120.0, **counts, requests=60)
+    assert lines.status_line() == (
+        "status: read 2000, sent 1490, ok 1490, rejected 10, dead 0, retries 0, "
+        "rate 5.0/5 req/s, elapsed 0:20, 38%, eta 0:25"
     )
-    json_lines = StatusLines(10, io.StringIO(), as_json=True)
-    json_lines.meter = RunMeter(started=0.0)
-    json_lines.observe(report)
-    data = json.loads(json_lines.line(now=20.0))
-    assert data["eta_s"] == 140 and data["percent"] == 12.5 and data["rows_read"] == 1000
+    as_json = RunProgress(io.StringIO(), as_json=True, clock=clock)
+    as_json.observe(lines.report)  # type: ignore[arg-type]
+    data = json.loads(as_json.status_line())
+    assert data["percent"] == 37.5 and data["rows_read"] == 2000 and "eta_s" not in data
 
 
 def test_live_display_renders_counts_rate_and_eta():
     from rich.console import Console
 
-    display = LiveDisplay(io.StringIO())
-    display.meter = RunMeter(started=0.0)
-    report = ImportReport(source="x", rate_limit=5.0, status_counts={"200": 3, "429": 1})
-    report.rows_read, report.bytes_read, report.bytes_total = 200, 50, 100
-    report.succeeded, report.dead_lettered, report.retries = 150, 10, 1
-    display.observe(report)
+    clock = _Clock(0.0)
+    display = RunProgress(io.StringIO(), clock=clock)
+    _report_at(display, clock, 8.0, rows_read=100, bytes_read=20_000, succeeded=80, requests=2)
+    display.render()
+    counts = {"rows_read": 200, "bytes_read": 50_000, "succeeded": 150, "dead_lettered": 10}
+    _report_at(display, clock, 16.0, **counts, requests=6, retries=1)
+    display.report.status_counts = {"200": 3, "429": 1}  # type: ignore[union-attr]
     console = Console(file=io.StringIO(), width=120, color_system=None)
-    console.print(display.render(now=16.0))
+    console.print(display.render())
     text = console.file.getvalue()  # type: ignore[attr-defined]
     for part in ("rows read 200", "sent 160", "succeeded 150", "dead-lettered 10", "retries 1"):
         assert part in text
-    assert "of 5 req/s" in text and "API 200: 3, 429: 1" in text
-    assert "40%" in text and "ETA 0:24" in text
+    assert "0.5 of 5 req/s" in text and "API 200: 3, 429: 1" in text
+    # 160 of 200 rows in half of the file: 40 %, after 16 % 8 s ago: 60 % more take 0:20.
+    assert "40%" in text and "elapsed 0:16  ETA 0:20" in text
 
 
 def test_summary_lines_are_plain_text():
