@@ -21,13 +21,13 @@ from typing import Any
 
 import click
 
-from .batching import encode_payload
 from .config import ConfigFile, default_map, load_config
 from .errors import AccountingMismatch, ImporterError, RunStopped, UsageError
 from .logs import LOG_FORMATS, protect_secret, setup_logging
 from .options import SECTIONS, ImportOptions, cli_fields, flag_name
 from .outcomes import ImportReport
 from .progress import open_progress, rerun_command, summary_lines
+from .records import encode_payload
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143

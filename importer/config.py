@@ -206,7 +206,7 @@ def detect_starter_config(
             if columns:
                 break
         columns = columns or list(source.columns)
-        fmt = source.format
+        fmt = source.info.format
     return starter_config(str(path), resolve_mapping(columns), fmt)
 
 

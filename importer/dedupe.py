@@ -19,9 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .records import Customer, Payload, customer_key
-
-__all__ = ["customer_key", "merge_payloads", "merge_repeats"]
+from .records import Customer, Payload
 
 
 def merge_payloads(earlier: Payload, later: Payload) -> Payload:

@@ -29,7 +29,7 @@ from aiolimiter import AsyncLimiter
 
 from .errors import ApiKeyRejected, ApiUnavailable, RunStopped, TransientApiError
 from .options import ImportOptions
-from .records import Batch, Outcome, delivered_outcomes
+from .records import Batch, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -563,7 +563,7 @@ class Sender:
             done.extend(self._failed(batch, 200, str(failure), attempts, "record"))
             return None
         if not found.errors:
-            done.extend(delivered_outcomes(batch.customers, attempts))
+            done.extend(Outcome(c, True, 200, None, attempts) for c in batch.customers)
             return None
         retry: list[int] = []
         for i, customer in enumerate(batch.customers):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from importer.batching import BatchPacker, encode_payload, pack_batches
-from importer.records import Customer, Outcome, delivered_outcomes
+from importer.batching import BatchPacker, pack_batches
+from importer.records import Customer, encode_payload
 
 
 def _customers(n: int, start: int = 0) -> list[Customer]:
@@ -74,13 +74,6 @@ def test_batching_encoded_payloads_hold_only_their_own_bytes():
     assert encoded[0] == orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     # Each bytes object is about 33 bytes of header plus the JSON; a 4 KiB buffer would show.
     assert held < 1000 * (len(encoded[0]) + 200)
-
-
-def test_delivered_outcomes_equal_constructed_ones():
-    customers = tuple(_customers(3))
-    made = delivered_outcomes(customers, 2)
-    assert made == [Outcome(c, True, 200, None, 2) for c in customers]
-    assert all(type(o) is Outcome and o.kind == "http" and o.delivered for o in made)
 
 
 def test_customer_is_immutable_and_encoded_once_when_made():

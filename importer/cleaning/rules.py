@@ -1,4 +1,4 @@
-"""The cleaning rules: one plain function per field or type, one value at a time.
+"""The cleaning rules, one value at a time, and which rule cleans which field or type.
 
 Each rule takes one trimmed, non-empty cell (a str for CSV; for JSONL any
 JSON value but null) and returns ``(clean value, None)`` or ``(None,
@@ -41,21 +41,8 @@ MAX_SAFE_INT = 2**53
 GENDERS = {
     **dict.fromkeys(("m", "male", "man", "boy", "masculine", "mr", "h"), "male"),
     **dict.fromkeys(("f", "female", "woman", "girl", "feminine", "w", "mrs", "ms"), "female"),
-    **dict.fromkeys(
-        (
-            "u",
-            "unknown",
-            "unspecified",
-            "not specified",
-            "prefer not to say",
-            "x",
-            "other",
-            "diverse",
-            "non-binary",
-            "nonbinary",
-        ),
-        "unknown",
-    ),
+    **dict.fromkeys(("u", "unknown", "unspecified", "not specified", "x", "other"), "unknown"),
+    **dict.fromkeys(("prefer not to say", "diverse", "non-binary", "nonbinary"), "unknown"),
 }
 BOOLEANS = {
     **dict.fromkeys(("true", "t", "yes", "y", "1"), True),
@@ -85,6 +72,7 @@ def as_text(value: Any, what: str) -> Cleaned:
 
 
 def _short_text(value: Any, what: str, limit: int) -> Cleaned:
+    """Text (see :func:`as_text`) of at most ``limit`` characters."""
     text, reason = as_text(value, what)
     if reason is None and len(text) > limit:
         return None, f"invalid {what}: longer than {limit} characters"
@@ -92,6 +80,7 @@ def _short_text(value: Any, what: str, limit: int) -> Cleaned:
 
 
 def _spelling(value: Any, what: str, vocabulary: dict[str, Any]) -> Cleaned:
+    """The value ``vocabulary`` gives text, compared in lower case."""
     found = vocabulary.get(value.lower()) if isinstance(value, str) else None
     if found is None:
         return None, f"invalid {what}: not one of the known spellings"
@@ -217,26 +206,6 @@ def clean_phone(value: Any, region: str = "US") -> Cleaned:
 # -- text, names, vocabularies ---------------------------------------------------
 
 
-def clean_customer_id(value: Any) -> Cleaned:
-    """The id as text, byte for byte (a JSON number becomes its digits)."""
-    return as_text(value, "customer_id")
-
-
-def clean_firstname(value: Any) -> Cleaned:
-    """The name as text, at most 64 characters."""
-    return _short_text(value, "firstname", MAX_NAME)
-
-
-def clean_lastname(value: Any) -> Cleaned:
-    """The name as text, at most 64 characters."""
-    return _short_text(value, "lastname", MAX_NAME)
-
-
-def clean_gender(value: Any) -> Cleaned:
-    """``male``, ``female`` or ``unknown`` from any of their spellings (:data:`GENDERS`)."""
-    return _spelling(value, "gender", GENDERS)
-
-
 def clean_bool(value: Any) -> Cleaned:
     """True or false from a spelling in :data:`BOOLEANS`, a JSON boolean, or JSON 0 and 1."""
     if isinstance(value, bool):
@@ -244,11 +213,6 @@ def clean_bool(value: Any) -> Cleaned:
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value), None
     return _spelling(value, "boolean", BOOLEANS)
-
-
-def clean_string(value: Any) -> Cleaned:
-    """A ``string`` column's value as text (a JSON number becomes its digits)."""
-    return as_text(value, "text")
 
 
 def keep_value(value: Any) -> Cleaned:
@@ -330,11 +294,6 @@ def _group_entry(item: Any) -> dict[str, Any] | None:
     return {"id": gid.strip() if isinstance(gid, str) else gid, "subscribed": subscribed}
 
 
-def clean_group_id(value: Any) -> Cleaned:
-    """The id of the one group a ``subscription_group_id`` cell names, as text."""
-    return as_text(value, "subscription group id")
-
-
 def clean_groups(value: Any) -> Cleaned:
     """A list of ``{"id", "subscribed"}`` objects from JSON text, a JSON array or one object.
 
@@ -359,15 +318,15 @@ def clean_groups(value: Any) -> Cleaned:
 #: The rule of each standard field but ``phone_number`` (see :func:`field_rules`).
 _FIELD_RULES: dict[str, Rule] = {
     "email": clean_email,
-    "customer_id": clean_customer_id,
-    "firstname": clean_firstname,
-    "lastname": clean_lastname,
-    "gender": clean_gender,
+    "customer_id": partial(as_text, what="customer_id"),
+    "firstname": partial(_short_text, what="firstname", limit=MAX_NAME),
+    "lastname": partial(_short_text, what="lastname", limit=MAX_NAME),
+    "gender": partial(_spelling, what="gender", vocabulary=GENDERS),
     "joined_at": clean_date,
     "unsubscribed_at": clean_date,
     "unsubscribed": clean_bool,
     "subscription_groups": clean_groups,
-    GROUP_ID: clean_group_id,
+    GROUP_ID: partial(as_text, what="subscription group id"),
     GROUP_SUBSCRIBED: clean_bool,
 }
 #: The rule of each type a custom attribute may have; one without a type keeps its value.
@@ -376,7 +335,7 @@ TYPE_RULES: dict[str, Rule] = {
     "float": clean_float,
     "bool": clean_bool,
     "date": clean_date,
-    "string": clean_string,
+    "string": partial(as_text, what="text"),
 }
 
 

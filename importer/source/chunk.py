@@ -41,15 +41,13 @@ class Chunk:
     keep their JSON types (missing keys are NaN). ``records`` and ``lines``
     give, per row, the 1-based record number and the physical line it starts
     on. ``rejects`` are the unparseable rows met while reading this chunk;
-    ``rows_read`` counts both. ``bytes_read`` is how far the file had been
-    read when the chunk was made.
+    ``rows_read`` counts both.
     """
 
     frame: pd.DataFrame
     records: np.ndarray
     lines: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
-    bytes_read: int | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -71,6 +69,6 @@ class Chunk:
         head = [r for r in self.rejects if r.record <= cut]
         tail = [r for r in self.rejects if r.record > cut]
         return (
-            Chunk(self.frame.iloc[:n], self.records[:n], self.lines[:n], head, self.bytes_read),
-            Chunk(self.frame.iloc[n:], self.records[n:], self.lines[n:], tail, self.bytes_read),
+            Chunk(self.frame.iloc[:n], self.records[:n], self.lines[:n], head),
+            Chunk(self.frame.iloc[n:], self.records[n:], self.lines[n:], tail),
         )

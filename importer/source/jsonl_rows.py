@@ -1,7 +1,8 @@
 """JSONL records: one JSON object per line, parsed with orjson, in chunks of rows.
 
-Owns: lines and their numbers (a record's number is its line's), and the JSONL
-limits (bytes per line, nesting depth, keys per record and in the file). A bad
+Owns: lines and their numbers (a record's number is its line's), the JSONL
+limits (bytes per line, nesting depth, keys per record and in the file), and
+unwrapping the payloads of a dead-letter file (``outcomes`` writes it). A bad
 line becomes a :class:`~importer.records.Reject`; the rest is still read.
 
 Must not: open files or decode bytes (it is given UTF-8), or look at what a value means.
@@ -10,7 +11,7 @@ Must not: open files or decode bytes (it is given UTF-8), or look at what a valu
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -21,11 +22,8 @@ from ..records import Reject
 from .chunk import REJECT_TEXT_CHARS, Chunk, Limits, shorten
 
 
-def jsonl_chunks(utf8: IO[bytes], limits: Limits, bytes_read: Callable[[], int]) -> Iterator[Chunk]:
-    """Chunks of up to ``chunk_rows`` objects from the UTF-8 lines of ``utf8``.
-
-    ``bytes_read()`` says how far the file was read. Blank lines are skipped.
-    """
+def jsonl_chunks(utf8: IO[bytes], limits: Limits) -> Iterator[Chunk]:
+    """Chunks of up to ``chunk_rows`` objects, one per non-blank UTF-8 line of ``utf8``."""
     objects: list[dict[str, Any]] = []
     numbers: list[int] = []
     rejects: list[Reject] = []
@@ -50,10 +48,10 @@ def jsonl_chunks(utf8: IO[bytes], limits: Limits, bytes_read: Callable[[], int])
         objects.append(obj)
         numbers.append(lineno)
         if len(objects) >= limits.chunk_rows:
-            yield _chunk(objects, numbers, rejects, bytes_read())
+            yield _chunk(objects, numbers, rejects)
             objects, numbers, rejects = [], [], []
     if objects or rejects:
-        yield _chunk(objects, numbers, rejects, bytes_read())
+        yield _chunk(objects, numbers, rejects)
 
 
 def _lines(utf8: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
@@ -104,8 +102,33 @@ def _depth(value: Any, cap: int) -> int:
     return 1 + max((_depth(v, cap - 1) for v in children), default=0)
 
 
-def _chunk(objects: list[Any], numbers: list[int], rejects: list[Reject], at: int) -> Chunk:
+def _chunk(objects: list[Any], numbers: list[int], rejects: list[Reject]) -> Chunk:
     frame = pd.DataFrame.from_records(objects) if objects else pd.DataFrame()
     frame = frame.astype(object).rename(columns=str)
     records = np.array(numbers, dtype=np.int64)
-    return Chunk(frame, records, records.copy(), rejects, at)
+    return Chunk(frame, records, records.copy(), rejects)
+
+
+#: Keys every dead-letter line has; a JSONL input whose rows all have them is a dead-letter file.
+DEAD_LETTER_KEYS = ("payload", "source", "record", "error", "attempts")
+
+
+def unwrap_dead_letter(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The payloads of a dead-letter chunk as a frame with one column per field, or None.
+
+    ``frame`` is a chunk of a JSONL input. When its columns are those of a
+    dead-letter line and every row's ``payload`` is an object, the result has
+    the same rows in the same order (same index), with the exact payload
+    values (no float conversion of integers; a field a payload lacks is None).
+    Otherwise the chunk is an ordinary input and None is returned.
+    """
+    if frame.empty or not all(k in frame.columns for k in DEAD_LETTER_KEYS):
+        return None
+    payloads = frame["payload"].tolist()
+    if not all(isinstance(p, dict) for p in payloads):
+        return None
+    fields: dict[str, None] = {}
+    for p in payloads:
+        fields.update(dict.fromkeys(p))
+    columns = {str(k): [p.get(k) for p in payloads] for k in fields}
+    return pd.DataFrame(columns, index=frame.index, dtype=object)
