@@ -1,11 +1,13 @@
-"""The values the source stage hands on: :class:`Chunk`, and the :class:`Limits` it reads under.
+"""What the CSV and JSONL readers share: the :class:`Chunk` they hand on, the
+:class:`Limits` they read under, and reading one physical line within a limit.
 
-Owns: the shape of a chunk and splitting one in two. Must not: read files or clean values.
+Owns: the shape of a chunk and splitting one in two. Must not: open files or clean values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,17 @@ REJECT_TEXT_CHARS = 1_000
 def shorten(text: str) -> str:
     """``text`` cut to :data:`REJECT_TEXT_CHARS` characters, marked with an ellipsis if cut."""
     return text if len(text) <= REJECT_TEXT_CHARS else text[:REJECT_TEXT_CHARS] + "…"
+
+
+def read_line(text: IO[str], limit: int) -> str | None:
+    """The next physical line of ``text`` (``""`` at the end), or None for a line longer
+    than ``limit`` characters, which is read and dropped in pieces (memory stays bounded)."""
+    line = text.readline(limit + 1)
+    if len(line) <= limit or line.endswith(("\n", "\r")):
+        return line
+    while line and not line.endswith(("\n", "\r")):
+        line = text.readline(limit)
+    return None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import InputUnreadable, MappingError
 from ..records import Reject
-from .chunk import Chunk, Limits, shorten
+from .chunk import Chunk, Limits, read_line, shorten
 
 
 def check_header(header: list[str], max_columns: int) -> list[str]:
@@ -55,10 +55,9 @@ class _OverlongLine(Exception):
 class _LineFeeder:
     """Hands physical lines to :func:`csv.reader`, numbering them and keeping the current record's.
 
-    A line longer than ``max_chars`` is read and thrown away in pieces (memory
-    stays bounded) and raises :class:`_OverlongLine`. Lines put in ``pending``
-    are handed out again first: that is how the rest of a record swallowed by
-    an unterminated quote is read again.
+    A line longer than ``max_chars`` is dropped and raises :class:`_OverlongLine`.
+    Lines put in ``pending`` are handed out again first: that is how the rest
+    of a record swallowed by an unterminated quote is read again.
     """
 
     def __init__(self, text: IO[str], max_chars: int):
@@ -72,19 +71,16 @@ class _LineFeeder:
         return self
 
     def __next__(self) -> str:
-        if self.pending:
-            self.current.append(self.pending.popleft())
-            return self.current[-1][1]
-        line = self.text.readline(self.max_chars + 1)
-        if not line:
-            raise StopIteration
-        self.lineno += 1
-        if len(line) > self.max_chars and not line.endswith(("\n", "\r")):
-            while line and not line.endswith(("\n", "\r")):
-                line = self.text.readline(self.max_chars)
-            raise _OverlongLine(self.lineno, self.max_chars)
-        self.current.append((self.lineno, line))
-        return line
+        if not self.pending:
+            line = read_line(self.text, self.max_chars)
+            if line == "":
+                raise StopIteration
+            self.lineno += 1
+            if line is None:
+                raise _OverlongLine(self.lineno, self.max_chars)
+            self.pending.append((self.lineno, line))
+        self.current.append(self.pending.popleft())
+        return self.current[-1][1]
 
     def start_line(self) -> int:
         """The physical line the current record starts on."""

@@ -5,12 +5,11 @@ limits (bytes per line, nesting depth, keys per record and in the file), and
 unwrapping the payloads of a dead-letter file (``outcomes`` writes it). A bad
 line becomes a :class:`~importer.records.Reject`; the rest is still read.
 
-Must not: open files or decode bytes (it is given UTF-8), or look at what a value means.
+Must not: open files or decode bytes (it is given text), or look at what a value means.
 """
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -19,26 +18,29 @@ import orjson
 import pandas as pd
 
 from ..records import Reject
-from .chunk import REJECT_TEXT_CHARS, Chunk, Limits, shorten
+from .chunk import REJECT_TEXT_CHARS, Chunk, Limits, read_line, shorten
 
 
-def jsonl_chunks(utf8: IO[bytes], limits: Limits) -> Iterator[Chunk]:
-    """Chunks of up to ``chunk_rows`` objects, one per non-blank UTF-8 line of ``utf8``."""
+def jsonl_chunks(text: IO[str], limits: Limits) -> Iterator[Chunk]:
+    """Chunks of up to ``chunk_rows`` objects, one per non-blank line of ``text``."""
     objects: list[dict[str, Any]] = []
     numbers: list[int] = []
     rejects: list[Reject] = []
     keys: set[str] = set()
-    for lineno, line in _lines(utf8, limits.max_line_bytes):
-        if line is None:
+    lineno = 0
+    while (line := read_line(text, limits.max_line_bytes)) != "":
+        lineno += 1
+        if line is None or len(line.encode()) > limits.max_line_bytes:
             reason = f"line longer than {limits.max_line_bytes} bytes"
             rejects.append(Reject(lineno, lineno, reason))
             continue
+        line = line.removeprefix("\ufeff") if lineno == 1 else line
         if not line.strip():
             continue
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            excerpt = shorten(line[: REJECT_TEXT_CHARS * 4].decode(errors="replace").rstrip("\r\n"))
+            excerpt = shorten(line.rstrip("\r\n"))
             rejects.append(Reject(lineno, lineno, f"not valid JSON: {exc.args[0]}", value=excerpt))
             continue
         reject = _check_object(obj, lineno, keys, limits)
@@ -52,22 +54,6 @@ def jsonl_chunks(utf8: IO[bytes], limits: Limits) -> Iterator[Chunk]:
             objects, numbers, rejects = [], [], []
     if objects or rejects:
         yield _chunk(objects, numbers, rejects)
-
-
-def _lines(utf8: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, line)``; ``None`` for a line over ``limit`` bytes (read, not kept)."""
-    lineno = 0
-    while True:
-        line = utf8.readline(limit + 1)
-        if not line:
-            return
-        lineno += 1
-        if len(line) > limit and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
-                line = utf8.readline(limit)
-            yield lineno, None
-        else:
-            yield lineno, line.removeprefix(codecs.BOM_UTF8) if lineno == 1 else line
 
 
 def _check_object(obj: Any, lineno: int, keys: set[str], limits: Limits) -> Reject | None:

@@ -2,8 +2,8 @@
 
 Owns: opening a path (or stdin for ``-``) and counting the bytes read from it,
 gzip (known by its magic bytes), telling the format, encoding and CSV
-delimiter, refusing binary files, decoding to UTF-8 (a guessed encoding reads
-each undecodable byte sequence as cp1252, and a warning counts them), and the
+delimiter, refusing binary files, decoding (a guessed encoding reads each
+undecodable byte sequence as cp1252, and a warning counts them), and the
 errors met while reading, as :class:`~importer.errors.InputUnreadable`.
 
 Must not: parse records (``csv_rows`` and ``jsonl_rows`` do), clean values or map columns.
@@ -17,6 +17,7 @@ import gzip
 import io
 import logging
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -35,8 +36,12 @@ SNIFF_BYTES = 64 * 1024
 DELIMITERS = ",;\t|"
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
-#: Bytes cp1252 leaves undefined; the fallback reads them as latin-1.
-_CP1252_UNDEFINED = {0x81, 0x8D, 0x8F, 0x90, 0x9D}
+#: Undecodable bytes as the ``surrogateescape`` error handler leaves them in the text.
+_ESCAPED = re.compile("[\udc80-\udcff]+")
+#: Each of those as its byte in cp1252 (latin-1 for the five bytes cp1252 leaves undefined).
+_AS_CP1252 = {
+    0xDC00 + b: bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in range(0x80, 0x100)
+}
 #: Bytes that never appear in a text file (controls other than tab, newlines and form feed).
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13)) + b"\x7f"
 
@@ -145,53 +150,19 @@ def _open_counted(path: str | Path) -> _ByteCounter:
         raise InputUnreadable(f"{path}: cannot open ({exc.strerror or exc})") from exc
 
 
-class _Utf8Bytes(io.RawIOBase):
-    """The text of ``inner``, bytes in ``encoding``, as UTF-8 bytes.
+class _Cp1252Fallback(io.TextIOWrapper):
+    """Text whose bytes the ``surrogateescape`` error handler left undecoded are read as
+    cp1252 by :meth:`readline`; :attr:`fallbacks` counts the byte sequences read so."""
 
-    With ``fallback`` (for a guessed encoding), each byte sequence the
-    encoding cannot decode is read byte by byte as cp1252 (latin-1 for the
-    five bytes cp1252 leaves undefined) and counted in :attr:`fallbacks`;
-    without it, reading raises :exc:`UnicodeDecodeError`.
-    """
+    fallbacks = 0
 
-    def __init__(self, inner: IO[bytes], encoding: str, fallback: bool):
-        self.inner = inner
-        self.decoder = codecs.getincrementaldecoder(encoding)()
-        self.fallback = fallback
-        self.fallbacks = 0
-        self.left = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self.left:
-            data = self.inner.read(SNIFF_BYTES)
-            self.left = memoryview(self._decode(data, final=not data).encode())
-            if not data:
-                break
-        n = min(len(buffer), len(self.left))
-        buffer[:n], self.left = self.left[:n], self.left[n:]
-        return n
-
-    def _decode(self, data: bytes, final: bool) -> str:
-        text = ""
-        while True:
-            try:
-                return text + self.decoder.decode(data, final)
-            except UnicodeDecodeError as exc:
-                if not self.fallback:
-                    raise
-                # exc.object holds every byte not decoded yet, the decoder's buffered ones
-                # first: decode those before the error, read the bad ones as cp1252, go on.
-                self.decoder.setstate((b"", self.decoder.getstate()[1]))
-                text += self.decoder.decode(exc.object[: exc.start])
-                text += "".join(
-                    bytes([b]).decode("latin-1" if b in _CP1252_UNDEFINED else "cp1252")
-                    for b in exc.object[exc.start : exc.end]
-                )
-                self.fallbacks += 1
-                data = exc.object[exc.end :]
+    # typeshed's TextIOWrapper.readline ignores the same clash with IOBase's bytes version.
+    def readline(self, size: int = -1, /) -> str:  # type: ignore[override]
+        line = super().readline(size)
+        if line.isascii() or not _ESCAPED.search(line):
+            return line
+        self.fallbacks += len(_ESCAPED.findall(line))
+        return line.translate(_AS_CP1252)
 
 
 @dataclass(frozen=True)
@@ -266,7 +237,9 @@ class Source:
             self._counter.close()
             raise
         self.info = SourceInfo(str(path), fmt, enc, delim, size)
-        self._utf8 = _Utf8Bytes(stream, enc, fallback=not encoding)
+        # An encoding the user chose is applied strictly; a guessed one falls back per byte.
+        errors = "strict" if encoding else "surrogateescape"
+        self._text = _Cp1252Fallback(stream, encoding=enc, errors=errors, newline="")
 
     def close(self) -> None:
         """Close the input file (stdin stays open); the streams over it go with it."""
@@ -284,15 +257,13 @@ class Source:
         decompressed or whose header breaks a limit, and
         :class:`~importer.errors.MappingError` for blank or duplicate header names.
         """
-        utf8 = io.BufferedReader(self._utf8, buffer_size=SNIFF_BYTES)
         try:
             if self.info.format == "csv":
-                text = io.TextIOWrapper(utf8, encoding="utf-8", newline="")
-                rows = CsvRows(text, self.info.delimiter or ",", self.limits, str(self.path))
+                rows = CsvRows(self._text, self.info.delimiter or ",", self.limits, str(self.path))
                 self.columns = rows.columns
                 yield from rows.chunks()
             else:
-                yield from jsonl_chunks(utf8, self.limits)
+                yield from jsonl_chunks(self._text, self.limits)
         except UnicodeDecodeError as exc:
             raise InputUnreadable(
                 f"{self.path}: not valid {self.info.encoding} text ({exc.reason}); "
@@ -305,12 +276,12 @@ class Source:
                 f"{self.path}: the compressed input is damaged or truncated ({exc})"
             ) from exc
         finally:
-            if self._utf8.fallbacks:
+            if self._text.fallbacks:
                 log.warning(
                     "%s: %d byte sequence(s) were not valid %s and were read as cp1252 "
                     "(pass --encoding to choose)",
                     self.path,
-                    self._utf8.fallbacks,
+                    self._text.fallbacks,
                     self.info.encoding,
                 )
 
