@@ -18,7 +18,7 @@ import orjson
 import pandas as pd
 
 from ..records import Reject
-from .chunk import REJECT_TEXT_CHARS, Chunk, Limits, read_line, shorten
+from .chunk import Chunk, Limits, read_line, shorten
 
 
 def jsonl_chunks(text: IO[str], limits: Limits) -> Iterator[Chunk]:
@@ -66,7 +66,7 @@ def _check_object(obj: Any, lineno: int, keys: set[str], limits: Limits) -> Reje
         found = kind.get(type(obj), "a number")
         value = obj if isinstance(obj, str) else orjson.dumps(obj).decode()
         reason = f"expected a JSON object, found {found}"
-        return Reject(lineno, lineno, reason, value=value[:REJECT_TEXT_CHARS])
+        return Reject(lineno, lineno, reason, value=shorten(value))
     if len(obj) > limits.max_columns:
         return Reject(lineno, lineno, f"more than {limits.max_columns} keys in one record")
     if _depth(obj, limits.max_json_depth + 1) > limits.max_json_depth:
@@ -89,8 +89,8 @@ def _depth(value: Any, cap: int) -> int:
 
 
 def _chunk(objects: list[Any], numbers: list[int], rejects: list[Reject]) -> Chunk:
-    frame = pd.DataFrame.from_records(objects) if objects else pd.DataFrame()
-    frame = frame.astype(object).rename(columns=str)
+    # Typed explicitly: values keep their JSON types (an integer is not widened to a float).
+    frame = pd.DataFrame(objects, dtype=object).rename(columns=str)
     records = np.array(numbers, dtype=np.int64)
     return Chunk(frame, records, records.copy(), rejects)
 
