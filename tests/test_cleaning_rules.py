@@ -271,6 +271,12 @@ def test_plain_dates_valid_exactly_when_the_day_exists():
         assert rules.clean_date(text) == expected
 
 
+def test_dates_out_of_range_in_utc_are_invalid_not_a_crash():
+    assert rules.clean_date("0001-01-01T00:00+02:00") == (None, "invalid date: out of range in UTC")
+    assert rules.clean_date("9999-12-31T23:00-05:00")[1] == "invalid date: out of range in UTC"
+    assert rules.clean_date("2020/01/02") == ("2020-01-02", None)
+
+
 def test_integer_column_gives_plain_json_numbers():
     cells = ["7", "-0", "0012", "", "9007199254740992", "12"]
     frame = pd.DataFrame({"email": [f"u{i}@x.org" for i in range(6)], "n": cells})

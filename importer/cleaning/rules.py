@@ -16,7 +16,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any
 
@@ -51,7 +51,6 @@ BOOLEANS = {
 
 INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 FLOAT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATETIME_TEXT = re.compile(
     r"[0-9]{4}[-/][0-9]{2}[-/][0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
     r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
@@ -229,26 +228,20 @@ def clean_date(value: Any) -> Cleaned:
     """ISO 8601: dates stay dates, times with a zone become UTC (``…Z``), others stay as given."""
     if not isinstance(value, str):
         return None, "invalid date: expected text in ISO 8601"
-    if _PLAIN_DATE.fullmatch(value):
-        try:
-            date.fromisoformat(value)
-        except ValueError:
-            return None, "invalid date: no such date"
-        return value, None
     if not _DATETIME_TEXT.fullmatch(value):
         return None, "invalid date: not an ISO 8601 date or time"
-    text = value[:10].replace("/", "-") + value[10:]
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+        parsed = datetime.fromisoformat(value[:10].replace("/", "-") + value[10:])
     except ValueError:
-        return None, "invalid date: no such date or time"
+        return None, "invalid date: no such date" + ("" if len(value) == 10 else " or time")
     if len(value) == 10:
         return parsed.date().isoformat(), None
-    if parsed.tzinfo is not None:
+    if parsed.tzinfo is None:
+        return parsed.isoformat(), None
+    try:
         return parsed.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z", None
-    return parsed.isoformat(), None
+    except OverflowError:  # e.g. 0001-01-01T00:00+02:00
+        return None, "invalid date: out of range in UTC"
 
 
 def clean_int(value: Any) -> Cleaned:

@@ -1,18 +1,13 @@
 """State: what earlier runs confirmed, for ``--resume`` and ``--changed-only``.
 
-Owns one SQLite database (WAL journal, ``synchronous=NORMAL``, mode 0600) and
-the lock file beside it that keeps two runs from using one state at once. It
-records, per run, the input's fingerprint and checkpoint hash, the options
-that shape the payloads and batches, and which source records are done (as
-short ranges of record numbers); per customer identifier, a hash of the last
-payload the API confirmed. Each batch the API answered is committed in one
-transaction before its worker takes another, so a killed run resends at most
-the batches in flight. Its parts:
-
-- :mod:`.store` — opening, schema, the lock, starting or resuming a run (and
-  refusing a changed input), prune, reset and the summary;
-- :mod:`.confirmations` — :class:`ConfirmationWriter`, the only writer during a run;
-- :mod:`.reader` — :class:`StateReader`, the producer's look-ups.
+Owns one SQLite database (WAL, ``synchronous=NORMAL``, mode 0600) and the lock
+file beside it: per run, the input's fingerprint and checkpoint hash, the
+options that shape payloads and batches, and the records done (as short
+ranges); per customer identifier, a hash of the last payload the API
+confirmed. :mod:`.store` opens it and starts or resumes runs,
+:class:`ConfirmationWriter` commits each answered batch in one transaction
+before its worker takes another, :class:`StateReader` answers the producer's
+look-ups.
 
 Must not: send anything, read the input's records, or decide validity.
 """

@@ -93,9 +93,6 @@ _UPGRADE_FROM_2 = (
 )
 
 
-# -- what the tables hold ------------------------------------------------------------
-
-
 def payload_hash(encoded: bytes) -> bytes:
     """A 16-byte digest of a payload's JSON as sent (:attr:`Customer.encoded`).
 
@@ -178,9 +175,6 @@ class RunInfo:
     dead_letter_offset: int | None = None
 
 
-# -- connections -----------------------------------------------------------------
-
-
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (WAL, ``synchronous=NORMAL``) for the calling thread."""
     uri = Path(path).resolve().as_uri() + ("?mode=ro" if readonly else "")
@@ -217,9 +211,6 @@ def _lock_holder(conn: sqlite3.Connection) -> str:
         row = conn.execute("SELECT value FROM meta WHERE key = 'locked_by'").fetchone()
         return str(row[0])
     return "unknown"
-
-
-# -- the store -----------------------------------------------------------------------
 
 
 class StateStore:
