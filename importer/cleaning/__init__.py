@@ -14,13 +14,11 @@ Must not: read files, send anything, or merge repeated customers (that is
 from __future__ import annotations
 
 from .chunk import CleanResult, InvalidRecord, clean_chunk
-from .rules import check_phone_region
 from .types import infer_column_types
 
 __all__ = [
     "CleanResult",
     "InvalidRecord",
-    "check_phone_region",
     "clean_chunk",
     "infer_column_types",
 ]

@@ -1,16 +1,13 @@
 """Cleaning a chunk: apply the rules to its columns and decide each row's fate.
 
-Owns: trimming cells and telling empty ones, applying each field's rule
-(:mod:`importer.cleaning.rules`) once per distinct value of a column, the
-subscription groups built from two columns, ``--on-invalid`` and
-``--empty-as-null``, and the rejects with their reasons. Every row of a
-chunk leaves either as a :class:`~importer.records.Customer` or as a
-:class:`~importer.records.Reject` (``--on-invalid drop-field`` adds a reject
-marked ``dropped_field`` to a customer that is still sent).
+Owns: trimming cells and telling empty ones, applying each field's rule once
+per distinct value of a column, the subscription groups built from two
+columns, ``--on-invalid`` and ``--empty-as-null``, and the rejects with their
+reasons. Every row leaves as a :class:`~importer.records.Customer` or a
+:class:`~importer.records.Reject` (with ``drop-field``, possibly both).
 
-Must not: read files, send anything, merge repeated customers (that is
-:mod:`importer.dedupe`), or keep state between chunks other than the column
-types the caller passes in.
+Must not: read files, send anything, merge repeated customers, or keep state
+between chunks other than the column types the caller passes in.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from ..mapping import ColumnMapping
 from ..options import ImportOptions
 from ..records import Customer, Reject
 from ..source import Chunk
-from .rules import TYPE_RULES, Rule, check_phone_region, field_rules, keep_value
+from .rules import TYPE_RULES, Rule, field_rules, keep_value
 
 #: Marks a value left out of the payload (``None`` is a JSON null, sent only
 #: with ``--empty-as-null``).
@@ -51,10 +48,9 @@ class CleanResult:
 class _Field:
     """One target field of a chunk after cleaning, one item per row.
 
-    ``values`` holds the payload value, or :data:`_OMIT` where the cell is
-    empty or invalid; ``reasons`` why a cell is invalid (None elsewhere);
-    ``column`` and ``raw`` the input column and the cell as read, for a reject
-    to quote (a subscription group may come from either of two columns).
+    ``values`` holds the payload value (:data:`_OMIT` where empty or invalid),
+    ``reasons`` why a cell is invalid; ``column`` and ``raw`` the input column
+    and the cell as read, for a reject to quote.
     """
 
     values: np.ndarray
@@ -89,7 +85,7 @@ def clean_chunk(
     region or column type.
     """
     options = options or ImportOptions()
-    by_field = field_rules(check_phone_region(options.phone_region))
+    by_field = field_rules(options.phone_region)
     types = {**(column_types or {}), **mapping.types}
     for target, kind in types.items():
         if kind not in COLUMN_TYPES:

@@ -165,16 +165,6 @@ _POSSIBLE_ERRORS = {
 }
 
 
-def check_phone_region(region: str) -> str:
-    """The upper-case region code; raises :class:`UsageError` if phonenumbers does not know it."""
-    code = region.strip().upper()
-    if code not in phonenumbers.SUPPORTED_REGIONS:
-        raise UsageError(
-            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
-        )
-    return code
-
-
 @lru_cache(maxsize=65536)
 def _phone_by_library(value: str, region: str) -> Cleaned:
     try:
@@ -332,6 +322,14 @@ TYPE_RULES: dict[str, Rule] = {
 }
 
 
-def field_rules(phone_region: str) -> dict[str, Rule]:
-    """The rule of each standard field, national phone numbers read in ``phone_region``."""
-    return {**_FIELD_RULES, "phone_number": partial(clean_phone, region=phone_region)}
+def field_rules(region: str) -> dict[str, Rule]:
+    """The rule of each standard field, national phone numbers read in ``region``.
+
+    Raises :class:`UsageError` if phonenumbers does not know the region.
+    """
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise UsageError(
+            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+        )
+    return {**_FIELD_RULES, "phone_number": partial(clean_phone, region=code)}
