@@ -37,15 +37,11 @@ class Reject:
 class Customer:
     """One clean payload ready to send, with where it came from.
 
-    ``payload`` is the dict sent for this customer and ``encoded`` its JSON,
-    exactly the bytes a request carries (see :func:`encode_payload`), made
-    once with the customer. ``record`` and ``line`` locate its row;
-    ``merged_records`` lists the records merged into it (repeats of the same
-    customer), for accounting. Customers compare by everything but ``encoded``.
-
-    The payload is read-only: ``encoded`` is made from it once, and customers
-    cleaned from one chunk share the values they have in common (a
-    ``subscription_groups`` list parsed once per distinct cell).
+    ``payload`` is the dict sent for this customer (read-only: customers of
+    one chunk share values, and ``encoded``, its JSON exactly as a request
+    carries it, is made from it once). ``record`` and ``line`` locate its row;
+    ``merged_records`` lists the records merged into it, for accounting.
+    Customers compare by everything but ``encoded``.
     """
 
     payload: Payload
