@@ -13,13 +13,12 @@ than one chunk of the file in memory.
 from .chunk import Chunk
 from .input_hash import InputHasher
 from .jsonl_rows import unwrap_dead_letter
-from .reading import Source, SourceInfo, detect_encoding, read_chunks, sniff_delimiter
+from .reading import Source, detect_encoding, read_chunks, sniff_delimiter
 
 __all__ = [
     "Chunk",
     "InputHasher",
     "Source",
-    "SourceInfo",
     "detect_encoding",
     "read_chunks",
     "sniff_delimiter",
