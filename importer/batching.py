@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from .options import MAX_BATCH_SIZE
-from .records import Batch, Customer, encode_payload
-
-__all__ = ["BatchPacker", "encode_payload", "pack_batches"]
+from .records import Batch, Customer
 
 #: Bytes of ``{"customers":[`` + ``]}``.
 _ENVELOPE = 16

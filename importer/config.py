@@ -160,7 +160,7 @@ def detect_starter_config(
         # JSONL's columns are its records' keys; a CSV file with only a header has no chunk.
         found = (chunk.column_names for chunk in source.chunks())
         columns = next((names for names in found if names), None) or source.columns
-        fmt = source.format
+        fmt = source.info.format
     return starter_config(str(path), resolve_mapping(columns), fmt)
 
 

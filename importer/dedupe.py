@@ -2,16 +2,11 @@
 
 Owns: deciding which clean payloads belong to one customer (the same
 normalised email, else the same customer_id) and merging them, later
-non-empty values winning. One profile is then updated by one record in one
-batch, which saves calls and avoids two concurrent updates of one profile.
+non-empty values winning, so one profile is updated once, by one record. The
+window is the list it is given (the pipeline passes one chunk): repeats
+further apart are sent as separate updates, in file order.
 
-The window is the list it is given: the pipeline passes one cleaned chunk
-(``--chunk-rows``, 20,000 rows by default), so memory stays bounded by the
-chunk size; repeats further apart than one chunk are sent as separate updates,
-in file order.
-
-Must not: validate or normalise values (that is :mod:`importer.cleaning`),
-or hold customers across calls.
+Must not: validate or normalise values, or hold customers across calls.
 """
 
 from __future__ import annotations
@@ -19,9 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .records import Customer, Payload, customer_key
-
-__all__ = ["customer_key", "merge_payloads", "merge_repeats"]
+from .records import Customer, Payload
 
 
 def merge_payloads(earlier: Payload, later: Payload) -> Payload:

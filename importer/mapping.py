@@ -2,7 +2,7 @@
 
 Owns: header matching (case, spaces, punctuation, synonyms), explicit
 ``--map`` / ``--drop`` choices, the TOML mapping file (per-column target,
-type and options), and the names of pass-through custom attributes. Pure
+type or drop), and the names of pass-through custom attributes. Pure
 functions over column names: no cell data; the only I/O is reading the
 mapping file.
 
@@ -47,14 +47,10 @@ class ColumnMapping:
     #: Declared types by target field (``int``, ``float``, ``bool``, ``date``, ``string``),
     #: from a mapping file; cleaning infers the others.
     types: dict[str, str] = field(default_factory=dict)
-    #: Further per-column settings from a mapping file, by target field (e.g. ``format``).
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self) -> list[tuple[str, str]]:
-        """``(source, target-or-"(dropped)")`` pairs in input order, for previews."""
-        out = [(s, t) for s, t in self.targets.items()]
-        out.extend((s, "(dropped)") for s in self.dropped)
-        return out
+        """``(source, target)`` pairs, then ``(source, "(dropped)")`` ones, for previews."""
+        return [*self.targets.items(), *((s, "(dropped)") for s in self.dropped)]
 
 
 @dataclass(frozen=True)
@@ -62,24 +58,22 @@ class ColumnSpec:
     """One ``[columns."Name"]`` table of a mapping file.
 
     ``target`` None means "the field automatic matching picks"; ``type`` None
-    means "let cleaning infer it"; ``options`` holds any other keys of the
-    table, passed on to cleaning.
+    means "let cleaning infer it".
     """
 
     target: str | None = None
     type: str | None = None
     drop: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def load_mapping_file(path: str | Path) -> dict[str, ColumnSpec]:
     """Read the ``[columns."Source Column"]`` tables of a TOML mapping file.
 
     Each table may set ``target`` (a Blueshift field or custom attribute
-    name), ``type`` (one of :data:`COLUMN_TYPES`), ``drop = true``, and other
-    keys that are kept as options for cleaning. Other top-level keys are
-    ignored, so a configuration file can hold the mapping too. Raises
-    :class:`MappingError` (one line) for a missing or invalid file.
+    name), ``type`` (one of :data:`COLUMN_TYPES`) or ``drop = true``; other
+    keys, and other top-level keys, are ignored, so a configuration file can
+    hold the mapping too. Raises :class:`MappingError` (one line) for a
+    missing or invalid file.
     """
     path = Path(path)
     try:
@@ -107,10 +101,7 @@ def parse_column_specs(columns: Any, origin: str = "the mapping") -> dict[str, C
         where = f"{origin}: [columns.{_toml_key(name)}]"
         if not isinstance(table, dict):
             raise MappingError(f'{where} must be a table (e.g. target = "email")')
-        options = dict(table)
-        target = options.pop("target", None)
-        kind = options.pop("type", None)
-        drop = options.pop("drop", False)
+        target, kind, drop = table.get("target"), table.get("type"), table.get("drop", False)
         if target is not None and (not isinstance(target, str) or not target.strip()):
             raise MappingError(f"{where}: target must be a non-empty string")
         if kind is not None and kind not in COLUMN_TYPES:
@@ -121,9 +112,7 @@ def parse_column_specs(columns: Any, origin: str = "the mapping") -> dict[str, C
             raise MappingError(f"{where}: drop must be true or false")
         if drop and (target is not None or kind is not None):
             raise MappingError(f"{where}: a dropped column cannot also have a target or type")
-        specs[name.strip()] = ColumnSpec(
-            target.strip() if isinstance(target, str) else None, kind, drop, options
-        )
+        specs[name.strip()] = ColumnSpec(target.strip() if target else None, kind, drop)
     return specs
 
 
@@ -163,7 +152,6 @@ def resolve_mapping(
     dropped: list[str] = []
     claimed: dict[str, str] = {}
     types: dict[str, str] = {}
-    options: dict[str, dict[str, Any]] = {}
     for col in cols:
         spec = specs.get(col.strip())
         if col in drop_set or (spec is not None and spec.drop and col not in explicit_map):
@@ -189,12 +177,9 @@ def resolve_mapping(
             )
         claimed[target] = col
         targets[col] = target
-        if spec is not None:
-            if spec.type:
-                types[target] = spec.type
-            if spec.options:
-                options[target] = dict(spec.options)
-    return ColumnMapping(targets, tuple(dropped), types, options)
+        if spec is not None and spec.type:
+            types[target] = spec.type
+    return ColumnMapping(targets, tuple(dropped), types)
 
 
 def parse_map_option(values: Iterable[str]) -> tuple[tuple[str, str], ...]:

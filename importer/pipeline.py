@@ -230,7 +230,7 @@ def _produce(
             # as the payloads it holds.
             payloads = unwrap_dead_letter(chunk.frame) if source.info.format == "jsonl" else None
             if payloads is not None:
-                chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects, chunk.bytes_read)
+                chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects)
             key = tuple(chunk.column_names)
             if key not in mappings:
                 mappings[key] = resolve_mapping(

@@ -21,8 +21,8 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.text import Text
 
-from .batching import encode_payload
 from .outcomes import ImportReport
+from .records import encode_payload
 
 #: Seconds of history behind the current request rate and the ETA.
 RATE_WINDOW_S = 10.0

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from importer.batching import BatchPacker, encode_payload, pack_batches
-from importer.records import Customer
+from importer.batching import BatchPacker, pack_batches
+from importer.records import Customer, encode_payload
 
 
 def _customers(n: int, start: int = 0) -> list[Customer]:

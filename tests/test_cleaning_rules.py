@@ -107,14 +107,14 @@ _json_values = st.one_of(
 _TARGETS: dict[str, tuple[Any, str, str | None]] = {
     "email": (rules.clean_email, "email", None),
     "phone": (lambda v: rules.clean_phone(v, "US"), "phone_number", None),
-    "customer_id": (rules.clean_customer_id, "customer_id", None),
-    "name": (rules.clean_firstname, "firstname", None),
-    "gender": (rules.clean_gender, "gender", None),
+    "customer_id": (rules.field_rules("US")["customer_id"], "customer_id", None),
+    "name": (rules.field_rules("US")["firstname"], "firstname", None),
+    "gender": (rules.field_rules("US")["gender"], "gender", None),
     "bool": (rules.clean_bool, "unsubscribed", None),
     "date": (rules.clean_date, "joined_at", None),
     "int": (rules.clean_int, "n", "int"),
     "float": (rules.clean_float, "n", "float"),
-    "string": (rules.clean_string, "n", "string"),
+    "string": (rules.TYPE_RULES["string"], "n", "string"),
     "keep": (rules.keep_value, "n", None),
     "groups": (rules.clean_groups, "subscription_groups", None),
 }
@@ -269,6 +269,12 @@ def test_plain_dates_valid_exactly_when_the_day_exists():
         except ValueError:
             expected = (None, "invalid date: no such date")
         assert rules.clean_date(text) == expected
+
+
+def test_dates_out_of_range_in_utc_are_invalid_not_a_crash():
+    assert rules.clean_date("0001-01-01T00:00+02:00") == (None, "invalid date: out of range in UTC")
+    assert rules.clean_date("9999-12-31T23:00-05:00")[1] == "invalid date: out of range in UTC"
+    assert rules.clean_date("2020/01/02") == ("2020-01-02", None)
 
 
 def test_integer_column_gives_plain_json_numbers():

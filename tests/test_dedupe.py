@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from importer import import_file
-from importer.dedupe import customer_key, merge_payloads, merge_repeats
-from importer.records import Customer
+from importer.dedupe import merge_payloads, merge_repeats
+from importer.records import Customer, customer_key
 
 from .conftest import fast_options, write_csv
 

@@ -94,11 +94,11 @@ target = "other"
 """
 
 
-def test_mapping_file_targets_types_options_and_drops(tmp_path):
+def test_mapping_file_targets_types_and_drops(tmp_path):
     path = tmp_path / "mapping.toml"
     path.write_text(MAPPING_TOML)
     specs = load_mapping_file(path)
-    assert specs["Signup"] == ColumnSpec("joined_at", "date", False, {"format": "%d/%m/%Y"})
+    assert specs["Signup"] == ColumnSpec("joined_at", "date", False)  # other keys are ignored
     m = resolve_mapping(
         ["Email Address", "Signup", "Points", "Internal Notes", "City"],
         specs=specs,
@@ -107,7 +107,6 @@ def test_mapping_file_targets_types_options_and_drops(tmp_path):
     assert m.targets == {"Email Address": "email", "Signup": "joined_at", "Points": "points"}
     assert m.dropped == ("Internal Notes", "City")
     assert m.types == {"joined_at": "date", "points": "int"}
-    assert m.options == {"joined_at": {"format": "%d/%m/%Y"}}
 
 
 def test_mapping_explicit_map_wins_over_mapping_file(tmp_path):

@@ -274,6 +274,13 @@ def test_source_jsonl_cp1252_line_read_with_fallback(tmp_path):
     assert rows[1][2]["name"] == "Renée"
 
 
+def test_source_jsonl_values_keep_their_json_types(tmp_path):
+    lines = b'{"email": "a@x.io", "n": 1, "big": 9007199254740993}\n{"email": "b", "z": null}\n'
+    rows, _ = _read(_write(tmp_path, "c.jsonl", lines))
+    first, second = rows[0][2], rows[1][2]
+    assert (type(first["n"]), first["big"], second["z"]) == (int, 9007199254740993, None)
+
+
 def test_source_jsonl_utf16(tmp_path):
     path = _write(tmp_path, "c.jsonl", '{"email": "a@x.io", "n": "Zoë"}\n'.encode("utf-16"))
     rows, _ = _read(path)

@@ -1,26 +1,22 @@
 """Cleaning stage: turn a mapped chunk into customers or rejects.
 
 Owns: normalising values (trim, case, formats), the API's field rules, the
-types of custom attributes, and the reasons rows are refused. Three parts:
-:mod:`~importer.cleaning.rules` holds one plain function per field or type,
-:mod:`~importer.cleaning.chunk` applies them to a chunk (each once per
-distinct value of a column) and decides each row's fate, and
-:mod:`~importer.cleaning.types` infers the type of each custom attribute.
+types of custom attributes, and the reasons rows are refused. :mod:`.rules`
+holds the rule of each field or type, :mod:`.chunk` applies them (each once
+per distinct value of a column) and decides each row's fate, :mod:`.types`
+infers the type of each custom attribute.
 
-Must not: read files, send anything, or merge repeated customers (that is
-:mod:`importer.dedupe`).
+Must not: read files, send anything, or merge repeated customers.
 """
 
 from __future__ import annotations
 
 from .chunk import CleanResult, InvalidRecord, clean_chunk
-from .rules import check_phone_region
 from .types import infer_column_types
 
 __all__ = [
     "CleanResult",
     "InvalidRecord",
-    "check_phone_region",
     "clean_chunk",
     "infer_column_types",
 ]

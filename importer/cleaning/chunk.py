@@ -1,16 +1,13 @@
 """Cleaning a chunk: apply the rules to its columns and decide each row's fate.
 
-Owns: trimming cells and telling empty ones, applying each field's rule
-(:mod:`importer.cleaning.rules`) once per distinct value of a column, the
-subscription groups built from two columns, ``--on-invalid`` and
-``--empty-as-null``, and the rejects with their reasons. Every row of a
-chunk leaves either as a :class:`~importer.records.Customer` or as a
-:class:`~importer.records.Reject` (``--on-invalid drop-field`` adds a reject
-marked ``dropped_field`` to a customer that is still sent).
+Owns: trimming cells and telling empty ones, applying each field's rule once
+per distinct value of a column, the subscription groups built from two
+columns, ``--on-invalid`` and ``--empty-as-null``, and the rejects with their
+reasons. Every row leaves as a :class:`~importer.records.Customer` or a
+:class:`~importer.records.Reject` (with ``drop-field``, possibly both).
 
-Must not: read files, send anything, merge repeated customers (that is
-:mod:`importer.dedupe`), or keep state between chunks other than the column
-types the caller passes in.
+Must not: read files, send anything, merge repeated customers, or keep state
+between chunks other than the column types the caller passes in.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from ..mapping import ColumnMapping
 from ..options import ImportOptions
 from ..records import Customer, Reject
 from ..source import Chunk
-from .rules import TYPE_RULES, Rule, check_phone_region, field_rules, keep_value
+from .rules import TYPE_RULES, Rule, field_rules, keep_value
 
 #: Marks a value left out of the payload (``None`` is a JSON null, sent only
 #: with ``--empty-as-null``).
@@ -51,10 +48,9 @@ class CleanResult:
 class _Field:
     """One target field of a chunk after cleaning, one item per row.
 
-    ``values`` holds the payload value, or :data:`_OMIT` where the cell is
-    empty or invalid; ``reasons`` why a cell is invalid (None elsewhere);
-    ``column`` and ``raw`` the input column and the cell as read, for a reject
-    to quote (a subscription group may come from either of two columns).
+    ``values`` holds the payload value (:data:`_OMIT` where empty or invalid),
+    ``reasons`` why a cell is invalid; ``column`` and ``raw`` the input column
+    and the cell as read, for a reject to quote.
     """
 
     values: np.ndarray
@@ -89,7 +85,7 @@ def clean_chunk(
     region or column type.
     """
     options = options or ImportOptions()
-    by_field = field_rules(check_phone_region(options.phone_region))
+    by_field = field_rules(options.phone_region)
     types = {**(column_types or {}), **mapping.types}
     for target, kind in types.items():
         if kind not in COLUMN_TYPES:
@@ -130,7 +126,10 @@ def _clean_column(rule: Rule, src: str, cells: np.ndarray) -> _Field:
     hashed, and as keys ``1``, ``1.0`` and ``True`` would be one value.
     """
     n = len(cells)
-    text = _text_cells(cells)
+    if pd.api.types.infer_dtype(cells, skipna=False) == "string":
+        text = np.ones(n, bool)  # every cell of a CSV chunk
+    else:
+        text = np.fromiter((isinstance(c, str) for c in cells), bool, n)
     values = np.full(n, _OMIT, object)
     reasons = np.full(n, None, object)
     empty = np.zeros(n, bool)
@@ -168,13 +167,6 @@ def _apply(rule: Rule, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return values, reasons, empty
 
 
-def _text_cells(cells: np.ndarray) -> np.ndarray:
-    """Where the cells are text (every cell of a CSV chunk)."""
-    if pd.api.types.infer_dtype(cells, skipna=False) == "string":
-        return np.ones(len(cells), bool)
-    return np.fromiter((isinstance(c, str) for c in cells), bool, len(cells))
-
-
 def _absent(name: str, n: int) -> _Field:
     """A column the input lacks: every cell empty."""
     return _Field(
@@ -201,29 +193,26 @@ def _groups(json: _Field | None, pair: dict[str, _Field], n: int) -> _Field:
     reasons = np.full(n, None, object)
     column = json.column.copy()
     raw = json.raw.copy()
-    # Python lists: indexing them costs a fraction of indexing arrays.
-    json_values, json_empty, json_bad = json.values.tolist(), json.empty.tolist(), json.bad.tolist()
-    id_values, no_id, bad_id = ids.values.tolist(), ids.empty.tolist(), ids.bad.tolist()
-    flag_values, no_flag, bad_flag = flags.values.tolist(), flags.empty.tolist(), flags.bad.tolist()
-    for i in np.flatnonzero(~(json.empty & ids.empty & flags.empty)).tolist():
-        groups = None if json_empty[i] or json_bad[i] else json_values[i]
+    empty = json.empty & ids.empty & flags.empty
+    for i in np.flatnonzero(~empty).tolist():
+        groups = None if json.empty[i] or json.bad[i] else json.values[i]
         culprit, why = None, ""
-        if bad_id[i]:
+        if ids.bad[i]:
             culprit, why = ids, "the id must be text or a number"
-        elif bad_flag[i] or (no_flag[i] and not no_id[i]):
+        elif flags.bad[i] or (flags.empty[i] and not ids.empty[i]):
             culprit, why = flags, "subscription_group_subscribed must be true or false"
-        elif no_id[i] and not no_flag[i]:
+        elif ids.empty[i] and not flags.empty[i]:
             culprit, why = flags, "subscribed without a subscription_group_id"
-        elif not no_id[i]:
-            groups = [*(groups or []), {"id": id_values[i], "subscribed": flag_values[i]}]
-        if json_bad[i]:
+        elif not ids.empty[i]:
+            groups = [*(groups or []), {"id": ids.values[i], "subscribed": flags.values[i]}]
+        if json.bad[i]:
             reasons[i] = json.reasons[i]
         elif culprit is not None:
             reasons[i] = f"invalid subscription groups: {why}"
             column[i], raw[i] = culprit.column[i], culprit.raw[i]
         elif groups is not None:
             values[i] = groups
-    return _Field(values, reasons, json.empty & ids.empty & flags.empty, column, raw)
+    return _Field(values, reasons, empty, column, raw)
 
 
 def _settle(

@@ -1,4 +1,4 @@
-"""The cleaning rules: one plain function per field or type, one value at a time.
+"""The cleaning rules, one value at a time, and which rule cleans which field or type.
 
 Each rule takes one trimmed, non-empty cell (a str for CSV; for JSONL any
 JSON value but null) and returns ``(clean value, None)`` or ``(None,
@@ -16,7 +16,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any
 
@@ -41,21 +41,8 @@ MAX_SAFE_INT = 2**53
 GENDERS = {
     **dict.fromkeys(("m", "male", "man", "boy", "masculine", "mr", "h"), "male"),
     **dict.fromkeys(("f", "female", "woman", "girl", "feminine", "w", "mrs", "ms"), "female"),
-    **dict.fromkeys(
-        (
-            "u",
-            "unknown",
-            "unspecified",
-            "not specified",
-            "prefer not to say",
-            "x",
-            "other",
-            "diverse",
-            "non-binary",
-            "nonbinary",
-        ),
-        "unknown",
-    ),
+    **dict.fromkeys(("u", "unknown", "unspecified", "not specified", "x", "other"), "unknown"),
+    **dict.fromkeys(("prefer not to say", "diverse", "non-binary", "nonbinary"), "unknown"),
 }
 BOOLEANS = {
     **dict.fromkeys(("true", "t", "yes", "y", "1"), True),
@@ -64,7 +51,6 @@ BOOLEANS = {
 
 INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 FLOAT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATETIME_TEXT = re.compile(
     r"[0-9]{4}[-/][0-9]{2}[-/][0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
     r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
@@ -85,6 +71,7 @@ def as_text(value: Any, what: str) -> Cleaned:
 
 
 def _short_text(value: Any, what: str, limit: int) -> Cleaned:
+    """Text (see :func:`as_text`) of at most ``limit`` characters."""
     text, reason = as_text(value, what)
     if reason is None and len(text) > limit:
         return None, f"invalid {what}: longer than {limit} characters"
@@ -92,6 +79,7 @@ def _short_text(value: Any, what: str, limit: int) -> Cleaned:
 
 
 def _spelling(value: Any, what: str, vocabulary: dict[str, Any]) -> Cleaned:
+    """The value ``vocabulary`` gives text, compared in lower case."""
     found = vocabulary.get(value.lower()) if isinstance(value, str) else None
     if found is None:
         return None, f"invalid {what}: not one of the known spellings"
@@ -177,16 +165,6 @@ _POSSIBLE_ERRORS = {
 }
 
 
-def check_phone_region(region: str) -> str:
-    """The upper-case region code; raises :class:`UsageError` if phonenumbers does not know it."""
-    code = region.strip().upper()
-    if code not in phonenumbers.SUPPORTED_REGIONS:
-        raise UsageError(
-            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
-        )
-    return code
-
-
 @lru_cache(maxsize=65536)
 def _phone_by_library(value: str, region: str) -> Cleaned:
     try:
@@ -217,26 +195,6 @@ def clean_phone(value: Any, region: str = "US") -> Cleaned:
 # -- text, names, vocabularies ---------------------------------------------------
 
 
-def clean_customer_id(value: Any) -> Cleaned:
-    """The id as text, byte for byte (a JSON number becomes its digits)."""
-    return as_text(value, "customer_id")
-
-
-def clean_firstname(value: Any) -> Cleaned:
-    """The name as text, at most 64 characters."""
-    return _short_text(value, "firstname", MAX_NAME)
-
-
-def clean_lastname(value: Any) -> Cleaned:
-    """The name as text, at most 64 characters."""
-    return _short_text(value, "lastname", MAX_NAME)
-
-
-def clean_gender(value: Any) -> Cleaned:
-    """``male``, ``female`` or ``unknown`` from any of their spellings (:data:`GENDERS`)."""
-    return _spelling(value, "gender", GENDERS)
-
-
 def clean_bool(value: Any) -> Cleaned:
     """True or false from a spelling in :data:`BOOLEANS`, a JSON boolean, or JSON 0 and 1."""
     if isinstance(value, bool):
@@ -244,11 +202,6 @@ def clean_bool(value: Any) -> Cleaned:
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value), None
     return _spelling(value, "boolean", BOOLEANS)
-
-
-def clean_string(value: Any) -> Cleaned:
-    """A ``string`` column's value as text (a JSON number becomes its digits)."""
-    return as_text(value, "text")
 
 
 def keep_value(value: Any) -> Cleaned:
@@ -265,26 +218,20 @@ def clean_date(value: Any) -> Cleaned:
     """ISO 8601: dates stay dates, times with a zone become UTC (``…Z``), others stay as given."""
     if not isinstance(value, str):
         return None, "invalid date: expected text in ISO 8601"
-    if _PLAIN_DATE.fullmatch(value):
-        try:
-            date.fromisoformat(value)
-        except ValueError:
-            return None, "invalid date: no such date"
-        return value, None
     if not _DATETIME_TEXT.fullmatch(value):
         return None, "invalid date: not an ISO 8601 date or time"
-    text = value[:10].replace("/", "-") + value[10:]
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+        parsed = datetime.fromisoformat(value[:10].replace("/", "-") + value[10:])
     except ValueError:
-        return None, "invalid date: no such date or time"
+        return None, "invalid date: no such date" + ("" if len(value) == 10 else " or time")
     if len(value) == 10:
         return parsed.date().isoformat(), None
-    if parsed.tzinfo is not None:
+    if parsed.tzinfo is None:
+        return parsed.isoformat(), None
+    try:
         return parsed.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z", None
-    return parsed.isoformat(), None
+    except OverflowError:  # e.g. 0001-01-01T00:00+02:00
+        return None, "invalid date: out of range in UTC"
 
 
 def clean_int(value: Any) -> Cleaned:
@@ -330,11 +277,6 @@ def _group_entry(item: Any) -> dict[str, Any] | None:
     return {"id": gid.strip() if isinstance(gid, str) else gid, "subscribed": subscribed}
 
 
-def clean_group_id(value: Any) -> Cleaned:
-    """The id of the one group a ``subscription_group_id`` cell names, as text."""
-    return as_text(value, "subscription group id")
-
-
 def clean_groups(value: Any) -> Cleaned:
     """A list of ``{"id", "subscribed"}`` objects from JSON text, a JSON array or one object.
 
@@ -359,15 +301,15 @@ def clean_groups(value: Any) -> Cleaned:
 #: The rule of each standard field but ``phone_number`` (see :func:`field_rules`).
 _FIELD_RULES: dict[str, Rule] = {
     "email": clean_email,
-    "customer_id": clean_customer_id,
-    "firstname": clean_firstname,
-    "lastname": clean_lastname,
-    "gender": clean_gender,
+    "customer_id": partial(as_text, what="customer_id"),
+    "firstname": partial(_short_text, what="firstname", limit=MAX_NAME),
+    "lastname": partial(_short_text, what="lastname", limit=MAX_NAME),
+    "gender": partial(_spelling, what="gender", vocabulary=GENDERS),
     "joined_at": clean_date,
     "unsubscribed_at": clean_date,
     "unsubscribed": clean_bool,
     "subscription_groups": clean_groups,
-    GROUP_ID: clean_group_id,
+    GROUP_ID: partial(as_text, what="subscription group id"),
     GROUP_SUBSCRIBED: clean_bool,
 }
 #: The rule of each type a custom attribute may have; one without a type keeps its value.
@@ -376,10 +318,18 @@ TYPE_RULES: dict[str, Rule] = {
     "float": clean_float,
     "bool": clean_bool,
     "date": clean_date,
-    "string": clean_string,
+    "string": partial(as_text, what="text"),
 }
 
 
-def field_rules(phone_region: str) -> dict[str, Rule]:
-    """The rule of each standard field, national phone numbers read in ``phone_region``."""
-    return {**_FIELD_RULES, "phone_number": partial(clean_phone, region=phone_region)}
+def field_rules(region: str) -> dict[str, Rule]:
+    """The rule of each standard field, national phone numbers read in ``region``.
+
+    Raises :class:`UsageError` if phonenumbers does not know the region.
+    """
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise UsageError(
+            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+        )
+    return {**_FIELD_RULES, "phone_number": partial(clean_phone, region=code)}

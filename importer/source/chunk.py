@@ -1,11 +1,13 @@
-"""The values the source stage hands on: :class:`Chunk`, and the :class:`Limits` it reads under.
+"""What the CSV and JSONL readers share: the :class:`Chunk` they hand on, the
+:class:`Limits` they read under, and reading one physical line within a limit.
 
-Owns: the shape of a chunk and splitting one in two. Must not: read files or clean values.
+Owns: the shape of a chunk and splitting one in two. Must not: open files or clean values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,17 @@ REJECT_TEXT_CHARS = 1_000
 def shorten(text: str) -> str:
     """``text`` cut to :data:`REJECT_TEXT_CHARS` characters, marked with an ellipsis if cut."""
     return text if len(text) <= REJECT_TEXT_CHARS else text[:REJECT_TEXT_CHARS] + "…"
+
+
+def read_line(text: IO[str], limit: int) -> str | None:
+    """The next physical line of ``text`` (``""`` at the end), or None for a line longer
+    than ``limit`` characters, which is read and dropped in pieces (memory stays bounded)."""
+    line = text.readline(limit + 1)
+    if len(line) <= limit or line.endswith(("\n", "\r")):
+        return line
+    while line and not line.endswith(("\n", "\r")):
+        line = text.readline(limit)
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,15 +54,13 @@ class Chunk:
     keep their JSON types (missing keys are NaN). ``records`` and ``lines``
     give, per row, the 1-based record number and the physical line it starts
     on. ``rejects`` are the unparseable rows met while reading this chunk;
-    ``rows_read`` counts both. ``bytes_read`` is how far the file had been
-    read when the chunk was made.
+    ``rows_read`` counts both.
     """
 
     frame: pd.DataFrame
     records: np.ndarray
     lines: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
-    bytes_read: int | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -71,6 +82,6 @@ class Chunk:
         head = [r for r in self.rejects if r.record <= cut]
         tail = [r for r in self.rejects if r.record > cut]
         return (
-            Chunk(self.frame.iloc[:n], self.records[:n], self.lines[:n], head, self.bytes_read),
-            Chunk(self.frame.iloc[n:], self.records[n:], self.lines[n:], tail, self.bytes_read),
+            Chunk(self.frame.iloc[:n], self.records[:n], self.lines[:n], head),
+            Chunk(self.frame.iloc[n:], self.records[n:], self.lines[n:], tail),
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import InputUnreadable, MappingError
 from ..records import Reject
-from .chunk import Chunk, Limits, shorten
+from .chunk import Chunk, Limits, read_line, shorten
 
 
 def check_header(header: list[str], max_columns: int) -> list[str]:
@@ -55,10 +55,9 @@ class _OverlongLine(Exception):
 class _LineFeeder:
     """Hands physical lines to :func:`csv.reader`, numbering them and keeping the current record's.
 
-    A line longer than ``max_chars`` is read and thrown away in pieces (memory
-    stays bounded) and raises :class:`_OverlongLine`. Lines put in ``pending``
-    are handed out again first: that is how the rest of a record swallowed by
-    an unterminated quote is read again.
+    A line longer than ``max_chars`` is dropped and raises :class:`_OverlongLine`.
+    Lines put in ``pending`` are handed out again first: that is how the rest
+    of a record swallowed by an unterminated quote is read again.
     """
 
     def __init__(self, text: IO[str], max_chars: int):
@@ -72,19 +71,16 @@ class _LineFeeder:
         return self
 
     def __next__(self) -> str:
-        if self.pending:
-            self.current.append(self.pending.popleft())
-            return self.current[-1][1]
-        line = self.text.readline(self.max_chars + 1)
-        if not line:
-            raise StopIteration
-        self.lineno += 1
-        if len(line) > self.max_chars and not line.endswith(("\n", "\r")):
-            while line and not line.endswith(("\n", "\r")):
-                line = self.text.readline(self.max_chars)
-            raise _OverlongLine(self.lineno, self.max_chars)
-        self.current.append((self.lineno, line))
-        return line
+        if not self.pending:
+            line = read_line(self.text, self.max_chars)
+            if line == "":
+                raise StopIteration
+            self.lineno += 1
+            if line is None:
+                raise _OverlongLine(self.lineno, self.max_chars)
+            self.pending.append((self.lineno, line))
+        self.current.append(self.pending.popleft())
+        return self.current[-1][1]
 
     def start_line(self) -> int:
         """The physical line the current record starts on."""
@@ -124,8 +120,8 @@ class CsvRows:
         row[0] = row[0].removeprefix("\ufeff")
         self.columns = check_header(row, limits.max_columns)
 
-    def chunks(self, bytes_read: Callable[[], int]) -> Iterator[Chunk]:
-        """Chunks of up to ``chunk_rows`` rows; ``bytes_read()`` says how far the file was read."""
+    def chunks(self) -> Iterator[Chunk]:
+        """Chunks of up to ``chunk_rows`` rows, each with the unparseable records met."""
         feeder, ncols = self.feeder, len(self.columns)
         rows: list[list[str]] = []
         records: list[int] = []
@@ -144,7 +140,11 @@ class CsvRows:
                 continue
             except csv.Error as exc:
                 record += 1
-                rejects.append(self._broken(record, f"unparseable CSV record: {self._why(exc)}"))
+                if "field limit" in str(exc):
+                    why = f"a field is larger than {self.limits.max_field_bytes} characters"
+                else:
+                    why = "unterminated quote" if "unexpected end of data" in str(exc) else str(exc)
+                rejects.append(self._broken(record, f"unparseable CSV record: {why}"))
                 continue
             if len(row) == ncols:
                 record += 1
@@ -152,57 +152,37 @@ class CsvRows:
                 records.append(record)
                 lines.append(feeder.current[0][0])
                 if len(rows) >= self.limits.chunk_rows:
-                    yield self._chunk(rows, records, lines, rejects, bytes_read())
+                    yield self._chunk(rows, records, lines, rejects)
                     rows, records, lines, rejects = [], [], [], []
             elif len(row) > 1 or (row and row[0].strip()):  # a blank line is not a record
                 record += 1
                 reason = f"ragged row: expected {ncols} fields, found {len(row)}"
                 rejects.append(self._broken(record, reason))
         if rows or rejects:
-            yield self._chunk(rows, records, lines, rejects, bytes_read())
-
-    def _why(self, exc: csv.Error) -> str:
-        if "field limit" in str(exc):
-            return f"a field is larger than {self.limits.max_field_bytes} characters"
-        return "unterminated quote" if "unexpected end of data" in str(exc) else str(exc)
+            yield self._chunk(rows, records, lines, rejects)
 
     def _broken(self, record: int, reason: str) -> Reject:
-        """The reject for the record just read; its later lines get another chance."""
-        start = self.feeder.start_line()
-        self._recover()
-        return Reject(record, start, reason, value=self.feeder.record_text())
-
-    def _recover(self) -> None:
-        """After a bad record that spans several lines, give its later lines another chance.
+        """The reject for the record just read, whose later lines get another chance.
 
         An unterminated quote swallows the lines after it into one field. When
         the record's second line parses alone as a complete row, only the first
         line is the broken record: the rest is pushed back to be read again.
         """
-        current = self.feeder.current
-        if len(current) < 2:
-            return
-        try:
-            alone = next(csv.reader([current[1][1]], delimiter=self.delimiter, strict=True))
-        except (csv.Error, StopIteration):
-            return
-        if len(alone) == len(self.columns):
-            self.feeder.pending.extendleft(reversed(current[1:]))
-            del current[1:]
+        start, current = self.feeder.start_line(), self.feeder.current
+        if len(current) > 1:
+            try:
+                alone = next(csv.reader([current[1][1]], delimiter=self.delimiter, strict=True))
+            except (csv.Error, StopIteration):
+                alone = []
+            if len(alone) == len(self.columns):
+                self.feeder.pending.extendleft(reversed(current[1:]))
+                del current[1:]
+        return Reject(record, start, reason, value=self.feeder.record_text())
 
     def _chunk(
-        self,
-        rows: list[list[str]],
-        records: list[int],
-        lines: list[int],
-        rejects: list[Reject],
-        bytes_read: int,
+        self, rows: list[list[str]], records: list[int], lines: list[int], rejects: list[Reject]
     ) -> Chunk:
-        # One 2-D object array, typed explicitly: pandas would otherwise scan every
-        # text column for dates, which costs more than parsing the CSV.
-        cells = np.empty((len(rows), len(self.columns)), dtype=object)
-        if rows:
-            cells[:] = rows
-        frame = pd.DataFrame(cells, columns=self.columns, dtype=object, copy=False)
+        # Typed explicitly: CSV cells are text, never inferred numbers or dates.
+        frame = pd.DataFrame(rows, columns=self.columns, dtype=object)
         numbers = np.array([records, lines], dtype=np.int64)  # two rows of equal length
-        return Chunk(frame, numbers[0], numbers[1], rejects, bytes_read)
+        return Chunk(frame, numbers[0], numbers[1], rejects)

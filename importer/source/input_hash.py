@@ -1,8 +1,7 @@
-"""Hashing the input's bytes, for the checkpoint that lets an interrupted run resume.
+"""The SHA-256 checkpoint of the input's first bytes, which lets an interrupted run resume.
 
-Owns: the SHA-256 of the file's first bytes, read through a handle of its own,
-and the check against an earlier run's checkpoint. Must not: parse the input or
-record anything (the state store keeps the checkpoints).
+Owns: hashing the file through a handle of its own, and checking an earlier
+run's checkpoint. Must not: parse the input or record anything (the state does).
 """
 
 from __future__ import annotations
@@ -17,13 +16,11 @@ HASH_BLOCK = 1 << 20
 
 
 class InputHasher:
-    """SHA-256 of the input's first bytes, advanced as the source reads (producer thread).
+    """SHA-256 of the input's first bytes, advanced just behind the source (producer thread).
 
-    It reads the file through its own handle, block by block, just behind
-    the source, so it never delays the first request. ``verify`` is the
-    ``(bytes, hexdigest)`` checkpoint of an interrupted run: crossing it
-    compares the hashes and raises :class:`InputChanged` on a mismatch;
-    :attr:`verified` says whether it has been passed.
+    ``verify`` is the ``(bytes, hexdigest)`` checkpoint of an interrupted run:
+    crossing it compares the hashes and raises :class:`InputChanged` on a
+    mismatch; :attr:`verified` says whether it has been passed.
     """
 
     def __init__(self, path: str | Path, verify: tuple[int, str | None] | None = None):

@@ -1,16 +1,16 @@
 """JSONL records: one JSON object per line, parsed with orjson, in chunks of rows.
 
-Owns: lines and their numbers (a record's number is its line's), and the JSONL
-limits (bytes per line, nesting depth, keys per record and in the file). A bad
+Owns: lines and their numbers (a record's number is its line's), the JSONL
+limits (bytes per line, nesting depth, keys per record and in the file), and
+unwrapping the payloads of a dead-letter file (``outcomes`` writes it). A bad
 line becomes a :class:`~importer.records.Reject`; the rest is still read.
 
-Must not: open files or decode bytes (it is given UTF-8), or look at what a value means.
+Must not: open files or decode bytes (it is given text), or look at what a value means.
 """
 
 from __future__ import annotations
 
-import codecs
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -18,29 +18,29 @@ import orjson
 import pandas as pd
 
 from ..records import Reject
-from .chunk import REJECT_TEXT_CHARS, Chunk, Limits, shorten
+from .chunk import Chunk, Limits, read_line, shorten
 
 
-def jsonl_chunks(utf8: IO[bytes], limits: Limits, bytes_read: Callable[[], int]) -> Iterator[Chunk]:
-    """Chunks of up to ``chunk_rows`` objects from the UTF-8 lines of ``utf8``.
-
-    ``bytes_read()`` says how far the file was read. Blank lines are skipped.
-    """
+def jsonl_chunks(text: IO[str], limits: Limits) -> Iterator[Chunk]:
+    """Chunks of up to ``chunk_rows`` objects, one per non-blank line of ``text``."""
     objects: list[dict[str, Any]] = []
     numbers: list[int] = []
     rejects: list[Reject] = []
     keys: set[str] = set()
-    for lineno, line in _lines(utf8, limits.max_line_bytes):
-        if line is None:
+    lineno = 0
+    while (line := read_line(text, limits.max_line_bytes)) != "":
+        lineno += 1
+        if line is None or len(line.encode()) > limits.max_line_bytes:
             reason = f"line longer than {limits.max_line_bytes} bytes"
             rejects.append(Reject(lineno, lineno, reason))
             continue
+        line = line.removeprefix("\ufeff") if lineno == 1 else line
         if not line.strip():
             continue
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            excerpt = shorten(line[: REJECT_TEXT_CHARS * 4].decode(errors="replace").rstrip("\r\n"))
+            excerpt = shorten(line.rstrip("\r\n"))
             rejects.append(Reject(lineno, lineno, f"not valid JSON: {exc.args[0]}", value=excerpt))
             continue
         reject = _check_object(obj, lineno, keys, limits)
@@ -50,26 +50,10 @@ def jsonl_chunks(utf8: IO[bytes], limits: Limits, bytes_read: Callable[[], int])
         objects.append(obj)
         numbers.append(lineno)
         if len(objects) >= limits.chunk_rows:
-            yield _chunk(objects, numbers, rejects, bytes_read())
+            yield _chunk(objects, numbers, rejects)
             objects, numbers, rejects = [], [], []
     if objects or rejects:
-        yield _chunk(objects, numbers, rejects, bytes_read())
-
-
-def _lines(utf8: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, line)``; ``None`` for a line over ``limit`` bytes (read, not kept)."""
-    lineno = 0
-    while True:
-        line = utf8.readline(limit + 1)
-        if not line:
-            return
-        lineno += 1
-        if len(line) > limit and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
-                line = utf8.readline(limit)
-            yield lineno, None
-        else:
-            yield lineno, line.removeprefix(codecs.BOM_UTF8) if lineno == 1 else line
+        yield _chunk(objects, numbers, rejects)
 
 
 def _check_object(obj: Any, lineno: int, keys: set[str], limits: Limits) -> Reject | None:
@@ -82,7 +66,7 @@ def _check_object(obj: Any, lineno: int, keys: set[str], limits: Limits) -> Reje
         found = kind.get(type(obj), "a number")
         value = obj if isinstance(obj, str) else orjson.dumps(obj).decode()
         reason = f"expected a JSON object, found {found}"
-        return Reject(lineno, lineno, reason, value=value[:REJECT_TEXT_CHARS])
+        return Reject(lineno, lineno, reason, value=shorten(value))
     if len(obj) > limits.max_columns:
         return Reject(lineno, lineno, f"more than {limits.max_columns} keys in one record")
     if _depth(obj, limits.max_json_depth + 1) > limits.max_json_depth:
@@ -104,8 +88,33 @@ def _depth(value: Any, cap: int) -> int:
     return 1 + max((_depth(v, cap - 1) for v in children), default=0)
 
 
-def _chunk(objects: list[Any], numbers: list[int], rejects: list[Reject], at: int) -> Chunk:
-    frame = pd.DataFrame.from_records(objects) if objects else pd.DataFrame()
-    frame = frame.astype(object).rename(columns=str)
+def _chunk(objects: list[Any], numbers: list[int], rejects: list[Reject]) -> Chunk:
+    # Typed explicitly: values keep their JSON types (an integer is not widened to a float).
+    frame = pd.DataFrame(objects, dtype=object).rename(columns=str)
     records = np.array(numbers, dtype=np.int64)
-    return Chunk(frame, records, records.copy(), rejects, at)
+    return Chunk(frame, records, records.copy(), rejects)
+
+
+#: Keys every dead-letter line has; a JSONL input whose rows all have them is a dead-letter file.
+DEAD_LETTER_KEYS = ("payload", "source", "record", "error", "attempts")
+
+
+def unwrap_dead_letter(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The payloads of a dead-letter chunk as a frame with one column per field, or None.
+
+    ``frame`` is a chunk of a JSONL input. When its columns are those of a
+    dead-letter line and every row's ``payload`` is an object, the result has
+    the same rows in the same order (same index), with the exact payload
+    values (no float conversion of integers; a field a payload lacks is None).
+    Otherwise the chunk is an ordinary input and None is returned.
+    """
+    if frame.empty or not all(k in frame.columns for k in DEAD_LETTER_KEYS):
+        return None
+    payloads = frame["payload"].tolist()
+    if not all(isinstance(p, dict) for p in payloads):
+        return None
+    fields: dict[str, None] = {}
+    for p in payloads:
+        fields.update(dict.fromkeys(p))
+    columns = {str(k): [p.get(k) for p in payloads] for k in fields}
+    return pd.DataFrame(columns, index=frame.index, dtype=object)

@@ -21,13 +21,9 @@ class ConfirmationWriter:
     """Records confirmed batches, each committed before its worker goes on.
 
     Make it, and call every method, in the event loop's thread: it opens its
-    connection there. :meth:`record` commits a batch in one short transaction
-    (about a page per customer; it does not wait for the disk, except in the
-    WAL checkpoint SQLite runs every thousand pages or so, see "Durability" in
-    the package docstring), so a batch counts as done before its worker takes
-    the next one and a crash re-sends at most the batches in flight. Progress
-    notes from the producer (input checkpoint, rejects file position) are
-    kept in memory and written with the next confirmation.
+    connection there. Progress notes from the producer (input checkpoint,
+    rejects file position) are kept in memory and written with the next
+    confirmation.
     """
 
     def __init__(self, store: StateStore, run: RunInfo, target: str):

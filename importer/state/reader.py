@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from ..records import Customer, Reject
 from .store import RANGE_SPAN, RunInfo, StateStore, payload_hash
 
-#: Identifiers per ``IN (...)`` query: well under SQLite's variable limit.
-LOOKUP_BATCH = 500
-
 
 class StateReader:
     """What the producer may skip, a chunk at a time, so memory does not grow with the state."""
@@ -60,20 +57,10 @@ class StateReader:
 
     def skip_unchanged(self, customers: Sequence[Customer]) -> tuple[list[Customer], int]:
         """The customers whose payload differs from the last confirmed one (or is new)."""
-        kept: list[Customer] = []
-        for start in range(0, len(customers), LOOKUP_BATCH):
-            group = customers[start : start + LOOKUP_BATCH]
-            idents = [c.identifier or "" for c in group]
-            known = dict(
-                self.conn.execute(
-                    "SELECT identifier, hash FROM payloads WHERE target = ? "  # noqa: S608
-                    f"AND identifier IN ({','.join('?' * len(idents))})",
-                    (self.target, *idents),
-                )
-            )
-            kept += [
-                c
-                for c, i in zip(group, idents, strict=True)
-                if known.get(i) != payload_hash(c.encoded)
-            ]
+        query = "SELECT hash FROM payloads WHERE target = ? AND identifier = ?"
+        kept = []
+        for customer in customers:
+            row = self.conn.execute(query, (self.target, customer.identifier or "")).fetchone()
+            if row is None or row[0] != payload_hash(customer.encoded):
+                kept.append(customer)
         return kept, len(customers) - len(kept)

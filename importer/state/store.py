@@ -1,10 +1,10 @@
 """The state database: opening, schema, lock, runs, resume checks, prune and summary.
 
-Owns the file (created with mode 0600), its schema and upgrades, the lock
-beside it, and the ``runs`` table's life cycle: :meth:`StateStore.begin_run`
-starts or resumes a run and decides whether a resume is allowed. It also
-defines what the tables hold (:func:`payload_hash`, :func:`record_ranges`,
-:func:`target_tag`) so the writer and the reader agree.
+Owns the file (created with mode 0600), its schema and the upgrade from the
+last released one, the lock beside it, and the ``runs`` table's life cycle:
+:meth:`StateStore.begin_run` starts or resumes a run and decides whether a
+resume is allowed. It also defines what the tables hold (:func:`payload_hash`,
+:func:`record_ranges`, :func:`target_tag`) so the writer and the reader agree.
 
 Must not: record confirmations (that is :mod:`.confirmations`), or look up
 records and payloads for a run (that is :mod:`.reader`).
@@ -38,7 +38,7 @@ with warnings.catch_warnings():
 
 log = logging.getLogger(__name__)
 
-#: 3 dropped the ``journal`` (2) and ``failed`` (1, 2) tables; older states are upgraded.
+#: 3 dropped the ``journal`` and ``failed`` tables of 2 (0.1.0), which is upgraded; 1 is refused.
 SCHEMA_VERSION = 3
 #: A recorded range of record numbers never spans more than this many numbers,
 #: so the rows overlapping [a, b] are found with an index scan of lo in [a - span, b].
@@ -65,12 +65,12 @@ CREATE TABLE IF NOT EXISTS payloads (
     target TEXT NOT NULL, identifier TEXT NOT NULL, hash BLOB NOT NULL,
     confirmed_at REAL NOT NULL, PRIMARY KEY (target, identifier)
 ) WITHOUT ROWID;
-DROP INDEX IF EXISTS payloads_by_age;
 """
 
-#: Schema 2 appended each confirmed batch to ``journal`` and applied it later: a state a
-#: killed run of it left still holds some. Applied here once, in journal order.
-_APPLY_JOURNAL = (
+#: Schema 2 appended each confirmed batch to ``journal`` and applied it later, and kept
+#: dead-lettered records in ``failed``: a state a killed run left still holds some.
+#: Applied here once, in journal order; the failed records join the done ranges.
+_UPGRADE_FROM_2 = (
     "INSERT OR IGNORE INTO done SELECT j.run_id, json_extract(r.value, '$[0]'), "
     "json_extract(r.value, '$[1]') FROM journal AS j, json_each(j.done) AS r",
     "INSERT OR IGNORE INTO done SELECT j.run_id, r.value, r.value "
@@ -88,10 +88,9 @@ _APPLY_JOURNAL = (
         ORDER BY seq DESC LIMIT 1)
     WHERE id IN (SELECT run_id FROM journal)""",
     "DROP TABLE journal",
+    "INSERT OR IGNORE INTO done SELECT run_id, record, record FROM failed",
+    "DROP TABLE failed",
 )
-
-
-# -- what the tables hold ------------------------------------------------------------
 
 
 def payload_hash(encoded: bytes) -> bytes:
@@ -176,9 +175,6 @@ class RunInfo:
     dead_letter_offset: int | None = None
 
 
-# -- connections -----------------------------------------------------------------
-
-
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (WAL, ``synchronous=NORMAL``) for the calling thread."""
     uri = Path(path).resolve().as_uri() + ("?mode=ro" if readonly else "")
@@ -217,18 +213,16 @@ def _lock_holder(conn: sqlite3.Connection) -> str:
     return "unknown"
 
 
-# -- the store -----------------------------------------------------------------------
-
-
 class StateStore:
     """An opened, locked state database. Use as a context manager.
 
     Opening creates the file with mode 0600 (SQLite gives its ``-wal`` and
-    ``-shm`` files the same mode), upgrades an older schema, and takes an
+    ``-shm`` files the same mode), upgrades a state of schema 2, and takes an
     exclusive lock on ``<path>.lock``; the lock is released on close and
     when the process dies, so a killed run never leaves a stale lock. Raises
     :class:`StateLocked` (naming the holder's PID) when another run holds it,
-    and :class:`StateError` when the file is not a state database.
+    and :class:`StateError` when the file is not a state database or has a
+    schema this version cannot open.
     """
 
     def __init__(self, path: str | Path):
@@ -263,8 +257,14 @@ class StateStore:
                     version = int(next(row, [SCHEMA_VERSION])[0])
                     if version > SCHEMA_VERSION:
                         raise StateError(f"{self.path} has state schema {version}, a newer one")
-                    if version < SCHEMA_VERSION:
-                        _upgrade(conn)
+                    if version < 2:
+                        raise StateError(
+                            f"{self.path} was made by an older version (state schema {version}); "
+                            "start a new state with --state"
+                        )
+                    if version == 2:
+                        for statement in _UPGRADE_FROM_2:
+                            conn.execute(statement)
                     conn.execute(
                         "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), "
                         "('locked_by', ?)",
@@ -377,17 +377,6 @@ class StateStore:
                 for table in ("done", "payloads", "runs"):
                     conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             conn.execute("VACUUM")
-
-
-def _upgrade(conn: sqlite3.Connection) -> None:
-    """Bring a state of schema 1 or 2 to this one (in the caller's transaction)."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "journal" in tables:
-        for statement in _APPLY_JOURNAL:
-            conn.execute(statement)
-    if "failed" in tables:  # dead-lettered records: settled, so they join the done ranges
-        conn.execute("INSERT OR IGNORE INTO done SELECT run_id, record, record FROM failed")
-        conn.execute("DROP TABLE failed")
 
 
 def _resolved(path: Path | None) -> str | None:
