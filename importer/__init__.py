@@ -34,25 +34,24 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     """``import_file`` and ``__version__``, loaded on first use.
 
-    The pipeline brings pandas, pyarrow and aiohttp (most of a second), and the
-    version importlib.metadata: commands that need neither (``--help``, the fake
-    API, the state commands) and ``import importer`` itself start without them.
+    The pipeline brings pandas and aiohttp (most of a second), and the version
+    importlib.metadata: commands that need neither (``--help``, the fake API,
+    the state commands) and ``import importer`` itself start without them.
     """
+    found: Any
     if name == "import_file":
-        from .pipeline import import_file
-
-        globals()[name] = import_file
-        return import_file
-    if name == "__version__":
+        from .pipeline import import_file as found
+    elif name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
         try:
             found = version("blueshift-import")
         except PackageNotFoundError:  # running from a source tree that was not installed
             found = "0.0.0"
-        globals()[name] = found
-        return found
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = found
+    return found
 
 
 def __dir__() -> list[str]:

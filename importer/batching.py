@@ -43,14 +43,13 @@ class BatchPacker:
         self.size = min(size, MAX_BATCH_SIZE)
         self.max_bytes = max_bytes
         self._group: list[Customer] = []
-        self._encoded: list[bytes] = []
         self._nbytes = _ENVELOPE
         self._seq = 0
 
     def _emit(self) -> Batch:
-        batch = Batch(tuple(self._group), tuple(self._encoded), self._seq)
+        batch = Batch(tuple(self._group), self._seq)
         self._seq += 1
-        self._group, self._encoded, self._nbytes = [], [], _ENVELOPE
+        self._group, self._nbytes = [], _ENVELOPE
         return batch
 
     def add(self, customers: Iterable[Customer]) -> list[Batch]:
@@ -63,7 +62,6 @@ class BatchPacker:
             ):
                 done.append(self._emit())
             self._group.append(customer)
-            self._encoded.append(data)
             self._nbytes += len(data) + 1
         return done
 

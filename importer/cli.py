@@ -25,7 +25,7 @@ from click.core import ParameterSource
 from .config import ConfigFile, default_map, load_config
 from .errors import AccountingMismatch, ImporterError, RunStopped, UsageError
 from .logs import LOG_FORMATS, secret_filter, setup_logging
-from .options import SECTIONS, ImportOptions, cli_fields, flag_name
+from .options import SECTIONS, ImportOptions, cli_default, cli_fields, flag_name, spec_of
 from .outcomes import ImportReport
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
@@ -177,14 +177,14 @@ def _table_options(*sections: str, only: tuple[str, ...] = (), exists: bool = Fa
     ``exists``: their paths must name existing files."""
     options = []
     for f in cli_fields():
-        m = f.metadata
-        if m["section"] not in sections and f.name not in only:
+        m = spec_of(f)
+        if m.section not in sections and f.name not in only:
             continue
-        default = m["cli_default"] if m["cli_default"] is not None else f.default
+        default = cli_default(f)
         kind: Any = None
-        if m["choices"]:
-            kind = click.Choice(m["choices"])
-        elif m["path"]:
+        if m.choices:
+            kind = click.Choice(m.choices)
+        elif m.path:
             kind = click.Path(exists=exists, dir_okay=False, path_type=Path)
         elif not isinstance(default, bool | tuple) and default is not None:
             kind = type(default)
@@ -194,13 +194,13 @@ def _table_options(*sections: str, only: tuple[str, ...] = (), exists: bool = Fa
                 f.name,
                 type=kind,
                 is_flag=isinstance(default, bool),
-                multiple=m["multiple"],
-                default=None if m["multiple"] else default,
-                envvar=m["env"],
-                show_envvar=bool(m["env"]),
+                multiple=m.multiple,
+                default=None if m.multiple else default,
+                envvar=m.env,
+                show_envvar=bool(m.env),
                 show_default=not (default is None or default is False or default == ()),
-                metavar=m["metavar"],
-                help=m["help"],
+                metavar=m.metavar,
+                help=m.help,
             )
         )
     return _options(*options)

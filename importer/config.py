@@ -152,11 +152,13 @@ def detect_starter_config(
     :class:`~importer.errors.MappingError` as an import would.
     """
     from .mapping import resolve_mapping
+    from .options import ImportOptions
     from .source import Source
 
-    with Source(
-        path, format=format, encoding=encoding, delimiter=delimiter, chunk_rows=sample_rows
-    ) as source:
+    options = ImportOptions(
+        format=format, encoding=encoding, delimiter=delimiter, chunk_rows=sample_rows
+    )
+    with Source(path, options) as source:
         # JSONL's columns are its records' keys; a CSV file with only a header has no chunk.
         found = (chunk.column_names for chunk in source.chunks())
         columns = next((names for names in found if names), None) or source.columns

@@ -21,20 +21,8 @@ GROUP_ID, GROUP_SUBSCRIBED = "subscription_group_id", "subscription_group_subscr
 STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
     "email": ("email", "e_mail", "email_address", "mail", "emailaddress"),
     "customer_id": ("customer_id", "customerid", "cust_id", "user_id", "userid", "external_id"),
-    "phone_number": (
-        "phone_number",
-        "phone",
-        "phonenumber",
-        "mobile",
-        "mobile_number",
-        "mobile_phone",
-        "cell",
-        "cell_phone",
-        "telephone",
-        "phone_1",
-        "phone1",
-        "tel",
-    ),
+    "phone_number": ("phone_number", "phone", "phonenumber", "phone_1", "phone1", "tel")
+    + ("mobile", "mobile_number", "mobile_phone", "cell", "cell_phone", "telephone"),
     "firstname": ("firstname", "first_name", "given_name", "givenname", "forename", "fname"),
     "lastname": ("lastname", "last_name", "surname", "family_name", "familyname", "lname"),
     "gender": ("gender", "sex"),

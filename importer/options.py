@@ -36,43 +36,39 @@ ON_INVALID = ("skip-row", "drop-field", "stop")
 SECTIONS = ("connection", "pace", "input", "cleaning", "state", "outputs")
 
 
-def option(
-    default: Any,
-    help: str,
-    *,
-    section: str,
-    flag: str | None = None,
-    env: str | None = None,
-    metavar: str | None = None,
-    choices: tuple[str, ...] | None = None,
-    path: bool = False,
-    multiple: bool = False,
-    shapes: bool = False,
-    cli: bool = True,
-    cli_default: Any = None,
-) -> Any:
-    """Declare one option as a dataclass field.
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one option appears outside the library: help, section, flag and the rest.
 
     ``flag`` defaults to the field name with dashes; ``shapes`` marks options
     that decide what a row becomes (a resumed run must use the same ones);
     ``cli=False`` keeps an option to the library; ``cli_default`` is the
     command line's default where it differs from the library's.
     """
-    assert section in SECTIONS, section
-    meta = {
-        "help": help,
-        "section": section,
-        "flag": flag,
-        "env": env,
-        "metavar": metavar,
-        "choices": choices,
-        "path": path,
-        "multiple": multiple,
-        "shapes": shapes,
-        "cli": cli,
-        "cli_default": cli_default,
-    }
-    return field(default=default, metadata=meta, repr=env != "BLUESHIFT_API_KEY")
+
+    help: str
+    section: str
+    flag: str | None = None
+    env: str | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    path: bool = False
+    multiple: bool = False
+    shapes: bool = False
+    cli: bool = True
+    cli_default: Any = None
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """Declare one option as a dataclass field; ``spec`` as for :class:`OptionSpec`."""
+    found = OptionSpec(help, **spec)
+    assert found.section in SECTIONS, found.section
+    return field(default=default, metadata={"spec": found}, repr=found.env != "BLUESHIFT_API_KEY")
+
+
+def spec_of(f: dataclasses.Field[Any]) -> OptionSpec:
+    """The :class:`OptionSpec` of an option field."""
+    return f.metadata["spec"]  # type: ignore[no-any-return]
 
 
 _connection = partial(option, section="connection")
@@ -204,7 +200,7 @@ class ImportOptions:
         set_(self, "drop_columns", tuple(self.drop_columns))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.metadata.get("path") and isinstance(value, str):
+            if spec_of(f).path and isinstance(value, str):
                 set_(self, f.name, Path(value))
         self._check()
 
@@ -218,7 +214,7 @@ class ImportOptions:
         if not self.rate > 0:
             raise UsageError(f"--rate must be above 0 requests per second, got {self.rate}")
         for name in ("region", "format", "on_invalid"):
-            choices = _field(name).metadata["choices"]
+            choices = spec_of(_field(name)).choices or ()
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise UsageError(
@@ -266,7 +262,7 @@ def _field(name: str) -> dataclasses.Field[Any]:
 
 
 def _dashed(name: str) -> str:
-    flag = _field(name).metadata.get("flag")
+    flag = spec_of(_field(name)).flag
     return flag[2:] if flag else name.replace("_", "-")
 
 
@@ -282,7 +278,13 @@ def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
 
 def flag_name(f: dataclasses.Field[Any]) -> str:
     """The command-line flag of an option field, e.g. ``--dead-letter``."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    return spec_of(f).flag or "--" + f.name.replace("_", "-")
+
+
+def cli_default(f: dataclasses.Field[Any]) -> Any:
+    """The command line's default for an option field."""
+    spec = spec_of(f)
+    return f.default if spec.cli_default is None else spec.cli_default
 
 
 def cli_fields(*sections: str) -> list[dataclasses.Field[Any]]:
@@ -290,7 +292,7 @@ def cli_fields(*sections: str) -> list[dataclasses.Field[Any]]:
     return [
         f
         for f in dataclasses.fields(ImportOptions)
-        if f.metadata.get("cli") and (not sections or f.metadata["section"] in sections)
+        if spec_of(f).cli and (not sections or spec_of(f).section in sections)
     ]
 
 
@@ -302,7 +304,7 @@ def fingerprint(options: ImportOptions) -> dict[str, Any]:
     """
     settings: dict[str, Any] = {}
     for f in dataclasses.fields(options):
-        if not f.metadata.get("shapes"):
+        if not spec_of(f).shapes:
             continue
         value = getattr(options, f.name)
         if isinstance(value, tuple):

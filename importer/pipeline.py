@@ -296,17 +296,7 @@ async def _run(
                 return True
         return False
 
-    with Source(
-        path,
-        format=options.format,
-        encoding=options.encoding,
-        delimiter=options.delimiter,
-        chunk_rows=options.chunk_rows,
-        max_field_bytes=options.max_field_bytes,
-        max_columns=options.max_columns,
-        max_json_depth=options.max_json_depth,
-        max_line_bytes=options.max_line_bytes,
-    ) as source:
+    with Source(path, options) as source:
         try:
             run.open_state()
             run.open_outputs()

@@ -98,8 +98,6 @@ class Batch:
     """At most 50 customers that travel in one API call."""
 
     customers: tuple[Customer, ...]
-    #: Each customer's payload as JSON, encoded once by batching and reused by every attempt.
-    encoded: tuple[bytes, ...]
     seq: int = 0
 
     def __len__(self) -> int:
@@ -107,14 +105,14 @@ class Batch:
 
     def body(self) -> bytes:
         """The request body ``{"customers": [...]}`` for this batch."""
-        return b'{"customers":[' + b",".join(self.encoded) + b"]}"
+        return b'{"customers":[' + b",".join(c.encoded for c in self.customers) + b"]}"
 
     def split(self) -> tuple[Batch, Batch]:
         """Two halves (the first one larger when the size is odd)."""
         mid = (len(self.customers) + 1) // 2
         return (
-            Batch(self.customers[:mid], self.encoded[:mid], self.seq),
-            Batch(self.customers[mid:], self.encoded[mid:], self.seq),
+            Batch(self.customers[:mid], self.seq),
+            Batch(self.customers[mid:], self.seq),
         )
 
 

@@ -509,9 +509,5 @@ class Sender:
                 done.append(Outcome(customer, False, 200, error, attempts, "record"))
         if not retry:
             return None
-        again = Batch(
-            tuple(batch.customers[i] for i in retry),
-            tuple(batch.encoded[i] for i in retry),
-            batch.seq,
-        )
+        again = Batch(tuple(batch.customers[i] for i in retry), batch.seq)
         return again, TransientApiError(found.errors[retry[0]], 200, "record")

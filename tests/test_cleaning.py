@@ -335,7 +335,7 @@ def test_read_chunks_clean_with_types_from_the_first_chunk(tmp_path):
         ImportOptions(empty_as_null=True),
         ImportOptions(),
     ):
-        with Source(path, chunk_rows=4) as source:
+        with Source(path, ImportOptions(chunk_rows=4)) as source:
             chunks = list(source.chunks())
         mapping = resolve_mapping(chunks[0].column_names)
         types = infer_column_types(chunks[0], mapping)

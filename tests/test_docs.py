@@ -19,7 +19,7 @@ import pytest
 
 from importer import cli as cli_module
 from importer.cli import main
-from importer.options import SECTIONS, cli_fields, flag_name
+from importer.options import SECTIONS, cli_default, cli_fields, flag_name, spec_of
 from importer.outcomes import ImportReport
 
 README_PATH = Path(__file__).resolve().parent.parent / "README.md"
@@ -128,9 +128,7 @@ def _cell(text: str) -> str:
 
 
 def _default(f: dataclasses.Field[object]) -> str:
-    value = f.metadata["cli_default"]
-    if value is None:
-        value = f.default
+    value = cli_default(f)
     if value is None or value is False or value == ():
         return ""
     if isinstance(value, float) and value.is_integer():
@@ -144,12 +142,12 @@ def options_table() -> str:
     for section in SECTIONS:
         lines.append(f"| **{SECTION_TITLES.get(section, section)}** | | | |")
         for f in cli_fields(section):
-            m = f.metadata
-            flag = flag_name(f) + (f" {m['metavar']}" if m["metavar"] else "")
-            env = f"`{m['env']}`" if m["env"] else ""
-            meaning = m["help"]
-            if m["choices"]:
-                meaning += " One of " + ", ".join(f"`{c}`" for c in m["choices"]) + "."
+            m = spec_of(f)
+            flag = flag_name(f) + (f" {m.metavar}" if m.metavar else "")
+            env = f"`{m.env}`" if m.env else ""
+            meaning = m.help
+            if m.choices:
+                meaning += " One of " + ", ".join(f"`{c}`" for c in m.choices) + "."
             cells = [f"`{_cell(flag)}`", _default(f), env, _cell(meaning)]
             lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
     return "\n".join(lines)

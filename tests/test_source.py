@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from importer.errors import InputChanged, InputUnreadable, MappingError
+from importer.options import ImportOptions
 from importer.source import (
     InputHasher,
     Source,
@@ -425,7 +426,7 @@ def test_source_unterminated_quote_mid_file_loses_and_repeats_nothing(tmp_path):
 def test_source_reads_little_ahead_of_the_rows_taken(tmp_path):
     rows = "".join(f"u{i}@x.io,Name {i},{i % 97}\n" for i in range(200_000))
     path = _write(tmp_path, "c.csv", ("email,name,n\n" + rows).encode())
-    with Source(path, chunk_rows=1000) as source:
+    with Source(path, ImportOptions(chunk_rows=1000)) as source:
         chunks = source.chunks()
         first = next(chunks)
         # A chunk of 1,000 rows (some 30 kB) is read through a few 64 kB buffers.
@@ -530,7 +531,7 @@ def test_source_chunks_hold_chunk_rows_rows(tmp_path):
     rows = [f"u{i}@x.io,Name {i}\n" for i in range(20_000)]
     rows[7_000] = "ragged,row,here\n"
     path = _write(tmp_path, "c.csv", ("email,name\n" + "".join(rows)).encode())
-    with Source(path, chunk_rows=5000) as source:
+    with Source(path, ImportOptions(chunk_rows=5000)) as source:
         chunks = list(source.chunks())
     assert [c.num_rows for c in chunks] == [5000, 5000, 5000, 4999]
     assert [r.record for c in chunks for r in c.rejects] == [7001]

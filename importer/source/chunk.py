@@ -1,5 +1,5 @@
-"""What the CSV and JSONL readers share: the :class:`Chunk` they hand on, the
-:class:`Limits` they read under, and reading one physical line within a limit.
+"""What the CSV and JSONL readers share: the :class:`Chunk` they hand on and
+reading one physical line within a limit.
 
 Owns: the shape of a chunk and splitting one in two. Must not: open files or clean values.
 """
@@ -32,17 +32,6 @@ def read_line(text: IO[str], limit: int) -> str | None:
     while line and not line.endswith(("\n", "\r")):
         line = text.readline(limit)
     return None
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How the input is read: rows per chunk, and the structural limits (see ``Source``)."""
-
-    chunk_rows: int
-    max_field_bytes: int
-    max_columns: int
-    max_json_depth: int
-    max_line_bytes: int
 
 
 @dataclass(frozen=True, eq=False)

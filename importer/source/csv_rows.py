@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputUnreadable, MappingError
+from ..options import ImportOptions
 from ..records import Reject
-from .chunk import Chunk, Limits, read_line, shorten
+from .chunk import Chunk, read_line, shorten
 
 
 def check_header(header: list[str], max_columns: int) -> list[str]:
@@ -98,12 +99,12 @@ class CsvRows:
     for blank or duplicate names; ``name`` names the input in the messages.
     """
 
-    def __init__(self, text: IO[str], delimiter: str, limits: Limits, name: str):
-        self.limits = limits
+    def __init__(self, text: IO[str], delimiter: str, options: ImportOptions, name: str):
+        self.options = options
         self.delimiter = delimiter
         # The csv module's only bound on a field (process-wide): set for every file read.
-        csv.field_size_limit(limits.max_field_bytes)
-        self.feeder = _LineFeeder(text, limits.max_line_bytes)
+        csv.field_size_limit(options.max_field_bytes)
+        self.feeder = _LineFeeder(text, options.max_line_bytes)
         self.reader = csv.reader(self.feeder, delimiter=delimiter, strict=True)
         row: list[str] = []
         while not any(cell.strip() for cell in row):  # blank lines before the header
@@ -118,7 +119,7 @@ class CsvRows:
             except csv.Error as exc:
                 raise InputUnreadable(f"{name}: the header cannot be parsed ({exc})") from exc
         row[0] = row[0].removeprefix("\ufeff")
-        self.columns = check_header(row, limits.max_columns)
+        self.columns = check_header(row, options.max_columns)
 
     def chunks(self) -> Iterator[Chunk]:
         """Chunks of up to ``chunk_rows`` rows, each with the unparseable records met."""
@@ -141,7 +142,7 @@ class CsvRows:
             except csv.Error as exc:
                 record += 1
                 if "field limit" in str(exc):
-                    why = f"a field is larger than {self.limits.max_field_bytes} characters"
+                    why = f"a field is larger than {self.options.max_field_bytes} characters"
                 else:
                     why = "unterminated quote" if "unexpected end of data" in str(exc) else str(exc)
                 rejects.append(self._broken(record, f"unparseable CSV record: {why}"))
@@ -151,7 +152,7 @@ class CsvRows:
                 rows.append(row)
                 records.append(record)
                 lines.append(feeder.current[0][0])
-                if len(rows) >= self.limits.chunk_rows:
+                if len(rows) >= self.options.chunk_rows:
                     yield self._chunk(rows, records, lines, rejects)
                     rows, records, lines, rejects = [], [], [], []
             elif len(row) > 1 or (row and row[0].strip()):  # a blank line is not a record

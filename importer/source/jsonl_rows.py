@@ -17,21 +17,22 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from ..options import ImportOptions
 from ..records import Reject
-from .chunk import Chunk, Limits, read_line, shorten
+from .chunk import Chunk, read_line, shorten
 
 
-def jsonl_chunks(text: IO[str], limits: Limits) -> Iterator[Chunk]:
+def jsonl_chunks(text: IO[str], options: ImportOptions) -> Iterator[Chunk]:
     """Chunks of up to ``chunk_rows`` objects, one per non-blank line of ``text``."""
     objects: list[dict[str, Any]] = []
     numbers: list[int] = []
     rejects: list[Reject] = []
     keys: set[str] = set()
     lineno = 0
-    while (line := read_line(text, limits.max_line_bytes)) != "":
+    while (line := read_line(text, options.max_line_bytes)) != "":
         lineno += 1
-        if line is None or len(line.encode()) > limits.max_line_bytes:
-            reason = f"line longer than {limits.max_line_bytes} bytes"
+        if line is None or len(line.encode()) > options.max_line_bytes:
+            reason = f"line longer than {options.max_line_bytes} bytes"
             rejects.append(Reject(lineno, lineno, reason))
             continue
         line = line.removeprefix("\ufeff") if lineno == 1 else line
@@ -43,20 +44,20 @@ def jsonl_chunks(text: IO[str], limits: Limits) -> Iterator[Chunk]:
             excerpt = shorten(line.rstrip("\r\n"))
             rejects.append(Reject(lineno, lineno, f"not valid JSON: {exc.args[0]}", value=excerpt))
             continue
-        reject = _check_object(obj, lineno, keys, limits)
+        reject = _check_object(obj, lineno, keys, options)
         if reject is not None:
             rejects.append(reject)
             continue
         objects.append(obj)
         numbers.append(lineno)
-        if len(objects) >= limits.chunk_rows:
+        if len(objects) >= options.chunk_rows:
             yield _chunk(objects, numbers, rejects)
             objects, numbers, rejects = [], [], []
     if objects or rejects:
         yield _chunk(objects, numbers, rejects)
 
 
-def _check_object(obj: Any, lineno: int, keys: set[str], limits: Limits) -> Reject | None:
+def _check_object(obj: Any, lineno: int, keys: set[str], options: ImportOptions) -> Reject | None:
     """A reject when a parsed line is not an object or breaks a limit, else None.
 
     ``keys`` holds the distinct keys met so far and gains this object's.
@@ -67,14 +68,14 @@ def _check_object(obj: Any, lineno: int, keys: set[str], limits: Limits) -> Reje
         value = obj if isinstance(obj, str) else orjson.dumps(obj).decode()
         reason = f"expected a JSON object, found {found}"
         return Reject(lineno, lineno, reason, value=shorten(value))
-    if len(obj) > limits.max_columns:
-        return Reject(lineno, lineno, f"more than {limits.max_columns} keys in one record")
-    if _depth(obj, limits.max_json_depth + 1) > limits.max_json_depth:
-        reason = f"JSON nested deeper than {limits.max_json_depth} levels"
+    if len(obj) > options.max_columns:
+        return Reject(lineno, lineno, f"more than {options.max_columns} keys in one record")
+    if _depth(obj, options.max_json_depth + 1) > options.max_json_depth:
+        reason = f"JSON nested deeper than {options.max_json_depth} levels"
         return Reject(lineno, lineno, reason)
     new = obj.keys() - keys
-    if len(keys) + len(new) > limits.max_columns:
-        reason = f"brings the file over {limits.max_columns} distinct keys (columns)"
+    if len(keys) + len(new) > options.max_columns:
+        reason = f"brings the file over {options.max_columns} distinct keys (columns)"
         return Reject(lineno, lineno, reason)
     keys.update(new)
     return None

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InputUnreadable
-from .chunk import Chunk, Limits
+from ..options import ImportOptions
+from .chunk import Chunk
 from .csv_rows import CsvRows
 from .jsonl_rows import jsonl_chunks
 
@@ -179,35 +180,23 @@ class SourceInfo:
 class Source:
     """An opened input file. Use as a context manager; iterate :meth:`chunks`.
 
-    ``format``, ``encoding`` and ``delimiter`` override what is detected; an
-    encoding given is applied strictly, a guessed one reads undecodable bytes
-    as cp1252. Limits (each a row reject with its numbers, or for the header
-    a refusal of the file): ``max_field_bytes`` per CSV cell, ``max_columns``
-    per header (and distinct JSONL keys in the file), ``max_json_depth``
-    nesting per JSONL record, ``max_line_bytes`` per physical line (counted
-    in characters for CSV, in UTF-8 bytes for JSONL).
+    Of ``options`` (defaults if None) it reads the input section: ``format``,
+    ``encoding`` and ``delimiter`` override what is detected (an encoding
+    given is applied strictly, a guessed one reads undecodable bytes as
+    cp1252), ``chunk_rows``, and the options, each a row reject with its
+    numbers or, for the header, a refusal of the file: ``max_field_bytes`` per
+    CSV cell, ``max_columns`` per header (and distinct JSONL keys in the
+    file), ``max_json_depth`` nesting per JSONL record, ``max_line_bytes`` per
+    physical line (counted in characters for CSV, in UTF-8 bytes for JSONL).
 
     Raises :class:`InputUnreadable` when the input cannot be opened or
     decompressed, its format or encoding is unknown, or it looks binary.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        format: str | None = None,
-        encoding: str | None = None,
-        delimiter: str | None = None,
-        chunk_rows: int = 20_000,
-        max_field_bytes: int = 1_000_000,
-        max_columns: int = 1_000,
-        max_json_depth: int = 32,
-        max_line_bytes: int = 4_000_000,
-    ):
+    def __init__(self, path: str | Path, options: ImportOptions | None = None):
         self.path = path
-        self.limits = Limits(
-            chunk_rows, max_field_bytes, max_columns, max_json_depth, max(max_line_bytes, 1)
-        )
+        self.options = options = options or ImportOptions()
+        format, encoding, delimiter = options.format, options.encoding, options.delimiter
         #: The CSV header's names, once :meth:`chunks` has read it.
         self.columns: list[str] = []
         self._counter = _open_counted(path)
@@ -259,11 +248,11 @@ class Source:
         """
         try:
             if self.info.format == "csv":
-                rows = CsvRows(self._text, self.info.delimiter or ",", self.limits, str(self.path))
+                rows = CsvRows(self._text, self.info.delimiter or ",", self.options, str(self.path))
                 self.columns = rows.columns
                 yield from rows.chunks()
             else:
-                yield from jsonl_chunks(self._text, self.limits)
+                yield from jsonl_chunks(self._text, self.options)
         except UnicodeDecodeError as exc:
             raise InputUnreadable(
                 f"{self.path}: not valid {self.info.encoding} text ({exc.reason}); "
@@ -292,7 +281,7 @@ class Source:
         self.close()
 
 
-def read_chunks(path: str | Path, **kwargs: Any) -> Iterator[Chunk]:
-    """Open ``path`` and yield its chunks; keyword arguments as for :class:`Source`."""
-    with Source(path, **kwargs) as source:
+def read_chunks(path: str | Path, **options: Any) -> Iterator[Chunk]:
+    """Open ``path`` and yield its chunks; keyword arguments are :class:`ImportOptions` fields."""
+    with Source(path, ImportOptions(**options)) as source:
         yield from source.chunks()

@@ -393,7 +393,8 @@ def _check_same_input(
             "Pass --resume --force to start over."
         )
     previous = orjson.loads(old)
-    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    # Options added since the interrupted run was recorded are not compared.
+    changed = sorted(k for k in previous.keys() & settings.keys() if previous[k] != settings[k])
     if changed:
         raise InputChanged(
             "the options that shape payloads and batches changed since the interrupted run "
