@@ -412,7 +412,8 @@ def init_config(input_path: str, **kw: Any) -> None:
     """
     from .config import detect_starter_config
 
-    click.echo(detect_starter_config(input_path, **kw), nl=False)
+    options = _options_from(kw, None, chunk_rows=1_000)
+    click.echo(detect_starter_config(input_path, options), nl=False)
 
 
 @main.command()

@@ -30,6 +30,7 @@ import click
 
 from .errors import UsageError
 from .mapping import ColumnMapping
+from .options import ImportOptions
 
 #: Parameters a configuration file cannot set.
 NOT_CONFIGURABLE = frozenset({"config", "help", "input_path", "version"})
@@ -137,27 +138,16 @@ def toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007F")
 
 
-def detect_starter_config(
-    path: str | Path,
-    *,
-    format: str | None = None,
-    encoding: str | None = None,
-    delimiter: str | None = None,
-    sample_rows: int = 1_000,
-) -> str:
-    """Read the header (CSV) or the first ``sample_rows`` lines (JSONL) of ``path``
-    and return a starter configuration with the mapping detected from them.
+def detect_starter_config(path: str | Path, options: ImportOptions | None = None) -> str:
+    """Read the header (CSV) or the first chunk (JSONL) of ``path``, as ``options``'
+    input section says, and return a starter configuration with the mapping detected.
 
     Raises :class:`~importer.errors.InputUnreadable` or
     :class:`~importer.errors.MappingError` as an import would.
     """
     from .mapping import resolve_mapping
-    from .options import ImportOptions
     from .source import Source
 
-    options = ImportOptions(
-        format=format, encoding=encoding, delimiter=delimiter, chunk_rows=sample_rows
-    )
     with Source(path, options) as source:
         # JSONL's columns are its records' keys; a CSV file with only a header has no chunk.
         found = (chunk.column_names for chunk in source.chunks())

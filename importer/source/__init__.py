@@ -2,7 +2,7 @@
 
 Owns reading the input (``reading``, which hands the decoded text to
 ``csv_rows`` or ``jsonl_rows``), record and line numbers, the structural
-options, the :class:`Chunk` (``chunk``), unwrapping a dead-letter file's
+limits, the :class:`Chunk` (``chunk``), unwrapping a dead-letter file's
 payloads, and the input's hash for resuming (``input_hash``). Unparseable rows
 leave as :class:`~importer.records.Reject` values with their numbers.
 
