@@ -226,7 +226,8 @@ class ImportOptions:
         for name in ("max_retries", "backoff_base", "preview_size"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{_dashed(name)} must be 0 or more")
-        for name in ("concurrency", "chunk_rows", "max_batch_bytes", *_LIMITS):
+        counts = ("concurrency", "chunk_rows", "max_batch_bytes", "max_field_bytes")
+        for name in (*counts, "max_columns", "max_json_depth", "max_line_bytes"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{_dashed(name)} must be at least 1")
         if not 0 <= self.max_error_rate <= 1:
@@ -252,9 +253,6 @@ class ImportOptions:
     def replace(self, **changes: object) -> ImportOptions:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-_LIMITS = ("max_field_bytes", "max_columns", "max_json_depth", "max_line_bytes")
 
 
 def _field(name: str) -> dataclasses.Field[Any]:

@@ -562,3 +562,11 @@ def test_input_hasher_checks_the_checkpoint_when_it_passes_it(tmp_path):
     with pytest.raises(InputChanged, match="content changed"):
         bad.finish()
     bad.close()
+
+
+def test_source_first_csv_chunk_is_smaller_so_the_first_request_leaves_early(tmp_path):
+    rows = "".join(f"u{i}@example.com\n" for i in range(25_000))
+    path = _write(tmp_path, "c.csv", ("email\n" + rows).encode())
+    sizes = [chunk.num_rows for chunk in read_chunks(path)]
+    assert sizes == [10_000, 15_000]
+    assert [chunk.num_rows for chunk in read_chunks(path, chunk_rows=4_000)][:2] == [4_000, 4_000]

@@ -24,6 +24,9 @@ from ..options import ImportOptions
 from ..records import Reject
 from .chunk import Chunk, read_line, shorten
 
+#: The first chunk is smaller: the first request waits for it (column types come from it).
+FIRST_CHUNK_ROWS = 10_000
+
 
 def check_header(header: list[str], max_columns: int) -> list[str]:
     """The header's names, stripped.
@@ -122,13 +125,14 @@ class CsvRows:
         self.columns = check_header(row, options.max_columns)
 
     def chunks(self) -> Iterator[Chunk]:
-        """Chunks of up to ``chunk_rows`` rows, each with the unparseable records met."""
+        """Chunks of up to ``chunk_rows`` rows (fewer in the first), with unparseable records."""
         feeder, ncols = self.feeder, len(self.columns)
         rows: list[list[str]] = []
         records: list[int] = []
         lines: list[int] = []
         rejects: list[Reject] = []
         record = 0
+        limit = min(self.options.chunk_rows, FIRST_CHUNK_ROWS)
         while True:
             feeder.current = []
             try:
@@ -152,9 +156,10 @@ class CsvRows:
                 rows.append(row)
                 records.append(record)
                 lines.append(feeder.current[0][0])
-                if len(rows) >= self.options.chunk_rows:
+                if len(rows) >= limit:
                     yield self._chunk(rows, records, lines, rejects)
                     rows, records, lines, rejects = [], [], [], []
+                    limit = self.options.chunk_rows
             elif len(row) > 1 or (row and row[0].strip()):  # a blank line is not a record
                 record += 1
                 reason = f"ragged row: expected {ncols} fields, found {len(row)}"
