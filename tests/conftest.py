@@ -1,14 +1,20 @@
-"""Shared fixtures: the fake API on a loopback port chosen by the OS, data builders, the CLI."""
+"""Shared fixtures: the fake API on a loopback port chosen by the OS, a real Redis server,
+data builders, the CLI."""
 
 from __future__ import annotations
 
 import csv
 import io
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from click.testing import CliRunner, Result
 
 from benchmarks.datagen import HEADER, generate_rows, write_file
@@ -36,6 +42,73 @@ def make_fake_api() -> Iterator[Callable[..., FakeApiServer]]:
         server = FakeApiServer(FakeApiConfig(**config)).start()
         servers.append(server)
         return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, saving nothing to disk.
+
+    ``make test`` installs it where it is missing; without it the tests that
+    need it fail, never skip.
+    """
+
+    def __init__(self, workdir: Path):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not on PATH: `make test` installs it (apt-get)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        command = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(workdir)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.client = redis.Redis(port=self.port, socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"redis-server did not start on port {self.port}")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (as an outage would: at once, mid-run if need be)."""
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis server for the whole session; tests keep apart by their keys."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Start Redis servers of a test's own (to stop mid-run); all are stopped afterwards."""
+    servers: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        servers.append(RedisServer(tmp_path))
+        return servers[-1]
 
     yield start
     for server in servers:
