@@ -291,6 +291,8 @@ class SharedPace:
         self.args = [rate, min(min_rate, rate), rate / climb_seconds, self.member, SHARER_TTL_S]
         #: Processes seen sharing the limit (this one included) at the last call.
         self.processes = 1
+        #: Why Redis was lost mid-run; from then on no call waits for it again.
+        self.lost: str | None = None
         self._client: Any = None
         self._script: Any = None
         # One call of this process at a time waits for its start: the next one asks for
@@ -332,8 +334,14 @@ class SharedPace:
 
     async def _call(self, action: str) -> float:
         """Run the pace script; returns the seconds to wait for a taken start."""
-        with self._unreachable():
-            wait, processes = await self._script(keys=self.keys, args=[action, *self.args])
+        if self.lost is not None:
+            raise SharedLimitUnavailable(self.lost)
+        try:
+            with self._unreachable():
+                wait, processes = await self._script(keys=self.keys, args=[action, *self.args])
+        except SharedLimitUnavailable as exc:
+            self.lost = str(exc)
+            raise
         self.processes = int(processes)
         return max(0.0, float(wait))
 
@@ -368,6 +376,7 @@ class Pacer:
     """
 
     def __init__(self, options: ImportOptions):
+        self.rate = options.rate
         self.governor = RateGovernor(options.rate)
         self.in_flight = InFlightLimit(options.rate, options.concurrency, options.in_flight_ceiling)
         self.shared: SharedPace | None = None
@@ -397,6 +406,8 @@ class Pacer:
                     await self.shared.wait_turn()
                 except SharedLimitUnavailable as exc:
                     self._go_alone(str(exc))
+                    # Calls that were waiting for a shared start take a turn at the share.
+                    await self.governor.acquire()
             yield
 
     async def throttled(self) -> None:
@@ -410,8 +421,10 @@ class Pacer:
 
     def _go_alone(self, reason: str) -> None:
         assert self.shared is not None
+        if self.fallback is not None:
+            return  # calls that were waiting when Redis went away
         processes = self.shared.processes
-        share = self.governor.max_rate / processes
+        share = self.rate / processes
         self.governor.lower_cap(share)
         self.fallback = (
             f"{reason}; went on alone at {share:.3g} requests/s "

@@ -1,23 +1,19 @@
-"""Shared fixtures: the fake API on a loopback port chosen by the OS, a real Redis server,
-data builders, the CLI."""
+"""Shared fixtures: the fake API on a loopback port chosen by the OS, a real Redis server
+on a free one, data builders, the CLI."""
 
 from __future__ import annotations
 
 import csv
 import io
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner, Result
 
 from benchmarks.datagen import HEADER, generate_rows, write_file
+from benchmarks.redis_server import RedisServer
 from importer.cli import main
 from importer.fake_api import DEFAULT_KEY, FakeApiConfig, FakeApiServer
 from importer.options import ImportOptions
@@ -48,55 +44,18 @@ def make_fake_api() -> Iterator[Callable[..., FakeApiServer]]:
         server.stop()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A real ``redis-server`` on a free loopback port, saving nothing to disk.
-
-    ``make test`` installs it where it is missing; without it the tests that
-    need it fail, never skip.
-    """
-
-    def __init__(self, workdir: Path):
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not on PATH: `make test` installs it (apt-get)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        command = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(workdir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.client = redis.Redis(port=self.port, socket_timeout=2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"redis-server did not start on port {self.port}")
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Stop the server (as an outage would: at once, mid-run if need be)."""
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+def start_redis(workdir: Path) -> RedisServer:
+    """A real Redis server for a test; a test needing it fails (never skips) without one."""
+    try:
+        return RedisServer(workdir)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One Redis server for the whole session; tests keep apart by their keys."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
@@ -107,7 +66,7 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
     servers: list[RedisServer] = []
 
     def start() -> RedisServer:
-        servers.append(RedisServer(tmp_path))
+        servers.append(start_redis(tmp_path))
         return servers[-1]
 
     yield start

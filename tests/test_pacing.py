@@ -11,10 +11,11 @@ import threading
 
 import pytest
 
+from benchmarks.redis_server import free_port
 from importer import SharedLimitUnavailable, import_file
 from importer.pacing import InFlightLimit, RateGovernor, SharedPace, redacted
 
-from .conftest import API_KEY, fast_options, free_port, write_csv
+from .conftest import API_KEY, fast_options, write_csv
 
 # -- the rate governor ---------------------------------------------------------------
 
@@ -323,25 +324,40 @@ def test_redis_lost_mid_run_falls_back_to_a_share_and_loses_nothing(
 ):
     redis = make_redis()
     server = make_fake_api(rate=20.0, burst=2, latency=0.05)
-    report_path = tmp_path / "report.json"
-    options = fast_options(
-        server, rate=20.0, concurrency=None, shared_limit=redis.url, report_path=report_path
-    )
+    reports = {}
 
     def observe(report) -> None:
         if report.succeeded >= 250 and redis.process.poll() is None:
-            redis.stop()  # Redis goes away with the run a quarter done
+            redis.stop()  # Redis goes away with the runs a quarter done
+
+    def one(name: str) -> None:
+        options = fast_options(
+            server,
+            rate=20.0,
+            concurrency=None,
+            shared_limit=redis.url,
+            report_path=tmp_path / f"{name}.json",
+        )
+        path = _customers(tmp_path, 1_000, f"{name}.csv", name)
+        reports[name] = import_file(path, options, observer=observe)
 
     with caplog.at_level(logging.WARNING, logger="importer"):
-        report = import_file(_customers(tmp_path, 1_000), options, observer=observe)
-    assert report.succeeded == 1_000 and report.accounting_ok
-    assert len(set(server.state.applied_ids())) == 1_000
-    assert report.shared_limit_fallback is not None
-    assert "cannot reach Redis" in report.shared_limit_fallback
-    assert "went on alone at 20 requests/s (1/1 of the rate" in report.shared_limit_fallback
-    assert json.loads(report_path.read_text())["shared_limit_fallback"] == (
-        report.shared_limit_fallback
-    )
+        threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert [reports[n].succeeded for n in "ab"] == [1_000, 1_000]
+    assert all(r.accounting_ok for r in reports.values())
+    assert len(set(server.state.applied_ids())) == 2_000
+    # Each goes on at half the rate: together still the account's 20/s, without 429s.
+    assert server.state.status_counts()[429] <= 1
+    for name, report in reports.items():
+        fallback = report.shared_limit_fallback
+        assert fallback is not None and "cannot reach Redis" in fallback
+        assert "went on alone at 10 requests/s (1/2 of the rate" in fallback
+        saved = json.loads((tmp_path / f"{name}.json").read_text())
+        assert saved["shared_limit_fallback"] == fallback
     assert any("shared limit lost" in r.getMessage() for r in caplog.records)
 
 
