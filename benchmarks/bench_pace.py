@@ -116,7 +116,8 @@ def run_latency(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str,
     for latency in args.latencies:
         print(f"latency {latency:g} s ...", file=sys.stderr, flush=True)
         with fake_api(args.rate, args.burst, latency, args.seed) as server:
-            report = finish(start_import(path, server.url, workdir, "latency"), workdir, "latency")
+            process = start_import(path, server.url, workdir, "latency", *args.importer_arg)
+            report = finish(process, workdir, "latency")
             achieved, calls, throttled = pace(server)
             all_there, expected, _ = delivered(server, [path])
             peak = server.state.peak_in_flight
@@ -250,6 +251,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--stop-after", type=float, default=12.0, help="redis-stop: seconds before Redis stops."
+    )
+    parser.add_argument(
+        "--importer-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="latency: extra argument for 'importer run' (repeatable), e.g. --importer-arg=-v.",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="Also write the figures here as JSON.")
