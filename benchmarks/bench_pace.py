@@ -73,8 +73,8 @@ def start_import(path: Path, url: str, workdir: Path, name: str, *extra: str) ->
     command = [sys.executable, "-m", "importer", "run", str(path), "--base-url", url]
     command += ["--report", str(workdir / f"{name}.json"), "--overwrite", "--quiet"]
     command += ["--status-every", "0", "--state", str(workdir / f"{name}-state.sqlite"), *extra]
-    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed by finish()
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(workdir / f"{name}.log", "wb") as log:  # the child keeps its own copy
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish(process: subprocess.Popen, workdir: Path, name: str) -> dict[str, Any]:
