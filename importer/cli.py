@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
@@ -326,6 +327,8 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
     from .progress import RunProgress
 
     secret_filter.add(options.api_key)  # never in a log line from now on
+    if options.shared_limit:
+        secret_filter.add(urlsplit(options.shared_limit).password)
     if not options.api_key and not options.dry_run:
         raise UsageError("no API key: set BLUESHIFT_API_KEY (or use --mock to try it out)")
     stop = threading.Event()

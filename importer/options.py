@@ -31,6 +31,8 @@ REGION_URLS = {
 }
 
 FORMATS = ("csv", "jsonl")
+#: The URL schemes the redis client takes for ``--shared-limit``.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 ON_INVALID = ("skip-row", "drop-field", "stop")
 #: Sections of ``--help`` and of the README's options table, in order.
 SECTIONS = ("connection", "pace", "input", "cleaning", "state", "outputs")
@@ -251,10 +253,9 @@ class ImportOptions:
                 raise UsageError(f"--{_dashed(name)} must be at least 1")
         if self.concurrency is not None and self.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
-        if self.shared_limit is not None and urlsplit(self.shared_limit).scheme not in (
-            "redis",
-            "rediss",
-            "unix",
+        if (
+            self.shared_limit is not None
+            and urlsplit(self.shared_limit).scheme not in REDIS_SCHEMES
         ):
             raise UsageError(
                 "--shared-limit must be a Redis URL (redis://host:port/db, rediss:// or unix://)"

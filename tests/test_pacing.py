@@ -401,3 +401,17 @@ def test_cli_shared_limit_must_be_a_redis_url(cli, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 2
     assert "--shared-limit must be a Redis URL" in result.stderr
+
+
+def test_cli_mock_latency_and_shared_limit_from_the_config_file(cli, redis_server, tmp_path):
+    config = tmp_path / "import.toml"
+    config.write_text(f'shared-limit = "{redis_server.url}"\nrate = 50\n')
+    report_path = tmp_path / "report.json"
+    result = cli(
+        "run", str(_customers(tmp_path, 150)), "--mock", "--mock-latency", "0.1",
+        "--config", str(config), "--report", str(report_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["shared_limit"] == redis_server.url and report["succeeded"] == 150
+    assert report["answer_time_s"]["p50"] >= 0.06  # 0.1 s less a third
