@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test redis-server lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ demo: $(STAMP)
 		--report demo-output/report.json; \
 	status=$$?; [ $$status -le 1 ] || exit $$status
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) redis-server
 	$(BIN)/python -m pytest -q
+
+# The tests start a real Redis server of their own (--shared-limit): install it where missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check importer tests benchmarks

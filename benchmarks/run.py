@@ -243,7 +243,7 @@ def measure(
         if client == "importer":
             rate = UNCAPPED_RATE if args.mode == "uncapped" else args.rate
             cmd = [sys.executable, "-m", "importer", "run", str(data), "--base-url", url]
-            cmd += ["--concurrency", str(args.concurrency)]
+            cmd += ["--concurrency", str(args.concurrency)] if args.concurrency else []
             cmd += ["--rate", str(rate)] if rate is not None else []
             cmd += ["--report", str(report_path), "--overwrite", "--max-error-rate", "1"]
             cmd += ["--dry-run"] if dry_run else []
@@ -432,7 +432,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Time to first request (at 5/s), then stop the client.",
     )
     parser.add_argument("--burst", type=int, default=1, help="The fake API's burst (--rate).")
-    parser.add_argument("--concurrency", type=int, default=4, help="Importer --concurrency.")
+    parser.add_argument(
+        "--concurrency", type=int, help="Importer --concurrency (default: the importer's own)."
+    )
     parser.add_argument("--repeat", type=int, default=1, help="Runs per client; medians shown.")
     parser.add_argument(
         "--compare-rows",

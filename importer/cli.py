@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
@@ -121,6 +122,7 @@ _FAKE_API_SETTINGS = (
         "Answer STATUS with probability P, e.g. 503=0.1 (repeatable; 404, 409, 429, 500, 502, "
         "503, 504).",
     ),
+    ("latency", float, "SECONDS", "Mean answer time, each within ±1/3 of it (default: 0)."),
     ("slow", float, "P", "Probability of answering after --{p}slow-seconds (records applied)."),
     ("slow-seconds", float, "SECONDS", "How late a slow answer comes (default: 5)."),
     ("drop", float, "P", "Probability of closing the connection with no answer."),
@@ -186,6 +188,8 @@ def _table_options(*sections: str, only: tuple[str, ...] = (), exists: bool = Fa
             kind = click.Choice(m.choices)
         elif m.path:
             kind = click.Path(exists=exists, dir_okay=False, path_type=Path)
+        elif m.kind is not None:
+            kind = m.kind
         elif not isinstance(default, bool | tuple) and default is not None:
             kind = type(default)
         options.append(
@@ -323,6 +327,8 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
     from .progress import RunProgress
 
     secret_filter.add(options.api_key)  # never in a log line from now on
+    if options.shared_limit:
+        secret_filter.add(urlsplit(options.shared_limit).password)
     if not options.api_key and not options.dry_run:
         raise UsageError("no API key: set BLUESHIFT_API_KEY (or use --mock to try it out)")
     stop = threading.Event()

@@ -10,6 +10,7 @@ stops a whole run raises. The tree, and when each is raised::
     ├── StateError                           the state store refuses the run  exit 2
     │   ├── StateLocked                      another run holds the state
     │   └── InputChanged                     --resume on a different input
+    ├── SharedLimitUnavailable               no Redis for --shared-limit      exit 2
     ├── RunStopped                           the run stopped early            exit 3
     │   ├── ApiKeyRejected                   HTTP 401 or 403
     │   └── ApiUnavailable                   nothing succeeded for too long
@@ -57,6 +58,15 @@ class StateLocked(StateError):
 
 class InputChanged(StateError):
     """``--resume`` was asked for, but the input differs from the interrupted run's."""
+
+
+class SharedLimitUnavailable(ImporterError):
+    """The Redis server named by ``--shared-limit`` cannot be reached.
+
+    Raised before anything is sent when it is out of reach at the start; once a run
+    is under way it is caught inside :mod:`importer.pacing`, which falls back to
+    the process's share of the rate.
+    """
 
 
 class RunStopped(ImporterError):

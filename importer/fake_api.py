@@ -3,10 +3,10 @@
 Owns: ``POST /api/v1/customers/bulk`` as modelled in docs/ARCHITECTURE.md — Basic auth
 (401), more than 50 customers (413), malformed JSON (400), a token-bucket rate
 limit (429 with ``Retry-After``), per-record validation reported as a 200
-with an ``errors`` array — plus seeded faults for testing: any status with a
-probability, slow answers, dropped connections, records applied and then a
-failure answered, an outage window, a key revoked after N requests, and
-per-record errors. It records every request and every applied customer so
+with an ``errors`` array, answer times (``latency``) — plus seeded faults for
+testing: any status with a probability, slow answers, dropped connections,
+records applied and then a failure answered, an outage window, a key revoked
+after N requests, and per-record errors. It records every request and every applied customer so
 tests and demos can see what arrived.
 
 Runs standalone (``blueshift-import fake-api``), in a background thread
@@ -57,6 +57,8 @@ class FakeApiConfig:
     record_path: Path | None = None
     #: ``Retry-After`` value sent with injected 429 and 503 answers (None: no header).
     retry_after: str | None = "1"
+    #: Mean seconds before a processed call is answered, each within ±1/3 of it at random.
+    latency: float = 0.0
     #: Probability of answering only after ``slow_seconds`` (the records are applied then).
     slow: float = 0.0
     slow_seconds: float = 5.0
@@ -80,6 +82,8 @@ class FakeApiConfig:
         total = sum(self.faults.values())
         if any(p < 0 for p in self.faults.values()) or total > 1:
             raise ValueError(f"fault probabilities must be >= 0 and add up to at most 1: {total}")
+        if self.latency < 0:
+            raise ValueError(f"latency must be 0 or more seconds, got {self.latency}")
         for name in ("slow", "drop", "applied_then_fail", "record_errors"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability between 0 and 1")
@@ -113,10 +117,11 @@ def parse_outage_spec(spec: str) -> tuple[float, float]:
 class RequestLog:
     """One request as the fake API saw it.
 
-    ``status`` is what was answered (0 when the connection was dropped);
-    ``fault`` names an injected misbehaviour; ``ids`` are the identifiers
-    (email, else customer_id) of the customers in the body, in order, when
-    the body was read.
+    ``at`` is when it was answered and ``arrived`` when it came (both
+    ``time.monotonic()``); ``status`` is what was answered (0 when the
+    connection was dropped); ``fault`` names an injected misbehaviour;
+    ``ids`` are the identifiers (email, else customer_id) of the customers in
+    the body, in order, when the body was read.
     """
 
     at: float
@@ -124,6 +129,7 @@ class RequestLog:
     customers: int
     fault: str | None = None
     ids: tuple[str, ...] = ()
+    arrived: float = 0.0
 
 
 class FakeApiState:
@@ -136,6 +142,9 @@ class FakeApiState:
         self.arrived = 0
         #: ``time.monotonic()`` when the first request arrived.
         self.first_arrival: float | None = None
+        #: Requests arrived and not yet answered, now and at the most.
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.lock = threading.Lock()
 
     def status_counts(self) -> Counter[int]:
@@ -223,6 +232,8 @@ def create_app(
     state = state or FakeApiState()
     bucket = _TokenBucket(config.rate, config.burst) if config.rate else None
     rng = random.Random(config.seed)
+    # Its own generator: answer times drawn or not, the faults stay the same for a seed.
+    latency_rng = random.Random(config.seed)
     record_file = open(config.record_path, "ab") if config.record_path else None  # noqa: SIM115
 
     def apply(customers: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -254,6 +265,16 @@ def create_app(
         return applied, errors
 
     async def bulk(request: web.Request) -> web.Response:
+        with state.lock:
+            state.in_flight += 1
+            state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+        try:
+            return await handle(request)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    async def handle(request: web.Request) -> web.Response:
         now = time.monotonic()
         with state.lock:
             state.arrived += 1
@@ -270,7 +291,7 @@ def create_app(
             ids = tuple(_identifier(c) for c in customers)
             with state.lock:
                 state.requests.append(
-                    RequestLog(time.monotonic(), status, len(customers), fault, ids)
+                    RequestLog(time.monotonic(), status, len(customers), fault, ids, now)
                 )
             if response is None:
                 if request.transport is not None:
@@ -324,6 +345,8 @@ def create_app(
             isinstance(c, dict) and config.bad_field in c for c in customers
         ):
             return answer(400, _error(400, f"malformed attribute {config.bad_field!r} in request"))
+        if config.latency:
+            await asyncio.sleep(config.latency * (2 + 2 * latency_rng.random()) / 3)
         slow = draws[2] < config.slow
         if slow:
             await asyncio.sleep(config.slow_seconds)

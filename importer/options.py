@@ -31,6 +31,8 @@ REGION_URLS = {
 }
 
 FORMATS = ("csv", "jsonl")
+#: The URL schemes the redis client takes for ``--shared-limit``.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 ON_INVALID = ("skip-row", "drop-field", "stop")
 #: Sections of ``--help`` and of the README's options table, in order.
 SECTIONS = ("connection", "pace", "input", "cleaning", "state", "outputs")
@@ -40,7 +42,9 @@ SECTIONS = ("connection", "pace", "input", "cleaning", "state", "outputs")
 class OptionSpec:
     """How one option appears outside the library: help, section, flag and the rest.
 
-    ``flag`` defaults to the field name with dashes; ``shapes`` marks options
+    ``flag`` defaults to the field name with dashes; ``kind`` is the value's
+    type where a None default does not tell it; ``secret`` keeps the value out
+    of the options' ``repr`` (a key, a password); ``shapes`` marks options
     that decide what a row becomes (a resumed run must use the same ones);
     ``cli=False`` keeps an option to the library; ``cli_default`` is the
     command line's default where it differs from the library's.
@@ -49,6 +53,8 @@ class OptionSpec:
     help: str
     section: str
     flag: str | None = None
+    kind: type | None = None
+    secret: bool = False
     env: str | None = None
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
@@ -63,7 +69,7 @@ def option(default: Any, help: str, **spec: Any) -> Any:
     """Declare one option as a dataclass field; ``spec`` as for :class:`OptionSpec`."""
     found = OptionSpec(help, **spec)
     assert found.section in SECTIONS, found.section
-    return field(default=default, metadata={"spec": found}, repr=found.env != "BLUESHIFT_API_KEY")
+    return field(default=default, metadata={"spec": found}, repr=not found.secret)
 
 
 def spec_of(f: dataclasses.Field[Any]) -> OptionSpec:
@@ -91,7 +97,10 @@ class ImportOptions:
 
     # -- connection --
     api_key: str | None = _connection(
-        None, "Blueshift user API key (prefer the environment variable).", env="BLUESHIFT_API_KEY"
+        None,
+        "Blueshift user API key (prefer the environment variable).",
+        env="BLUESHIFT_API_KEY",
+        secret=True,
     )
     region: str = _connection(
         "us", "Blueshift data centre.", env="BLUESHIFT_REGION", choices=tuple(REGION_URLS)
@@ -103,7 +112,19 @@ class ImportOptions:
 
     # -- pace and retries --
     rate: float = _pace(5.0, "Requests per second (Blueshift recommends 5).")
-    concurrency: int = _pace(4, "Requests in flight at once.")
+    concurrency: int | None = _pace(
+        None,
+        "Fixed requests in flight (default: follows the API's answer times).",
+        kind=int,
+    )
+    max_concurrency: int = _pace(32, "Most requests in flight when following answer times.")
+    shared_limit: str | None = _pace(
+        None,
+        "Share --rate with every run naming this Redis and API key.",
+        env="BLUESHIFT_SHARED_LIMIT",
+        metavar="URL",
+        secret=True,  # the URL may hold a password
+    )
     batch_size: int = _pace(MAX_BATCH_SIZE, "Customers per call (at most 50).", shapes=True)
     max_batch_bytes: int = _pace(1_000_000, "Largest request body.", shapes=True, cli=False)
     timeout: float = _pace(30.0, "Seconds to wait for one answer.")
@@ -157,7 +178,7 @@ class ImportOptions:
     # -- state: resume and incremental imports --
     state_path: Path | None = _state(
         None,
-        "SQLite file recording confirmed rows and payload hashes (for --resume, --changed-only).",
+        "SQLite file of confirmed rows and payload hashes (for --resume, --changed-only).",
         flag="--state",
         env="BLUESHIFT_IMPORT_STATE",
         path=True,
@@ -226,10 +247,19 @@ class ImportOptions:
         for name in ("max_retries", "backoff_base", "preview_size"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{_dashed(name)} must be 0 or more")
-        counts = ("concurrency", "chunk_rows", "max_batch_bytes", "max_field_bytes")
+        counts = ("max_concurrency", "chunk_rows", "max_batch_bytes", "max_field_bytes")
         for name in (*counts, "max_columns", "max_json_depth", "max_line_bytes"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{_dashed(name)} must be at least 1")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise UsageError("--concurrency must be at least 1")
+        if (
+            self.shared_limit is not None
+            and urlsplit(self.shared_limit).scheme not in REDIS_SCHEMES
+        ):
+            raise UsageError(
+                "--shared-limit must be a Redis URL (redis://host:port/db, rediss:// or unix://)"
+            )
         if not 0 <= self.max_error_rate <= 1:
             raise UsageError(f"--max-error-rate must be between 0 and 1, got {self.max_error_rate}")
         if self.delimiter is not None and len(self.delimiter) != 1:
@@ -249,6 +279,11 @@ class ImportOptions:
     def resolved_base_url(self) -> str:
         """The API's base URL: ``base_url`` if given, else the region's."""
         return (self.base_url or REGION_URLS[self.region]).rstrip("/")
+
+    @property
+    def in_flight_ceiling(self) -> int:
+        """The most requests ever in flight: ``concurrency`` if fixed, else ``max_concurrency``."""
+        return self.concurrency or self.max_concurrency
 
     def replace(self, **changes: object) -> ImportOptions:
         """A copy with some options changed (validated again)."""

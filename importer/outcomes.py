@@ -210,6 +210,22 @@ class ImportReport:
     #: The lowest pace the sender fell to after 429s (equal to ``rate_limit`` when none came).
     lowest_rate: float = 0.0
     first_request_s: float | None = None
+    #: Seconds the API took to answer: ``mean`` over the run; ``p50``, ``p90``, ``p99``
+    #: over the recent answers.
+    answer_time_s: dict[str, float] = field(default_factory=dict)
+    #: Requests in flight: the limit in use at the end (it follows the answer times
+    #: unless --concurrency fixes it), its ceiling, and the most under way at once.
+    concurrency: int = 0
+    concurrency_ceiling: int = 0
+    peak_in_flight: int = 0
+    #: True when the ceiling, not the rate, limited the pace: rate × mean answer time
+    #: (the calls in flight the rate needs) was above it.
+    concurrency_limited: bool = False
+    #: The --shared-limit Redis (password hidden), the processes last seen sharing it,
+    #: and why this run went on alone at its share of the rate (None: it never did).
+    shared_limit: str | None = None
+    shared_processes: int | None = None
+    shared_limit_fallback: str | None = None
     stopped: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)

@@ -22,6 +22,7 @@ from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions, fingerprint
 from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
+from .pacing import redacted
 from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, unwrap_dead_letter
@@ -73,6 +74,8 @@ class _Run:
         self.options = options
         self.report = ImportReport(source=self.path, dry_run=options.dry_run)
         self.report.rate_limit = options.rate
+        if options.shared_limit:
+            self.report.shared_limit = redacted(options.shared_limit)
         self.stopping = threading.Event()
         self.rejects: RejectsWriter | None = None
         self.dead_letter: DeadLetterWriter | None = None
@@ -285,7 +288,7 @@ async def _run(
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
     # The queue is bounded by these slots, taken by the producer and given back by the
     # workers: a thread semaphore, so a producer waiting for room still sees a stop.
-    slots = threading.Semaphore(options.concurrency * 2)
+    slots = threading.Semaphore(options.in_flight_ceiling * 2)
     failure: list[RunStopped] = []
 
     def put(batch: Batch) -> bool:
@@ -297,10 +300,12 @@ async def _run(
         return False
 
     with Source(path, options) as source:
-        try:
-            run.open_state()
-            run.open_outputs()
-            async with Sender(options) as sender:
+        # The shared limit's Redis is reached first: out of reach, the run stops
+        # before it touches the state or the output files.
+        async with Sender(options) as sender:
+            try:
+                run.open_state()
+                run.open_outputs()
 
                 async def worker() -> None:
                     try:
@@ -333,7 +338,8 @@ async def _run(
                     run.stopping.set()
                     sender.interrupt()
 
-                workers = [asyncio.create_task(worker()) for _ in range(options.concurrency)]
+                # One worker per call that may be in flight; the pacer decides how many are.
+                workers = [asyncio.create_task(worker()) for _ in range(options.in_flight_ceiling)]
                 watcher = asyncio.create_task(watch_stop())
                 try:
                     await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
@@ -349,8 +355,8 @@ async def _run(
                         done = run.completed and not failure and not run.stopping.is_set()
                         status = "completed" if done else ("stopped" if failure else "interrupted")
                         run.writer.finish(status, run.content_hash if done else None)
-        finally:
-            run.close()
+            finally:
+                run.close()
     if failure:
         report.stopped = str(failure[0])
     elif stop.is_set():
@@ -379,7 +385,16 @@ def _sync_stats(report: ImportReport, sender: Sender) -> None:
     report.retries = stats.retries
     report.splits = stats.splits
     report.status_counts = dict(sorted(stats.status_counts.items()))
-    report.final_rate = round(sender.governor.rate, 3)
-    report.lowest_rate = round(sender.governor.lowest_rate, 3)
+    pacer = sender.pacer
+    report.final_rate = round(pacer.governor.rate, 3)
+    report.lowest_rate = round(pacer.governor.lowest_rate, 3)
+    report.concurrency = pacer.in_flight.limit
+    report.concurrency_ceiling = pacer.in_flight.ceiling
+    report.peak_in_flight = pacer.in_flight.peak_in_flight
+    report.answer_time_s = pacer.in_flight.answer_times()
+    report.concurrency_limited = pacer.in_flight.limited_the_pace
+    if pacer.shared is not None:
+        report.shared_processes = pacer.shared.processes
+    report.shared_limit_fallback = pacer.fallback
     if stats.first_request_at is not None and report.first_request_s is None:
         report.first_request_s = round(stats.first_request_at - report.started_monotonic(), 3)

@@ -107,6 +107,14 @@ class RunProgress:
             rate=round(request_task.speed or 0.0, 2),
             rate_limit=report.rate_limit,
         )
+        if report.concurrency_ceiling:
+            figures.update(
+                concurrency=report.concurrency, concurrency_ceiling=report.concurrency_ceiling
+            )
+        if report.answer_time_s:
+            figures.update(
+                answer_p50_s=report.answer_time_s["p50"], answer_p90_s=report.answer_time_s["p90"]
+            )
         if file_task.total:
             figures["percent"] = round(file_task.percentage, 1)
             if file_task.time_remaining is not None:
@@ -138,6 +146,7 @@ class RunProgress:
         pace = Text.from_markup(
             f"retries [bold]{report.retries:,}[/]"
             f"  rate [bold]{figures['rate']:.1f}[/] of {report.rate_limit:g} req/s"
+            + "".join(f"  {part}" for part in _pace_parts(figures))
             + (f"  API {answers}" if answers else "")
         )
         return Group(self.bar, counts, pace)
@@ -192,6 +201,7 @@ def format_status(figures: dict[str, Any]) -> str:
         f"dead {figures['dead_lettered']}",
         f"retries {figures['retries']}",
         f"rate {figures['rate']:.1f}/{figures['rate_limit']:g} req/s",
+        *_pace_parts(figures),
         f"elapsed {elapsed}",
     ]
     if "percent" in figures:
@@ -199,6 +209,18 @@ def format_status(figures: dict[str, Any]) -> str:
     if "eta_s" in figures:
         parts.append(f"eta {format_duration(figures['eta_s'])}")
     return "status: " + ", ".join(parts)
+
+
+def _pace_parts(figures: dict[str, Any]) -> list[str]:
+    """The concurrency in use and the answer times, as far as they are known yet."""
+    parts = []
+    if "concurrency" in figures:
+        parts.append(f"concurrency {figures['concurrency']} of {figures['concurrency_ceiling']}")
+    if "answer_p50_s" in figures:
+        parts.append(
+            f"answers p50 {figures['answer_p50_s']:.2f} s p90 {figures['answer_p90_s']:.2f} s"
+        )
+    return parts
 
 
 def _is_terminal(stream: IO[str]) -> bool:
@@ -245,11 +267,16 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
         f"  requests         {report.requests} (retries {report.retries}, "
         f"splits {report.splits}, achieved {report.achieved_rate:g}/s of {report.rate_limit:g}/s)"
     )
-    if report.lowest_rate and report.lowest_rate < report.rate_limit:
+    if (
+        report.lowest_rate
+        and report.lowest_rate < report.rate_limit
+        and report.status_counts.get("429")
+    ):
         lines.append(
             f"  adaptive rate    lowered to {report.lowest_rate:g}/s after 429s, "
             f"{report.final_rate:g}/s at the end"
         )
+    lines += _concurrency_lines(report)
     if report.status_counts:
         lines.append(
             "  API answers      " + ", ".join(f"{k}: {v}" for k, v in report.status_counts.items())
@@ -269,6 +296,39 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
             "(rejected rows were never sent)"
         )
     return lines + _preview_lines(report)
+
+
+def _concurrency_lines(report: ImportReport) -> list[str]:
+    """Calls in flight and answer times; what limited the pace; the shared limit."""
+    lines = []
+    times = report.answer_time_s
+    if report.peak_in_flight:
+        line = (
+            f"  in flight        at most {report.peak_in_flight} "
+            f"(limit {report.concurrency} at the end, ceiling {report.concurrency_ceiling})"
+        )
+        if times:
+            line += (
+                f"; answers p50 {times['p50']:g} s, p90 {times['p90']:g} s, "
+                f"p99 {times['p99']:g} s, mean {times['mean']:g} s"
+            )
+        lines.append(line)
+    if report.concurrency_limited and times:
+        needed = report.rate_limit * times["mean"]
+        lines.append(
+            f"  pace limited by the concurrency ceiling ({report.concurrency_ceiling} in flight), "
+            f"not the API's cap: {report.rate_limit:g}/s × {times['mean']:g} s per answer "
+            f"needs about {needed:.0f} in flight; raise --max-concurrency (or --concurrency)"
+        )
+    if report.shared_limit:
+        sharing = f", {report.shared_processes} process(es) sharing it"
+        lines.append(
+            f"  shared limit     {report.shared_limit}"
+            + (sharing if report.shared_processes else "")
+        )
+    if report.shared_limit_fallback:
+        lines.append(f"  shared limit lost: {report.shared_limit_fallback}")
+    return lines
 
 
 def validation_lines(report: ImportReport) -> list[str]:

@@ -1,10 +1,10 @@
 """Sending stage: deliver batches to the bulk customers API within the rate cap.
 
-Owns: the one aiohttp session of a run, the shared rate limiter (paced one
-request every 1/R seconds, adapting down on 429), retries with ``backoff``'s
+Owns: the one aiohttp session of a run, retries with ``backoff``'s
 exponential full-jitter waits, 413 splits, 400 bisection, per-record error
-attribution, and the fatal stops (401/403, API down). aiohttp exceptions never
-leave this module.
+attribution, and the fatal stops (401/403, API down). Every attempt waits
+for its turn at the run's :class:`~importer.pacing.Pacer` and tells it how
+long the answer took. aiohttp exceptions never leave this module.
 
 Must not: read files, clean data or write outcome files: it returns
 :class:`~importer.records.Outcome` values and the caller records them.
@@ -19,17 +19,17 @@ import email.utils
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
 
 import aiohttp
 import backoff
 import orjson
-from aiolimiter import AsyncLimiter
 
 from .errors import ApiKeyRejected, ApiUnavailable, RunStopped, TransientApiError
 from .options import ImportOptions
+from .pacing import Pacer
 from .records import Batch, Outcome
 
 log = logging.getLogger(__name__)
@@ -200,73 +200,6 @@ def attribute_errors(batch: Batch, body: bytes) -> Attribution:
     return result
 
 
-class RateGovernor:
-    """The shared pace of every request: one every 1/rate seconds, adapting to 429s.
-
-    AIMD: on a 429 the rate is halved (at most once per second, so the 429s
-    of requests already in flight count once); while requests succeed it
-    climbs back by ``max_rate / climb_seconds`` per second, up to the
-    configured cap, in steps at most once a second. Each pace is an
-    :class:`~aiolimiter.AsyncLimiter` of capacity one, so it never bursts; a
-    new pace gets a new limiter, through aiolimiter's public API only.
-    """
-
-    def __init__(
-        self,
-        max_rate: float,
-        min_rate: float = 0.1,
-        climb_seconds: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.clock = clock
-        self.max_rate = max_rate
-        self.min_rate = min(min_rate, max_rate)
-        self.rate = max_rate
-        self.lowest_rate = max_rate
-        self.climb_per_s = max_rate / climb_seconds
-        self._limiter = AsyncLimiter(1, 1 / max_rate)
-        self._fresh = False
-        self._last_decrease = -1e9
-        self._last_change = clock()
-
-    async def acquire(self) -> None:
-        """Wait for this request's turn at the current pace."""
-        while True:
-            limiter = self._limiter
-            if self._fresh:
-                # A new limiter starts with its one slot free: burn it, so the first
-                # request at the new pace waits a full period too and a change never bursts.
-                self._fresh = False
-                await limiter.acquire()
-                continue
-            await limiter.acquire()
-            if limiter is self._limiter:
-                return
-            # The pace changed while this request waited: queue again at the new one.
-
-    def _set(self, rate: float) -> None:
-        rate = max(self.min_rate, min(self.max_rate, rate))
-        self._last_change = self.clock()
-        if rate == self.rate:
-            return
-        self.rate = rate
-        self.lowest_rate = min(self.lowest_rate, rate)
-        self._limiter = AsyncLimiter(1, 1 / rate)
-        self._fresh = True
-
-    def on_throttled(self) -> None:
-        now = self.clock()
-        if now - self._last_decrease >= 1.0:
-            self._last_decrease = now
-            self._set(self.rate / 2)
-            log.info("throttled by the API (429): rate lowered to %.2f requests/s", self.rate)
-
-    def on_success(self) -> None:
-        elapsed = self.clock() - self._last_change
-        if self.rate < self.max_rate and elapsed >= 1.0:
-            self._set(self.rate + self.climb_per_s * elapsed)
-
-
 @dataclass
 class SendStats:
     """Counters the sender keeps for the report and the progress display."""
@@ -291,22 +224,25 @@ def retry_waits(base: float, max_wait: float) -> Iterator[float]:
 class Sender:
     """Delivers batches; use as an async context manager within one event loop.
 
-    Shared by every worker of a run: one session, one rate governor, one
-    stop flag. After :meth:`interrupt` no new attempt starts; after a fatal
-    stop (401/403, API down) no call at all is made.
+    Shared by every worker of a run: one session, one pacer, one stop flag.
+    After :meth:`interrupt` no new attempt starts; after a fatal stop
+    (401/403, API down) no call at all is made. Entering it reaches the shared
+    limit's Redis, if any, before anything else: raises
+    :class:`~importer.errors.SharedLimitUnavailable` when it cannot.
     """
 
     def __init__(self, options: ImportOptions):
         self.options = options
         self.stats = SendStats()
         self.url = options.resolved_base_url + BULK_PATH
-        self.governor = RateGovernor(options.rate)
+        self.pacer = Pacer(options)
         self._session: aiohttp.ClientSession | None = None
         self._fatal: RunStopped | None = None
         self._interrupted = asyncio.Event()
 
     async def __aenter__(self) -> Sender:
-        connector = aiohttp.TCPConnector(limit=self.options.concurrency)
+        await self.pacer.open()
+        connector = aiohttp.TCPConnector(limit=self.options.in_flight_ceiling)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.options.timeout),
@@ -322,6 +258,7 @@ class Sender:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.pacer.close()
 
     def interrupt(self) -> None:
         """Start no new attempt; requests in flight finish (bounded by the timeout)."""
@@ -338,9 +275,12 @@ class Sender:
         self.stats.requests += 1
         if self.stats.first_request_at is None:
             self.stats.first_request_at = time.monotonic()
+        call = self.pacer.in_flight.started()
+        answered = False
         try:
             async with self._session.post(self.url, data=batch.body()) as resp:
                 body = await resp.read()
+                answered = True
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 self.stats.status_counts[str(resp.status)] += 1
                 return resp.status, body, retry_after
@@ -354,6 +294,8 @@ class Sender:
             raise TransientApiError(
                 f"connection error ({type(exc).__name__})", None, "connection"
             ) from exc
+        finally:
+            self.pacer.in_flight.ended(call, answered)
 
     async def send(self, batch: Batch) -> list[Outcome]:
         """Deliver one batch and return one outcome per customer.
@@ -385,20 +327,22 @@ class Sender:
         waits = retry_waits(self.options.backoff_base, self.options.max_backoff)
         attempts = prior
         while True:
-            await self.governor.acquire()
-            if self._fatal is not None:
-                raise type(self._fatal)(str(self._fatal))
-            if self._interrupted.is_set():
-                return
-            attempts += 1
-            used += 1
             retry_after: float | None = None
             try:
-                code, body, retry_after = await self._post(batch)
+                # The in-flight slot is held for the call only: a split or a retry's
+                # wait holds none, so the halves of a batch never wait for their parent.
+                async with self.pacer.turn():
+                    if self._fatal is not None:
+                        raise type(self._fatal)(str(self._fatal))
+                    if self._interrupted.is_set():
+                        return
+                    attempts += 1
+                    used += 1
+                    code, body, retry_after = await self._post(batch)
                 action = classify_status(code)
                 if action == OK:
                     self.stats.last_success = time.monotonic()
-                    self.governor.on_success()
+                    self.pacer.governor.on_success()
                     retry = await self._confirmed(batch, body, attempts, done)
                     if retry is None:
                         return
@@ -415,7 +359,7 @@ class Sender:
                     done.extend(self._failed(batch, code, str(failure), attempts, "http"))
                     return
                 if code == 429:
-                    self.governor.on_throttled()
+                    await self.pacer.throttled()
                 raise failure
             except TransientApiError as failure:
                 status = failure.status

@@ -1,4 +1,5 @@
-"""Shared fixtures: the fake API on a loopback port chosen by the OS, data builders, the CLI."""
+"""Shared fixtures: the fake API on a loopback port chosen by the OS, a real Redis server
+on a free one, data builders, the CLI."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from benchmarks.datagen import HEADER, generate_rows, write_file
+from benchmarks.redis_server import RedisServer
 from importer.cli import main
 from importer.fake_api import DEFAULT_KEY, FakeApiConfig, FakeApiServer
 from importer.options import ImportOptions
@@ -36,6 +38,36 @@ def make_fake_api() -> Iterator[Callable[..., FakeApiServer]]:
         server = FakeApiServer(FakeApiConfig(**config)).start()
         servers.append(server)
         return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def start_redis(workdir: Path) -> RedisServer:
+    """A real Redis server for a test; a test needing it fails (never skips) without one."""
+    try:
+        return RedisServer(workdir)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis server for the whole session; tests keep apart by their keys."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Start Redis servers of a test's own (to stop mid-run); all are stopped afterwards."""
+    servers: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        servers.append(start_redis(tmp_path))
+        return servers[-1]
 
     yield start
     for server in servers:

@@ -107,3 +107,18 @@ def test_cleaning_benchmark_accounts_for_every_row(
     out = capsys.readouterr().out
     assert "rows/s" in out and "cleaning + packing" in out
     assert ("reading (before cleaning)" in out) is not stream
+
+
+def test_pace_benchmark_shares_one_limit_between_imports(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.bench_pace import main
+
+    # Two imports of 4 calls each at the default 5/s, sharing one limit: no timing targets
+    # are asserted here, only that both ran, shared it and delivered everything.
+    results = main(["shared", "--processes", "2", "--rows", "200", "--latency", "0.05"])
+    rows = results["rows"]
+    assert [(r["exit_code"], r["succeeded"], r["requests"]) for r in rows] == [(0, 200, 4)] * 2
+    assert {r["shared_processes"] for r in rows} <= {1, 2} and rows[0]["fallback"] is None
+    assert results["verdicts"][0].startswith("PASS  delivered: 400 customers in 2 files")
+    assert "PASS  delivered" in capsys.readouterr().out

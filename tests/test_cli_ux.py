@@ -255,7 +255,8 @@ def test_non_tty_output_has_no_control_characters(cli, make_fake_api, tmp_path, 
     assert status, result.stderr
     assert re.fullmatch(
         r"status: read \d+, sent \d+, ok \d+, rejected \d+, dead \d+, retries \d+, "
-        r"rate [\d.]+/20 req/s, elapsed \d+:\d\d(, \d+%)?(, eta \d+:\d\d)?",
+        r"rate [\d.]+/20 req/s, (concurrency \d+ of 32, )?(answers p50 [\d.]+ s p90 [\d.]+ s, )?"
+        r"elapsed \d+:\d\d(, \d+%)?(, eta \d+:\d\d)?",
         status[-1],
     ), status[-1]
     assert "accounting:" in result.stdout
@@ -329,10 +330,19 @@ def test_status_line_rate_and_eta_from_bytes_read():
         "status: read 2000, sent 1490, ok 1490, rejected 10, dead 0, retries 0, "
         "rate 5.0/5 req/s, elapsed 0:20, 38%, eta 0:25"
     )
+    # Once calls were answered: the concurrency in use and the answer times too.
+    lines.report.concurrency, lines.report.concurrency_ceiling = 3, 32  # type: ignore[union-attr]
+    lines.report.answer_time_s = {"mean": 0.5, "p50": 0.48, "p90": 0.7, "p99": 0.9}  # type: ignore[union-attr]
+    assert lines.status_line() == (
+        "status: read 2000, sent 1490, ok 1490, rejected 10, dead 0, retries 0, "
+        "rate 5.0/5 req/s, concurrency 3 of 32, answers p50 0.48 s p90 0.70 s, "
+        "elapsed 0:20, 38%, eta 0:25"
+    )
     as_json = RunProgress(io.StringIO(), as_json=True, clock=clock)
     as_json.observe(lines.report)  # type: ignore[arg-type]
     data = json.loads(as_json.status_line())
     assert data["percent"] == 37.5 and data["rows_read"] == 2000 and "eta_s" not in data
+    assert data["concurrency"] == 3 and data["answer_p90_s"] == 0.7
 
 
 def test_live_display_renders_counts_rate_and_eta():
@@ -345,12 +355,13 @@ def test_live_display_renders_counts_rate_and_eta():
     counts = {"rows_read": 200, "bytes_read": 50_000, "succeeded": 150, "dead_lettered": 10}
     _report_at(display, clock, 16.0, **counts, requests=6, retries=1)
     display.report.status_counts = {"200": 3, "429": 1}  # type: ignore[union-attr]
+    display.report.concurrency, display.report.concurrency_ceiling = 2, 32  # type: ignore[union-attr]
     console = Console(file=io.StringIO(), width=120, color_system=None)
     console.print(display.render())
     text = console.file.getvalue()  # type: ignore[attr-defined]
     for part in ("rows read 200", "sent 160", "succeeded 150", "dead-lettered 10", "retries 1"):
         assert part in text
-    assert "0.5 of 5 req/s" in text and "API 200: 3, 429: 1" in text
+    assert "0.5 of 5 req/s  concurrency 2 of 32" in text and "API 200: 3, 429: 1" in text
     # 160 of 200 rows in half of the file: 40 %, after 16 % 8 s ago: 60 % more take 0:20.
     assert "40%" in text and "elapsed 0:16  ETA 0:20" in text
 
@@ -361,6 +372,28 @@ def test_summary_lines_are_plain_text():
     lines = summary_lines(report)
     assert not any(CONTROL.search(line) for line in lines)
     assert lines[-1].endswith("(balanced)")
+
+
+def test_summary_lines_show_calls_in_flight_what_limited_the_pace_and_the_shared_limit():
+    report = ImportReport(source="x", rate_limit=5.0, requests=300, peak_in_flight=32)
+    report.concurrency, report.concurrency_ceiling = 32, 32
+    report.answer_time_s = {"mean": 7.1, "p50": 7.0, "p90": 9.0, "p99": 9.4}
+    report.concurrency_limited = True
+    report.shared_limit, report.shared_processes = "redis://10.0.0.5:6379/0", 3
+    report.shared_limit_fallback = "cannot reach Redis at redis://10.0.0.5:6379/0 (refused)"
+    text = "\n".join(summary_lines(report))
+    assert (
+        "  in flight        at most 32 (limit 32 at the end, ceiling 32); "
+        "answers p50 7 s, p90 9 s, p99 9.4 s, mean 7.1 s"
+    ) in text
+    assert (
+        "  pace limited by the concurrency ceiling (32 in flight), not the API's cap: "
+        "5/s × 7.1 s per answer needs about 36 in flight"
+    ) in text
+    assert "  shared limit     redis://10.0.0.5:6379/0, 3 process(es) sharing it" in text
+    assert "  shared limit lost: cannot reach Redis at redis://10.0.0.5:6379/0" in text
+    report.concurrency_limited = False
+    assert "pace limited" not in "\n".join(summary_lines(report))
 
 
 # -- configuration precedence ---------------------------------------------------------

@@ -124,7 +124,6 @@ def test_starter_config_parses_and_holds_the_mapping(tmp_path):
     assert set(default_map(config, run.params)) == {
         "region",
         "rate",
-        "concurrency",
         "format",
         "max_error_rate",
     }

@@ -140,3 +140,15 @@ def test_fake_api_config_is_backwards_compatible_and_validated():
             parse_fault_spec(bad)
     with pytest.raises(ValueError):
         parse_outage_spec("5:2")
+
+
+def test_fake_api_latency_delays_each_answer_within_a_third(make_fake_api):
+    server = make_fake_api(latency=0.3, seed=2)
+    took = []
+    for i in range(4):
+        started = time.monotonic()
+        assert _post(server, _customers(1, i)).status_code == 200
+        took.append(time.monotonic() - started)
+    assert min(took) >= 0.2 - 0.01  # 0.3 s less a third, never sooner
+    with pytest.raises(ValueError, match="latency"):
+        FakeApiConfig(latency=-1)

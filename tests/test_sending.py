@@ -28,7 +28,6 @@ from importer.sending import (
     RETRY_FEW,
     SPLIT,
     STOP,
-    RateGovernor,
     Sender,
     attribute_errors,
     classify_status,
@@ -159,49 +158,6 @@ def test_transient_record_errors():
     assert is_transient_record_error("Timeout: try later")
     assert not is_transient_record_error("user_identifier_missing")
     assert not is_transient_record_error("invalid_email")
-
-
-def test_rate_governor_halves_once_per_second_and_climbs_back_over_time():
-    now = [100.0]
-    governor = RateGovernor(10.0, climb_seconds=20.0, clock=lambda: now[0])
-    governor.on_throttled()
-    governor.on_throttled()  # the same burst of 429s counts once
-    assert governor.rate == 5.0
-    now[0] += 1.5
-    governor.on_throttled()
-    assert governor.rate == 2.5 and governor.lowest_rate == 2.5
-    now[0] += 2.0
-    governor.on_success()  # +10/20 per second for 2 s
-    assert governor.rate == pytest.approx(3.5)
-    now[0] += 100
-    governor.on_success()
-    assert governor.rate == 10.0  # never above the cap
-    assert governor.lowest_rate == 2.5
-
-
-async def test_rate_governor_paces_evenly_and_never_bursts_on_a_change():
-    governor = RateGovernor(40.0)
-    loop = asyncio.get_running_loop()
-    starts: list[tuple[float, float]] = []  # (start time, rate in force)
-
-    async def caller() -> None:
-        for _ in range(6):
-            await governor.acquire()
-            starts.append((loop.time(), governor.rate))
-            if len(starts) == 8:
-                governor.on_throttled()  # halve the pace while others are queued
-
-    await asyncio.gather(*(caller() for _ in range(4)))
-    assert len(starts) == 24
-    times = [t for t, _ in starts]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    # One start per period at most, before and after the change (small timer slack).
-    for gap, (_, rate) in zip(gaps, starts[1:], strict=True):
-        assert gap >= 0.8 / 40.0
-        if rate == 20.0:
-            assert gap >= 0.8 / 20.0 or gap >= 0.8 / 40.0
-    after = [b - a for (a, ra), (b, rb) in zip(starts[8:], starts[9:], strict=False)]
-    assert min(after) >= 0.8 / 20.0
 
 
 # -- the retry loop against a scripted server ----------------------------------
