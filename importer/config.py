@@ -126,6 +126,10 @@ def default_map(config: ConfigFile, params: Iterable[click.Parameter]) -> dict[s
         relative = isinstance(value, str) and not Path(value).expanduser().is_absolute()
         if isinstance(param.type, click.Path) and relative and value != "-":
             value = str(config.path.parent / value)
+        if isinstance(param, click.Option) and param.is_flag and not param.is_bool_flag:
+            if value is not True:
+                continue  # `strict = false`: the option keeps its own default
+            value = param.flag_value  # `strict = true` is short for `on-invalid = "skip-row"`
         result[str(param.name)] = value
     return result
 

@@ -31,7 +31,8 @@ REGION_URLS = {
 }
 
 FORMATS = ("csv", "jsonl")
-ON_INVALID = ("skip-row", "drop-field", "stop")
+ON_INVALID = ("drop-field", "skip-row", "stop")
+DATE_ORDERS = ("auto", "month-first", "day-first")
 #: Sections of ``--help`` and of the README's options table, in order.
 SECTIONS = ("connection", "pace", "input", "cleaning", "state", "outputs")
 
@@ -43,7 +44,8 @@ class OptionSpec:
     ``flag`` defaults to the field name with dashes; ``shapes`` marks options
     that decide what a row becomes (a resumed run must use the same ones);
     ``cli=False`` keeps an option to the library; ``cli_default`` is the
-    command line's default where it differs from the library's.
+    command line's default where it differs from the library's; ``alias`` is
+    ``(flag, value)``, a flag that is short for the option set to that value.
     """
 
     help: str
@@ -57,6 +59,7 @@ class OptionSpec:
     shapes: bool = False
     cli: bool = True
     cli_default: Any = None
+    alias: tuple[str, Any] | None = None
 
 
 def option(default: Any, help: str, **spec: Any) -> Any:
@@ -146,9 +149,15 @@ class ImportOptions:
         "US", "Region for phone numbers written without a country code (e.g. US, GB).", metavar="CC"
     )
     on_invalid: str = _cleaning(
-        "skip-row",
-        "A bad value rejects its row, drops only that field, or stops the run.",
+        "drop-field",
+        "A bad value drops only that field, rejects its row (--strict), or stops the run.",
         choices=ON_INVALID,
+        alias=("--strict", "skip-row"),
+    )
+    date_order: str = _cleaning(
+        "auto",
+        "Day and month order of dates like 3/4/2021 (auto: decided per column from the file).",
+        choices=DATE_ORDERS,
     )
     empty_as_null: bool = _cleaning(
         False, "Send empty cells as null (clearing the field) instead of leaving them out."
@@ -213,7 +222,7 @@ class ImportOptions:
             )
         if not self.rate > 0:
             raise UsageError(f"--rate must be above 0 requests per second, got {self.rate}")
-        for name in ("region", "format", "on_invalid"):
+        for name in ("region", "format", "on_invalid", "date_order"):
             choices = spec_of(_field(name)).choices or ()
             value = getattr(self, name)
             if value is not None and value not in choices:

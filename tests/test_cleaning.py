@@ -19,6 +19,7 @@ from importer.dedupe import merge_repeats
 from importer.errors import UsageError
 from importer.mapping import ColumnMapping, resolve_mapping
 from importer.options import ImportOptions
+from importer.records import FIELD_DROPPED, REJECTED
 from importer.source import Chunk, Source
 
 from .conftest import fast_options, write_csv
@@ -60,13 +61,21 @@ def clean(rows: list[dict[str, Any]], jsonl: bool = False, types: bool = True, *
 
 
 def one(column: str, value: Any, **options: Any) -> tuple[Any, str | None]:
-    """Clean one cell beside a valid customer_id: (payload value, reject reason), one is None."""
+    """Clean one cell beside a valid customer_id: (payload value, reject reason), one is None.
+
+    By default a bad value drops its field only: the customer is still sent without it.
+    """
     result = clean([{"customer_id": "c1", column: value}], **options)
-    if result.rejects:
-        assert not result.customers
-        return None, result.rejects[0].reason
-    (customer,) = result.customers
     target = resolve_mapping([column]).targets[column]
+    if result.rejects:
+        (reject,) = result.rejects
+        if reject.outcome == FIELD_DROPPED:
+            (customer,) = result.customers
+            assert target not in customer.payload and customer.payload["customer_id"] == "c1"
+        else:
+            assert not result.customers
+        return None, reject.reason
+    (customer,) = result.customers
     return customer.payload.get(target), None
 
 
@@ -423,7 +432,10 @@ def test_later_value_not_fitting_the_column_type_is_invalid():
     types = infer_column_types(first, mapping)
     later = csv_chunk([{"customer_id": "b", "points": "lots"}, {"customer_id": "c", "points": "7"}])
     result = clean_chunk(later, mapping, None, types)
-    assert [c.payload for c in result.customers] == [{"customer_id": "c", "points": 7}]
+    assert [c.payload for c in result.customers] == [
+        {"customer_id": "b"},
+        {"customer_id": "c", "points": 7},
+    ]
     assert result.rejects[0].reason.startswith("invalid integer: ")
     assert result.rejects[0].value == "lots"
 
@@ -474,7 +486,7 @@ def test_subscription_groups_from_flat_pair():
         {"customer_id": "c", "subscription_group_id": "news", "subscription_group_subscribed": ""},
         {"customer_id": "d", "subscription_group_id": "news", "subscription_group_subscribed": "?"},
     ]
-    result = clean(rows)
+    result = clean(rows, on_invalid="skip-row")
     assert [c.payload for c in result.customers] == [
         {"customer_id": "a", "subscription_groups": [{"id": "news", "subscribed": True}]},
         {"customer_id": "b"},
@@ -496,28 +508,28 @@ BAD_ROWS = [
 
 
 def test_on_invalid_skip_row_rejects_whole_rows_once():
-    result = clean(BAD_ROWS)
+    result = clean(BAD_ROWS, on_invalid="skip-row")
     assert [c.payload for c in result.customers] == [{"customer_id": "d", "email": "d@example.com"}]
-    got = [
-        (r.record, r.line, r.column, r.value, r.identifier, r.dropped_field) for r in result.rejects
-    ]
+    got = [(r.record, r.line, r.column, r.value, r.identifier, r.outcome) for r in result.rejects]
     assert got == [
-        (1, 2, "phone", "+0123", "a@example.com", False),
-        (2, 3, "email", "not-an-email", None, False),
-        (3, 4, "gender", "?", "c", False),
+        (1, 2, "phone", "+0123", "a@example.com", REJECTED),
+        (2, 3, "email", "not-an-email", None, REJECTED),
+        (3, 4, "gender", "?", "c", REJECTED),
     ]
 
 
-def test_on_invalid_drop_field_keeps_customers():
-    result = clean(BAD_ROWS, on_invalid="drop-field")
+def test_on_invalid_drop_field_is_the_default_and_keeps_customers():
+    result = clean(BAD_ROWS)
+    assert result == clean(BAD_ROWS, on_invalid="drop-field")
     assert [c.payload for c in result.customers] == [
         {"customer_id": "a", "email": "a@example.com", "gender": "male"},
         {"customer_id": "c", "phone_number": "+12025550123"},
         {"customer_id": "d", "email": "d@example.com"},
     ]
-    got = [(r.record, r.column, r.dropped_field) for r in result.rejects]
+    got = [(r.record, r.column, r.outcome) for r in result.rejects]
     # Without a valid identifier the row cannot be kept: it is rejected whole.
-    assert got == [(2, "email", False), (1, "phone", True), (3, "gender", True)]
+    dropped = FIELD_DROPPED
+    assert got == [(2, "email", REJECTED), (1, "phone", dropped), (3, "gender", dropped)]
 
 
 def test_on_invalid_stop_names_the_first_bad_record():
@@ -580,7 +592,7 @@ def test_property_every_row_ends_in_exactly_one_place(rows, on_invalid):
     customers, merged = merge_repeats(result.customers)
     sent = [c.record for c in customers]
     merged_away = [r for c in customers for r in c.merged_records]
-    rejected = [r.record for r in result.rejects if not r.dropped_field]
+    rejected = [r.record for r in result.rejects if r.outcome == REJECTED]
     assert len(merged_away) == merged
     assert sorted(sent + merged_away + rejected) == list(range(1, len(rows) + 1))
     for c in customers:
@@ -637,8 +649,10 @@ def test_drop_field_counted_apart_and_stop_exits_2(cli, fake_api, tmp_path):
         tmp_path / "c.csv",
         [{"email": "a@example.com", "phone": "+0123"}, {"email": "b@example.com", "phone": ""}],
     )
-    report = import_file(path, fast_options(fake_api, on_invalid="drop-field"))
+    report = import_file(path, fast_options(fake_api))
     assert (report.succeeded, report.rejected, report.dropped_fields) == (2, 0, 1)
+    assert report.dropped_field_reasons == {"phone": {"invalid phone number": 1}}
+    assert report.reject_reasons == {}
     assert {c["email"] for c in fake_api.state.applied} == {"a@example.com", "b@example.com"}
     assert all("phone_number" not in c for c in fake_api.state.applied)
     result = cli(

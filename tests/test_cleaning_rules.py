@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from importer.cleaning import clean_chunk, rules
 from importer.mapping import ColumnMapping, resolve_mapping
-from importer.options import ImportOptions
-from importer.records import encode_payload
+from importer.records import FIELD_DROPPED, encode_payload
 from importer.source import Chunk
 
 _SPACES = [c for c in map(chr, range(0x3100)) if c.isspace()]
@@ -151,12 +150,10 @@ def _each_cell_as_its_rule_says(name: str, cells: list[Any]) -> None:
     )
     records = np.arange(1, n + 1)
     mapping = ColumnMapping({ident: ident, "cell": target}, types={target: kind} if kind else {})
-    result = clean_chunk(
-        Chunk(frame, records, records + 1), mapping, ImportOptions(on_invalid="drop-field")
-    )
+    result = clean_chunk(Chunk(frame, records, records + 1), mapping)
     assert [c.record for c in result.customers] == list(range(1, n + 1))
     dropped = {r.record: r for r in result.rejects}
-    assert all(r.dropped_field and r.column == "cell" for r in result.rejects)
+    assert all(r.outcome == FIELD_DROPPED and r.column == "cell" for r in result.rejects)
     for i, (cell, customer) in enumerate(zip(cells, result.customers, strict=True)):
         if isinstance(cell, str):
             cell = cell.strip()
@@ -286,6 +283,7 @@ def test_integer_column_gives_plain_json_numbers():
     assert [c.encoded for c in result.customers] == [
         b'{"email":"u0@x.org","n":7}',
         b'{"email":"u1@x.org","n":0}',
+        b'{"email":"u2@x.org"}',
         b'{"email":"u3@x.org"}',
         b'{"email":"u4@x.org","n":9007199254740992}',
         b'{"email":"u5@x.org","n":12}',

@@ -4,7 +4,8 @@ Owns: trimming cells and telling empty ones, applying each field's rule once
 per distinct value of a column, the subscription groups built from two
 columns, ``--on-invalid`` and ``--empty-as-null``, and the rejects with their
 reasons. Every row leaves as a :class:`~importer.records.Customer` or a
-:class:`~importer.records.Reject` (with ``drop-field``, possibly both).
+:class:`~importer.records.Reject` (with ``drop-field``, a customer and a
+reject for each field left out).
 
 Must not: read files, send anything, merge repeated customers, or keep state
 between chunks other than the column types the caller passes in.
@@ -23,7 +24,7 @@ from ..errors import UsageError
 from ..fields import COLUMN_TYPES, GROUP_ID, GROUP_SUBSCRIBED, IDENTIFIERS
 from ..mapping import ColumnMapping
 from ..options import ImportOptions
-from ..records import Customer, Reject
+from ..records import FIELD_DROPPED, REJECTED, Customer, Reject
 from ..source import Chunk
 from .rules import TYPE_RULES, Rule, field_rules, keep_value
 
@@ -77,7 +78,7 @@ def clean_chunk(
     :func:`~importer.cleaning.infer_column_types`). Custom attributes without
     a type keep their value as read (CSV text, JSON values). ``options``
     supplies ``phone_region``, ``on_invalid`` and ``empty_as_null``
-    (defaults: ``US``, ``skip-row``, False). Source rejects in ``chunk`` come
+    (defaults: ``US``, ``drop-field``, False). Source rejects in ``chunk`` come
     first among the rejects.
 
     Raises :class:`InvalidRecord` at the chunk's first bad row when
@@ -232,7 +233,7 @@ def _settle(
         any_bad |= f.bad
     rejected = ~has_id if drop_field else ~has_id | any_bad
 
-    def reject(pos: int, name: str | None, dropped: bool = False) -> Reject:
+    def reject(pos: int, name: str | None, outcome: str = REJECTED) -> Reject:
         if name is None:
             return Reject(
                 int(records[pos]), int(lines[pos]), "missing identifier: no email or customer_id"
@@ -245,7 +246,7 @@ def _settle(
             column=str(f.column[pos]),
             value=f.raw[pos],
             identifier=_identifier(fields, pos),
-            dropped_field=dropped,
+            outcome=outcome,
         )
 
     rejects = [
@@ -254,7 +255,7 @@ def _settle(
     ]
     if drop_field:
         rejects += [
-            reject(pos, f, dropped=True)
+            reject(pos, f, FIELD_DROPPED)
             for pos in np.flatnonzero(any_bad & ~rejected).tolist()
             for f in order
             if fields[f].bad[pos]
