@@ -60,7 +60,7 @@ def measure(path: Path, chunk_rows: int, stream: bool = False) -> dict[str, Any]
         if types is None:
             types = infer_column_types(chunk, mapping)
         result = clean_chunk(chunk, mapping, options, types)
-        kept, n_merged = merge_repeats(result.customers)
+        kept, n_merged, _ = merge_repeats(result.customers)
         t1 = time.thread_time()
         clean_s += t1 - t0
         packed += sum(map(len, packer.add(kept)))

@@ -193,15 +193,14 @@ def _produce(
     def handle(chunk: Chunk, mapping: ColumnMapping, types: dict[str, str] | None) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
         result = clean_chunk(chunk, mapping, o, types)
-        report.count_rejects(result.rejects)
+        customers, merged, conflicts = merge_repeats(result.customers)
+        report.merged_duplicates += merged
+        rejects = [*result.rejects, *conflicts]
+        report.count_rejects(rejects)
         if run.rejects is not None:
-            run.rejects.write(
-                result.rejects if reader is None else reader.new_rejects(result.rejects)
-            )
+            run.rejects.write(rejects if reader is None else reader.new_rejects(rejects))
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
-        customers, merged = merge_repeats(result.customers)
-        report.merged_duplicates += merged
         if reader is not None:
             customers, done = reader.skip_done(customers)
             report.already_done += done

@@ -589,7 +589,7 @@ def _assert_clean(payload: dict[str, Any]) -> None:
 )
 def test_property_every_row_ends_in_exactly_one_place(rows, on_invalid):
     result = clean(rows, on_invalid=on_invalid)
-    customers, merged = merge_repeats(result.customers)
+    customers, merged, _ = merge_repeats(result.customers)
     sent = [c.record for c in customers]
     merged_away = [r for c in customers for r in c.merged_records]
     rejected = [r.record for r in result.rejects if r.outcome == REJECTED]
@@ -680,3 +680,23 @@ def test_drop_field_counted_apart_and_stop_exits_2(cli, fake_api, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert {"email": "b@example.com", "phone_number": None} in fake_api.state.applied
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("'6812909554841", "6812909554841"),
+        ('="00123"', "00123"),
+        ("'00123", "00123"),
+        ("00123", "00123"),
+        ("A'B", "A'B"),
+        ('="a"b"', 'a"b'),
+    ],
+)
+def test_customer_id_loses_its_spreadsheet_guard_only(raw, expected):
+    assert one("customer_id", raw) == (expected, None)
+
+
+def test_email_loses_the_formula_guard_but_keeps_an_apostrophe():
+    assert one("email", '="Ann@Example.com"') == ("ann@example.com", None)
+    assert one("email", "'ann@example.com") == ("'ann@example.com", None)

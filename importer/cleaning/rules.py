@@ -86,6 +86,29 @@ def _spelling(value: Any, what: str, vocabulary: dict[str, Any]) -> Cleaned:
     return found, None
 
 
+# -- identifiers -----------------------------------------------------------------
+
+
+def unguarded(text: str) -> str:
+    """``text`` without the guard a spreadsheet export puts around a number-like cell.
+
+    ``="00123"`` (Excel's formula form) gives ``00123``; a leading apostrophe
+    (``'00123``, Shopify's ids) too. Nothing else about the text changes.
+    """
+    if len(text) >= 3 and text.startswith('="') and text.endswith('"'):
+        return text[2:-1]
+    return text[1:] if text.startswith("'") else text
+
+
+def clean_customer_id(value: Any) -> Cleaned:
+    """The id as text (a JSON number as its digits), without a spreadsheet guard."""
+    text, reason = as_text(value, "customer_id")
+    if reason is not None:
+        return None, reason
+    text = unguarded(text)
+    return (text, None) if text else (None, "invalid customer_id: empty inside its quotes")
+
+
 # -- email ---------------------------------------------------------------------
 
 # Addresses of these shapes are ones email-validator accepts unchanged once
@@ -122,7 +145,8 @@ def clean_email(value: Any) -> Cleaned:
     text, reason = as_text(value, "email")
     if reason is not None:
         return None, reason
-    s = text.lower()
+    # A leading apostrophe is part of some addresses: only the ="..." guard goes.
+    s = (text if text.startswith("'") else unguarded(text)).lower()
     if not _AT_SIGNS.search(s):
         # The library's own reason, found once for all addresses without an @-sign.
         return None, _email_by_library("no at-sign")[1]
@@ -301,7 +325,7 @@ def clean_groups(value: Any) -> Cleaned:
 #: The rule of each standard field but ``phone_number`` (see :func:`field_rules`).
 _FIELD_RULES: dict[str, Rule] = {
     "email": clean_email,
-    "customer_id": partial(as_text, what="customer_id"),
+    "customer_id": clean_customer_id,
     "firstname": partial(_short_text, what="firstname", limit=MAX_NAME),
     "lastname": partial(_short_text, what="lastname", limit=MAX_NAME),
     "gender": partial(_spelling, what="gender", vocabulary=GENDERS),
