@@ -282,7 +282,7 @@ def validation_lines(report: ImportReport) -> list[str]:
     lines = [f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s", "mapping:"]
     width = max((len(source) for source, _ in report.mapping), default=0)
     for source, target in report.mapping:
-        lines.append(f"  {source:<{width}}  {target if target == '(dropped)' else '-> ' + target}")
+        lines.append(f"  {source:<{width}}  {target if target[0] == '(' else '-> ' + target}")
     lines.append(
         f"rows read {report.rows_read}: valid {report.not_sent}, rejected {report.rejected}, "
         f"merged {report.merged_duplicates}"

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importer import import_file
-from importer.cleaning import InvalidRecord, clean_chunk, infer_column_types
+from importer.cleaning import InvalidRecord, clean_chunk, infer_column_types, rules
 from importer.dedupe import merge_repeats
 from importer.errors import UsageError
 from importer.mapping import ColumnMapping, resolve_mapping
@@ -195,6 +195,114 @@ def test_phone_region_unknown_is_usage_error():
         one("phone_number", "2025550123", phone_region="XX")
 
 
+@pytest.mark.parametrize(
+    ("raw", "region", "expected"),
+    [
+        ("06 12 34 01 72", "FR", "+33612340172"),
+        ("222 123 2885", "MX", "+522221232885"),
+        ("001-380-728-9758", "US", "+13807289758"),
+        ("001-380-728-9758x1234", "US", "+13807289758"),
+        ("0044 20 7946 0958", "US", "+442079460958"),
+        ("011 44 20 7946 0958", "US", "+442079460958"),
+        ("241.813.7449x12", "US", "+12418137449"),
+        ("(415) 555-0132 ext. 123", "US", "+14155550132"),
+        ("'+16135550135", "CA", "+16135550135"),
+        ("+33 6 12 34 01 72", "US", "+33612340172"),  # its own country code wins
+        ("+33 6 12 34 01 72", "ZZ", "+33612340172"),
+    ],
+)
+def test_phone_international_prefixes_extensions_and_regions(raw, region, expected):
+    assert rules.clean_phone(raw, region) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "reason"),
+    [
+        ("06 12 34", "FR", "too short for its country (read as a number of FR)"),
+        ("222 123 2885 12", "MX", "(read as a number of MX)"),
+        ("06 12 34 01 72", "ZZ", "no country code, and the row's country is unknown"),
+        ("+1 202", "FR", "too short for its country"),
+    ],
+)
+def test_phone_not_possible_names_the_country_assumed(raw, region, reason):
+    value, why = rules.clean_phone(raw, region)
+    assert value is None and why.startswith("invalid phone number: ") and why.endswith(reason)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.from_regex(r"0?[1-9][0-9 .-]{5,13}", fullmatch=True),
+    st.sampled_from(["US", "FR", "MX", "GB", "DE", "IN", "BR"]),
+)
+def test_property_a_national_number_is_never_sent_as_another_countrys(raw, region):
+    idd = rules.phonenumbers.PhoneMetadata.metadata_for_region(region).international_prefix
+    if re.match(idd, re.sub(r"\D", "", raw)):
+        return  # dialled abroad from the region (011 from the US, 09 from Mexico)
+    value, _ = rules.clean_phone(raw, region)
+    code = rules.phonenumbers.country_code_for_region(region)
+    assert value is None or value.startswith(f"+{code}")
+
+
+@pytest.mark.parametrize(
+    ("cell", "code"),
+    [
+        ("FR", "FR"),
+        ("fr", "FR"),
+        ("FRA", "FR"),
+        ("France", "FR"),
+        ("México", "MX"),
+        ("Mexico", "MX"),
+        ("United States", "US"),
+        ("USA", "US"),
+        ("UK", "GB"),
+        ("United Kingdom", "GB"),
+        ("Germany", "DE"),
+        ("Narnia", "ZZ"),
+        ("Antarctica", "ZZ"),  # a country phonenumbers has no numbers for
+    ],
+)
+def test_country_cells_read_as_regions(cell, code):
+    assert rules.country_code(cell) == code
+
+
+def test_phone_read_in_each_rows_country_once_per_distinct_pair(monkeypatch):
+    rules._phone_by_library.cache_clear()
+    calls: list[tuple[str, str]] = []
+    real = rules.phonenumbers.parse
+
+    def counting(value, region, **kwargs):
+        calls.append((value, region))
+        return real(value, region, **kwargs)
+
+    monkeypatch.setattr(rules.phonenumbers, "parse", counting)
+    rows = [
+        {"customer_id": f"{country}-{i}", "phone": phone, "Country": country}
+        for i in range(50)
+        for phone, country in (
+            ("06 12 34 01 72", "France"),
+            ("06 12 34 01 72", "FR"),
+            ("222 123 2885", "Mexico"),
+            ("222 123 2885", ""),  # no country: --phone-region
+        )
+    ]
+    result = clean(rows, phone_region="US")
+    phones = {
+        c.payload["customer_id"].split("-")[0]: c.payload["phone_number"] for c in result.customers
+    }
+    assert phones == {
+        "France": "+33612340172",
+        "FR": "+33612340172",
+        "Mexico": "+522221232885",
+        "": "+12221232885",
+    }
+    assert all(c.payload["country"] in ("France", "FR", "Mexico") for c in result.customers[:3])
+    assert sorted(calls) == [
+        ("06 12 34 01 72", "FR"),
+        ("222 123 2885", "MX"),
+        ("222 123 2885", "US"),
+    ]
+
+
 def test_phone_each_distinct_value_parsed_once(monkeypatch):
     from importer.cleaning import rules
 
@@ -202,9 +310,9 @@ def test_phone_each_distinct_value_parsed_once(monkeypatch):
     calls: list[str] = []
     real = rules.phonenumbers.parse
 
-    def counting(value, region):
+    def counting(value, region, **kwargs):
         calls.append(value)
-        return real(value, region)
+        return real(value, region, **kwargs)
 
     monkeypatch.setattr(rules.phonenumbers, "parse", counting)
     rows = [{"customer_id": str(i), "phone": "+49 30 1234567"} for i in range(500)]

@@ -108,9 +108,9 @@ _json_values = st.one_of(
 _TARGETS: dict[str, tuple[Any, str, str | None]] = {
     "email": (rules.clean_email, "email", None),
     "phone": (lambda v: rules.clean_phone(v, "US"), "phone_number", None),
-    "customer_id": (rules.field_rules("US")["customer_id"], "customer_id", None),
-    "name": (rules.field_rules("US")["firstname"], "firstname", None),
-    "gender": (rules.field_rules("US")["gender"], "gender", None),
+    "customer_id": (rules.FIELD_RULES["customer_id"], "customer_id", None),
+    "name": (rules.FIELD_RULES["firstname"], "firstname", None),
+    "gender": (rules.FIELD_RULES["gender"], "gender", None),
     "bool": (rules.clean_bool, "unsubscribed", None),
     "date": (rules.clean_date, "joined_at", None),
     "int": (rules.clean_int, "n", "int"),
@@ -245,7 +245,9 @@ def test_property_phone_shortcut_agrees_with_the_library(value, region):
     value = value.strip()
     if not value:
         return
-    assert rules.clean_phone(value, region)[0] == rules._phone_by_library(value, region)[0]
+    # 00 is read as the international prefix whatever the region's own.
+    read = "+" + value[2:] if value.startswith("00") else value
+    assert rules.clean_phone(value, region)[0] == rules._phone_by_library(read, region)[0]
 
 
 def test_address_without_at_sign_gets_the_libraries_reason():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,15 @@ from ..mapping import ColumnMapping
 from ..options import ImportOptions
 from ..records import FIELD_DROPPED, REJECTED, Customer, Reject
 from ..source import Chunk
-from .rules import TYPE_RULES, Rule, field_rules, keep_value
+from .rules import (
+    FIELD_RULES,
+    TYPE_RULES,
+    Rule,
+    clean_phone,
+    country_code,
+    keep_value,
+    phone_region,
+)
 
 #: Marks a value left out of the payload (``None`` is a JSON null, sent only
 #: with ``--empty-as-null``).
@@ -86,7 +95,7 @@ def clean_chunk(
     region or column type.
     """
     options = options or ImportOptions()
-    by_field = field_rules(options.phone_region)
+    region = phone_region(options.phone_region)
     types = {**(column_types or {}), **mapping.types}
     for target, kind in types.items():
         if kind not in COLUMN_TYPES:
@@ -96,11 +105,16 @@ def clean_chunk(
     frame = chunk.frame
     fields: dict[str, _Field] = {}
     pair: dict[str, _Field] = {}
+    regions = _phone_regions(frame, mapping.phone_country, region)
     for src, target in mapping.targets.items():
         if src not in frame.columns or not len(frame):
             continue
-        rule = by_field.get(target) or TYPE_RULES.get(types.get(target, ""), keep_value)
-        cleaned = _clean_column(rule, src, frame[src].to_numpy(dtype=object))
+        cells = frame[src].to_numpy(dtype=object)
+        if target == "phone_number" or types.get(target) == "phone":
+            cleaned = _clean_phones(src, cells, regions)
+        else:
+            rule = FIELD_RULES.get(target) or TYPE_RULES.get(types.get(target, ""), keep_value)
+            cleaned = _clean_column(rule, src, cells)
         if target in (GROUP_ID, GROUP_SUBSCRIBED):
             pair[target] = cleaned  # combined into subscription_groups below
         else:
@@ -139,6 +153,36 @@ def _clean_column(rule: Rule, src: str, cells: np.ndarray) -> _Field:
         values[text], reasons[text], empty[text] = (a[codes] for a in _apply(rule, distinct))
     if not text.all():
         values[~text], reasons[~text], empty[~text] = _apply(rule, cells[~text])
+    return _Field(values, reasons, empty, np.full(n, src, object), cells)
+
+
+def _phone_regions(frame: pd.DataFrame, column: str | None, default: str) -> np.ndarray:
+    """The region each row's national phone numbers are read in.
+
+    The row's country (see :func:`~importer.cleaning.rules.country_code`)
+    where ``column`` holds one, ``default`` (``--phone-region``) where it is
+    empty or the file has no such column.
+    """
+    if column is None or column not in frame.columns:
+        return np.full(len(frame), default, object)
+    codes, countries = pd.factorize(frame[column].to_numpy(dtype=object))
+    regions = [country_code(c) if isinstance(c, str) and c.strip() else default for c in countries]
+    # factorize codes a missing cell -1: the last item appended stands for it.
+    return np.asarray([*regions, default], dtype=object)[codes]
+
+
+def _clean_phones(src: str, cells: np.ndarray, regions: np.ndarray) -> _Field:
+    """Clean a phone column, each number in its row's region: once per distinct
+    (number, region) pair."""
+    n = len(cells)
+    values = np.full(n, _OMIT, object)
+    reasons = np.full(n, None, object)
+    empty = np.zeros(n, bool)
+    codes, distinct = pd.factorize(regions)
+    for i, region in enumerate(distinct.tolist()):
+        rows = codes == i
+        part = _clean_column(partial(clean_phone, region=region), src, cells[rows])
+        values[rows], reasons[rows], empty[rows] = part.values, part.reasons, part.empty
     return _Field(values, reasons, empty, np.full(n, src, object), cells)
 
 

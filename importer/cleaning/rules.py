@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import phonenumbers
+import pycountry
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from ..errors import UsageError
@@ -189,15 +190,27 @@ _POSSIBLE_ERRORS = {
 }
 
 
+#: Where phonenumbers read a number's country code: from the number, or from the region.
+_FROM_REGION = phonenumbers.CountryCodeSource.FROM_DEFAULT_COUNTRY
+#: phonenumbers' code for "no region": a row whose country is not known.
+UNKNOWN_REGION = "ZZ"
+
+
 @lru_cache(maxsize=65536)
 def _phone_by_library(value: str, region: str) -> Cleaned:
     try:
-        number = phonenumbers.parse(value, region)
+        number = phonenumbers.parse(value, region, keep_raw_input=True)
     except phonenumbers.NumberParseException as exc:
+        if region == UNKNOWN_REGION and exc.error_type == exc.INVALID_COUNTRY_CODE:
+            return None, "invalid phone number: no country code, and the row's country is unknown"
         return None, f"invalid phone number: {_PARSE_ERRORS.get(exc.error_type, 'not parseable')}"
     verdict = phonenumbers.is_possible_number_with_reason(number)
     if verdict != phonenumbers.ValidationResult.IS_POSSIBLE:
-        return None, f"invalid phone number: {_POSSIBLE_ERRORS.get(verdict, 'not possible')}"
+        why = _POSSIBLE_ERRORS.get(verdict, "not possible")
+        if number.country_code_source == _FROM_REGION:
+            # Never sent as another country's number: say which country it was read in.
+            why += f" (read as a number of {region})"
+        return None, f"invalid phone number: {why}"
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if not E164.fullmatch(e164):
         return None, "invalid phone number: E.164 form must be 6 to 14 characters"
@@ -205,15 +218,61 @@ def _phone_by_library(value: str, region: str) -> Cleaned:
 
 
 def clean_phone(value: Any, region: str = "US") -> Cleaned:
-    """The number in E.164; one without ``+`` is read as a national number of ``region``."""
+    """The number in E.164, without its extension.
+
+    A number without ``+`` (or the international prefix ``00``, or
+    ``region``'s own) is read as a national number of ``region``; one that
+    is not possible there is invalid, with a reason naming the region.
+    """
     text, reason = as_text(value, "phone number")
     if reason is not None:
         return None, reason
+    text = unguarded(text)
+    if text.startswith("00"):
+        text = "+" + text[2:]  # 00 is the international prefix nearly everywhere but NANP
     if _INTL_SHAPE.fullmatch(text):
         return text.translate(_NO_SEPARATORS), None
     if region in _NANP_REGIONS and _NANP_NATIONAL.fullmatch(text):
         return "+1" + text.translate(_NO_SEPARATORS), None
     return _phone_by_library(text, region)
+
+
+def phone_region(region: str) -> str:
+    """``--phone-region`` in upper case; raises :class:`UsageError` if phonenumbers lacks it."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise UsageError(
+            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+        )
+    return code
+
+
+#: Country names in exports that pycountry does not know, folded as in :func:`country_code`.
+_COUNTRY_ALIASES = {
+    **dict.fromkeys(("uk", "u.k.", "england", "scotland", "wales", "great britain"), "GB"),
+    **dict.fromkeys(("northern ireland", "britain"), "GB"),
+    **dict.fromkeys(("u.s.", "u.s.a.", "america", "united states of america"), "US"),
+    "russia": "RU",
+}
+
+
+@lru_cache(maxsize=4096)
+def country_code(value: str) -> str:
+    """The region a country cell names, for reading its row's phones.
+
+    ``value`` is an ISO 3166 code (``FR``, ``FRA``) or a country's name in
+    English, any case or accents (``France``, ``Mexico``, ``México``), as
+    pycountry knows them. Returns :data:`UNKNOWN_REGION` for anything else.
+    """
+    decomposed = unicodedata.normalize("NFKD", value.strip().lower())
+    folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+    code = _COUNTRY_ALIASES.get(folded)
+    if code is None:
+        try:
+            code = pycountry.countries.lookup(folded).alpha_2
+        except LookupError:
+            return UNKNOWN_REGION
+    return code if code in phonenumbers.SUPPORTED_REGIONS else UNKNOWN_REGION
 
 
 # -- text, names, vocabularies ---------------------------------------------------
@@ -322,8 +381,9 @@ def clean_groups(value: Any) -> Cleaned:
 
 # -- which rule cleans which field -------------------------------------------------
 
-#: The rule of each standard field but ``phone_number`` (see :func:`field_rules`).
-_FIELD_RULES: dict[str, Rule] = {
+#: The rule of each standard field but ``phone_number``, whose rule takes the row's
+#: region (:func:`clean_phone`).
+FIELD_RULES: dict[str, Rule] = {
     "email": clean_email,
     "customer_id": clean_customer_id,
     "firstname": partial(_short_text, what="firstname", limit=MAX_NAME),
@@ -344,16 +404,3 @@ TYPE_RULES: dict[str, Rule] = {
     "date": clean_date,
     "string": partial(as_text, what="text"),
 }
-
-
-def field_rules(region: str) -> dict[str, Rule]:
-    """The rule of each standard field, national phone numbers read in ``region``.
-
-    Raises :class:`UsageError` if phonenumbers does not know the region.
-    """
-    code = region.strip().upper()
-    if code not in phonenumbers.SUPPORTED_REGIONS:
-        raise UsageError(
-            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
-        )
-    return {**_FIELD_RULES, "phone_number": partial(clean_phone, region=code)}
