@@ -14,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importer import import_file
-from importer.cleaning import InvalidRecord, clean_chunk, infer_column_types, rules
+from importer.cleaning import (
+    DateOrder,
+    InvalidRecord,
+    clean_chunk,
+    decide_date_orders,
+    infer_column_types,
+    rules,
+)
 from importer.dedupe import merge_repeats
 from importer.errors import UsageError
 from importer.mapping import ColumnMapping, resolve_mapping
@@ -386,7 +393,67 @@ def test_dates_to_iso_8601(raw, expected):
     assert one("unsubscribed_at", raw) == (expected, None)
 
 
-@pytest.mark.parametrize("raw", ["2021-02-29", "03/04/2020", "yesterday", "2020-13-01", "nan"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2021-09-19 20:55:24.757 UTC", "2021-09-19T20:55:24.757000Z"),  # Braze
+        ("2021-09-19T20:55:24.757123456Z", "2021-09-19T20:55:24.757123Z"),
+        ("2021-03-04T10:22:33.000+0000", "2021-03-04T10:22:33Z"),  # Salesforce
+        ("2021-04-06 12:34:56 -0400", "2021-04-06T16:34:56Z"),  # Shopify
+        ("2021-03-04 10:22:33 +00:00", "2021-03-04T10:22:33Z"),
+        ("20210919T205524Z", "2021-09-19T20:55:24Z"),
+        ("Mon, 15 Jan 2016 10:22:00 +0000", "2016-01-15T10:22:00Z"),  # RFC 2822
+        ("Fri, 15 Jan 2016 10:22:00 GMT", "2016-01-15T10:22:00Z"),
+        ("Jan 15, 2016", "2016-01-15"),
+        ("January 15, 2016", "2016-01-15"),
+        ("15 Jan 2016", "2016-01-15"),
+        ("24 Nov 2022", "2022-11-24"),
+        ("15-Jan-2016", "2016-01-15"),
+        ("20240122", "2024-01-22"),
+        ("13.11.2021", "2021-11-13"),
+        ("01.02.2021", "2021-02-01"),  # dotted dates are day first
+        ("11/13/2021", "2021-11-13"),
+        ("3/14/2021 10:22", "2021-03-14T10:22:00"),  # a US Excel re-save
+        ("3/14/2021 10:22 PM", "2021-03-14T22:22:00"),
+        ("3/14/21", "2021-03-14"),
+        ("03/04/2020", "2020-03-04"),  # month first by default
+        ("1453939200", "2016-01-28T00:00:00Z"),  # Unix seconds
+        ("1453939200123", "2016-01-28T00:00:00.123000Z"),  # and milliseconds
+    ],
+)
+def test_dates_in_common_formats(raw, expected):
+    assert one("joined_at", raw) == (expected, None)
+
+
+def test_dates_day_first_and_json_epochs():
+    assert rules.clean_date("03/04/2020", day_first=True) == ("2020-04-03", None)
+    assert rules.clean_date("2020/04/03", day_first=True) == ("2020-04-03", None)
+    assert rules.clean_date("3/14/2021", day_first=True) == (
+        None,
+        "invalid date: no month 14 (dates here are day first)",
+    )
+    assert rules.clean_date(1453939200) == ("2016-01-28T00:00:00Z", None)
+    assert rules.clean_date(1453939200123) == ("2016-01-28T00:00:00.123000Z", None)
+    assert rules.clean_date(True)[1] == "invalid date: expected text or a number"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2021-02-29",
+        "yesterday",
+        "2020-13-01",
+        "nan",
+        "0000-00-00",
+        "March 2020",
+        "Tuesday",
+        "10:22",
+        "2016",
+        "1.5.3",
+        "2021-09-19 20:55:24 EST",  # a zone name that means different things in places
+        "12345",
+    ],
+)
 def test_dates_rejected(raw):
     value, why = one("joined_at", raw)
     assert value is None and why.startswith("invalid date: ")
@@ -808,3 +875,44 @@ def test_customer_id_loses_its_spreadsheet_guard_only(raw, expected):
 def test_email_loses_the_formula_guard_but_keeps_an_apostrophe():
     assert one("email", '="Ann@Example.com"') == ("ann@example.com", None)
     assert one("email", "'ann@example.com") == ("'ann@example.com", None)
+
+
+def test_date_order_decided_per_column_from_the_first_chunk():
+    rows = [
+        {"email": "a@x.org", "joined_at": "03/04/2020", "Seen": "13/04/2020", "Paid": "04/13/2020"},
+        {"email": "b@x.org", "joined_at": "2020-01-02", "Seen": "01/02/2020", "Paid": "01/02/2020"},
+    ]
+    chunk = csv_chunk(rows)
+    mapping = resolve_mapping(chunk.frame.columns)
+    types = infer_column_types(chunk, mapping)
+    assert types == {"seen": "date", "paid": "date"}
+    orders = decide_date_orders(chunk, mapping, types)
+    assert orders == {
+        "joined_at": DateOrder("month-first", "default"),
+        "Seen": DateOrder("day-first", "file"),
+        "Paid": DateOrder("month-first", "file"),
+    }
+    result = clean_chunk(chunk, mapping, None, types, orders)
+    assert [c.payload for c in result.customers] == [
+        {"email": "a@x.org", "joined_at": "2020-03-04", "seen": "2020-04-13", "paid": "2020-04-13"},
+        {"email": "b@x.org", "joined_at": "2020-01-02", "seen": "2020-02-01", "paid": "2020-01-02"},
+    ]
+    forced = decide_date_orders(chunk, mapping, types, "day-first")
+    assert set(forced.values()) == {DateOrder("day-first", "option")}
+
+
+def test_jsonl_dates_as_epoch_numbers_and_braze_times():
+    result = clean(
+        [
+            {"external_id": "u1", "created_at": "2021-09-19 20:55:24.757 UTC"},
+            {"external_id": "u2", "created_at": 1632084924},
+            {"external_id": "u3", "created_at": 1632084924757},
+        ],
+        jsonl=True,
+    )
+    assert [c.payload["joined_at"] for c in result.customers] == [
+        "2021-09-19T20:55:24.757000Z",
+        "2021-09-19T20:55:24Z",
+        "2021-09-19T20:55:24.757000Z",
+    ]
+    assert not result.rejects

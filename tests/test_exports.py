@@ -9,8 +9,10 @@ be computed from the row that produced it.
 from __future__ import annotations
 
 import csv
+import email.utils
 import json
-from pathlib import Path
+import re
+from datetime import UTC, datetime, timedelta
 
 import phonenumbers
 
@@ -218,6 +220,79 @@ def test_rejects_file_lists_each_dropped_field(fake_api, tmp_path):
     assert report.succeeded == 60 and report.dropped_fields == len(lines)
 
 
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
+# -- a messy date file -----------------------------------------------------------------
+
+#: Each format, and what it becomes: a date, a time as given, or a time in UTC.
+DATE_FORMATS = [
+    (lambda d: d.strftime("%Y-%m-%d"), "date"),
+    (lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ"), "utc"),
+    (lambda d: d.strftime("%d %b %Y"), "date"),  # 24 Nov 2022
+    (lambda d: d.strftime("%m/%d/%Y"), "date"),  # 11/13/2021
+    (lambda d: d.strftime("%Y%m%d"), "date"),  # 20240122
+    (lambda d: d.strftime("%b %d, %Y"), "date"),  # Jan 15, 2016
+    (lambda d: d.strftime("%d.%m.%Y"), "date"),  # 13.11.2021
+    (lambda d: f"{d.month}/{d.day}/{d.year} {d.hour}:{d.minute:02d}", "naive"),  # Excel, US
+    (lambda d: d.strftime("%m/%d/%Y %I:%M %p"), "naive"),
+    (lambda d: email.utils.format_datetime(d.replace(tzinfo=UTC)), "utc"),  # RFC 2822
+    (lambda d: d.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC", "utc"),  # Braze
+    (lambda d: str(int(d.replace(tzinfo=UTC).timestamp())), "utc"),  # Unix seconds
+    (lambda d: str(int(d.replace(tzinfo=UTC).timestamp() * 1000)), "utc"),  # and milliseconds
+]
+
+
+def messy_date_rows(n: int = 390) -> tuple[list[list[str]], list[str]]:
+    """Rows of ``email, joined_at, Last Order, Renewal`` and each row's expected joined_at.
+
+    ``joined_at`` mixes every format of :data:`DATE_FORMATS`; ``Last Order`` holds
+    day-first dates (13/11/2021), ``Renewal`` slash dates whose order nothing shows.
+    """
+    rows, expected = [], []
+    for i in range(n):
+        d = datetime(2015, 1, 1, 8, 30) + timedelta(days=7 * i + i % 5, minutes=37 * i)
+        if DATE_FORMATS[i % len(DATE_FORMATS)][1] == "date":
+            d = d.replace(hour=0, minute=0)
+        fmt, kind = DATE_FORMATS[i % len(DATE_FORMATS)]
+        order = d + timedelta(days=3)
+        rows.append(
+            [
+                f"person{i}@example.com",
+                fmt(d),
+                order.strftime("%d/%m/%Y"),
+                f"{1 + i % 12:02d}/{1 + i % 11:02d}/2024",
+            ]
+        )
+        expected.append(
+            d.date().isoformat()
+            if kind == "date"
+            else d.isoformat() + ("Z" if kind == "utc" else "")
+        )
+    return rows, expected
+
+
+def test_messy_dates_every_customer_arrives_with_an_iso_joined_at(cli, fake_api, tmp_path):
+    rows, expected = messy_date_rows()
+    path = write_csv(tmp_path / "joined.csv", rows, ["email", "joined_at", "Last Order", "Renewal"])
+    report = import_file(path, fast_options(fake_api))
+    assert (report.succeeded, report.rejected, report.dropped_fields) == (len(rows), 0, 0)
+    by_email = {c["email"]: c for c in fake_api.state.applied}
+    for row, joined in zip(rows, expected, strict=True):
+        sent = by_email[row[0]]
+        assert sent["joined_at"] == joined, row[1]
+        day, month, year = row[2].split("/")
+        assert sent["last_order"] == f"{year}-{month}-{day}"
+        month, day, year = row[3].split("/")
+        assert sent["renewal"] == f"{year}-{month}-{day}"
+    assert report.date_orders == {
+        "joined_at": {"order": "month-first", "decided_by": "file"},
+        "Last Order": {"order": "day-first", "decided_by": "file"},
+        "Renewal": {"order": "month-first", "decided_by": "default"},
+    }
+    checked = cli("validate", str(path))
+    assert checked.exit_code == 0, checked.output
+    assert "dates in 'Renewal' read month-first (the default" in checked.stdout
+    assert "dates in 'Last Order' read day-first (shown by the file" in checked.stdout
+    # --date-order decides for every column: Renewal's dates now read day first.
+    report = import_file(path, fast_options(fake_api, date_order="day-first", dry_run=True))
+    assert report.date_orders["Renewal"] == {"order": "day-first", "decided_by": "option"}
+    day_above_12 = [r for r in rows if re.match(r"[0-9]+/(1[3-9]|[23][0-9])/", r[1])]
+    assert report.dropped_field_reasons["joined_at"] == {"invalid date": len(day_above_12)}

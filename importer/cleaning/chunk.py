@@ -31,11 +31,13 @@ from .rules import (
     FIELD_RULES,
     TYPE_RULES,
     Rule,
+    clean_date,
     clean_phone,
     country_code,
     keep_value,
     phone_region,
 )
+from .types import DateOrder, decide_date_orders
 
 #: Marks a value left out of the payload (``None`` is a JSON null, sent only
 #: with ``--empty-as-null``).
@@ -79,15 +81,20 @@ def clean_chunk(
     mapping: ColumnMapping,
     options: ImportOptions | None = None,
     column_types: dict[str, str] | None = None,
+    date_orders: dict[str, DateOrder] | None = None,
 ) -> CleanResult:
     """Clean one chunk into customers and rejects.
 
     ``mapping`` says which column feeds which field; its ``types`` declare
     custom-attribute types and win over ``column_types`` (from
     :func:`~importer.cleaning.infer_column_types`). Custom attributes without
-    a type keep their value as read (CSV text, JSON values). ``options``
-    supplies ``phone_region``, ``on_invalid`` and ``empty_as_null``
-    (defaults: ``US``, ``drop-field``, False). Source rejects in ``chunk`` come
+    a type keep their value as read (CSV text, JSON values). ``date_orders``
+    (from :func:`~importer.cleaning.decide_date_orders`, by input column;
+    default: decided from this chunk) say which date columns are day first.
+    ``options`` supplies ``phone_region``, ``on_invalid``, ``empty_as_null``
+    and ``date_order`` (defaults: ``US``, ``drop-field``, False, ``auto``).
+    National phone numbers are read in the row's country when
+    ``mapping.phone_country`` names a column holding one. Source rejects in ``chunk`` come
     first among the rejects.
 
     Raises :class:`InvalidRecord` at the chunk's first bad row when
@@ -102,6 +109,8 @@ def clean_chunk(
             raise UsageError(
                 f"unknown type {kind!r} for {target!r}; use one of {', '.join(COLUMN_TYPES)}"
             )
+    if date_orders is None:
+        date_orders = decide_date_orders(chunk, mapping, types, options.date_order)
     frame = chunk.frame
     fields: dict[str, _Field] = {}
     pair: dict[str, _Field] = {}
@@ -114,6 +123,9 @@ def clean_chunk(
             cleaned = _clean_phones(src, cells, regions)
         else:
             rule = FIELD_RULES.get(target) or TYPE_RULES.get(types.get(target, ""), keep_value)
+            order = date_orders.get(src, DateOrder(options.date_order, "option")).order
+            if rule is clean_date and order == "day-first":
+                rule = partial(clean_date, day_first=True)
             cleaned = _clean_column(rule, src, cells)
         if target in (GROUP_ID, GROUP_SUBSCRIBED):
             pair[target] = cleaned  # combined into subscription_groups below

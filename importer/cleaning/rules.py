@@ -12,14 +12,16 @@ Must not: look at other cells or rows, or decide a row's fate (that is
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache, partial
 from typing import Any
 
+import dateutil.parser
 import orjson
 import phonenumbers
 import pycountry
@@ -52,10 +54,6 @@ BOOLEANS = {
 
 INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 FLOAT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_DATETIME_TEXT = re.compile(
-    r"[0-9]{4}[-/][0-9]{2}[-/][0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
-)
 
 
 def as_text(value: Any, what: str) -> Cleaned:
@@ -297,18 +295,85 @@ def keep_value(value: Any) -> Cleaned:
 # -- dates and numbers -----------------------------------------------------------
 
 
-def clean_date(value: Any) -> Cleaned:
-    """ISO 8601: dates stay dates, times with a zone become UTC (``…Z``), others stay as given."""
-    if not isinstance(value, str):
-        return None, "invalid date: expected text in ISO 8601"
-    if not _DATETIME_TEXT.fullmatch(value):
-        return None, "invalid date: not an ISO 8601 date or time"
+#: Dates of three numbers, month and day first in an order the column decides:
+#: ``3/14/2021``, ``14-03-21``, with or without a time after them.
+SLASH_DATE = re.compile(r"([0-9]{1,2})([/-])([0-9]{1,2})\2(?:[0-9]{4}|[0-9]{2})\b")
+#: Day first, always: ``13.11.2021``.
+_DOTTED_DATE = re.compile(r"[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{4}\b")
+#: Year first, as ISO 8601 but with slashes, dots or a space before the zone.
+_YEAR_FIRST = re.compile(r"[0-9]{4}[-/.][0-9]{1,2}[-/.][0-9]{1,2}\b")
+#: A month or day name, or a zone: ``Jan 15, 2016``, ``Mon, 15 Jan 2016 10:22:00 +0000``.
+_NAMED = re.compile(r"[A-Za-z]{3}")
+#: Unix time in seconds (9 or 10 digits: 1973 to 2286) or milliseconds (12 or 13).
+_EPOCH = re.compile(r"[0-9]{9,10}(?:\.[0-9]+)?|[0-9]{12,13}")
+#: Two defaults for dateutil: a part that differs between the two parses was not in the text.
+_DEFAULTS = (datetime(2000, 1, 1), datetime(2001, 2, 2, 1, 1, 1, 1))
+
+
+def _zone(name: str | None, offset: int | None) -> tzinfo | None:
+    """dateutil's ``tzinfos``: offsets and UTC only, never the machine's zone or a guess."""
+    if offset is not None:
+        return timezone(timedelta(seconds=offset))
+    if name is None:
+        return None
+    raise ValueError(f"unknown time zone {name}")
+
+
+def _by_dateutil(text: str, day_first: bool) -> datetime | date | None:
+    """``text`` parsed by dateutil, a date if it has no time; None unless it gives a whole date."""
     try:
-        parsed = datetime.fromisoformat(value[:10].replace("/", "-") + value[10:])
-    except ValueError:
-        return None, "invalid date: no such date" + ("" if len(value) == 10 else " or time")
-    if len(value) == 10:
-        return parsed.date().isoformat(), None
+        early, late = (
+            dateutil.parser.parse(text, default=d, dayfirst=day_first, tzinfos=_zone)
+            for d in _DEFAULTS
+        )
+    except (ValueError, OverflowError):
+        return None
+    if early.date() != late.date():
+        return None  # no year, month or day in the text: "March 2020", "Tuesday", "10:22"
+    if (early.hour, early.minute) != (late.hour, late.minute):
+        return early.date()
+    return early
+
+
+def clean_date(value: Any, day_first: bool = False) -> Cleaned:
+    """A date or time in ISO 8601: a date stays a date, a time with a zone becomes UTC (``…Z``),
+    one without stays as given.
+
+    Reads ISO 8601 (``T`` or space, fractions, offsets, ``Z``), RFC 2822, month
+    names (``Jan 15, 2016``, ``15 Jan 2016``), ``20240122``, ``13.11.2021``
+    (day first), dates like ``3/14/2021`` with or without a time and AM/PM
+    (day first if ``day_first``), and Unix time in seconds or milliseconds,
+    text or a JSON number. Python reads ISO 8601, dateutil the rest; nothing
+    is filled in: a value without a year, month and day is invalid.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = as_text(value, "date")[0]
+    if not isinstance(value, str):
+        return None, "invalid date: expected text or a number"
+    parsed: datetime | date | None = None
+    if _EPOCH.fullmatch(value):
+        milliseconds = "." not in value and len(value) > 10
+        parsed = datetime.fromtimestamp(float(value) / (1000 if milliseconds else 1), UTC)
+    else:
+        for iso in (date.fromisoformat, datetime.fromisoformat):
+            with contextlib.suppress(ValueError):
+                parsed = iso(value)
+                break
+    if parsed is None:
+        slash = SLASH_DATE.match(value)
+        if slash is not None:
+            month = int(slash[3] if day_first else slash[1])
+            if month > 12:
+                first = "day" if day_first else "month"
+                return None, f"invalid date: no month {month} (dates here are {first} first)"
+        elif not (_DOTTED_DATE.match(value) or _YEAR_FIRST.match(value) or _NAMED.search(value)):
+            return None, "invalid date: not a date or time in a known format"
+        dotted = _DOTTED_DATE.match(value) is not None
+        parsed = _by_dateutil(value, dotted or (day_first and slash is not None))
+        if parsed is None:
+            return None, "invalid date: no such date, or not in a known format"
+    if not isinstance(parsed, datetime):
+        return parsed.isoformat(), None
     if parsed.tzinfo is None:
         return parsed.isoformat(), None
     try:
