@@ -150,13 +150,13 @@ class ImportOptions:
     )
     on_invalid: str = _cleaning(
         "drop-field",
-        "A bad value drops only that field, rejects its row (--strict), or stops the run.",
+        "A bad value drops its field, rejects its row (--strict), or stops the run.",
         choices=ON_INVALID,
         alias=("--strict", "skip-row"),
     )
     date_order: str = _cleaning(
         "auto",
-        "Day and month order of dates like 3/4/2021 (auto: decided per column from the file).",
+        "Order of dates like 3/4/2021 (auto: per column, from the file).",
         choices=DATE_ORDERS,
     )
     empty_as_null: bool = _cleaning(

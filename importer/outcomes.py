@@ -193,9 +193,6 @@ class ImportReport:
     succeeded: int = 0
     rejected: int = 0
     dropped_fields: int = 0
-    #: Rows sent unmerged although another row of the chunk has their email and
-    #: another customer_id (both rows are counted).
-    identifier_conflicts: int = 0
     dead_lettered: int = 0
     merged_duplicates: int = 0
     unchanged_skipped: int = 0
@@ -208,6 +205,9 @@ class ImportReport:
     reject_reasons: dict[str, int] = field(default_factory=dict)
     #: Fields dropped from rows still sent: column → reason → count.
     dropped_field_reasons: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Rows sent unmerged although another row of the chunk has their email and
+    #: another customer_id (both rows are counted).
+    identifier_conflicts: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     rate_limit: float = 0.0
     achieved_rate: float = 0.0
