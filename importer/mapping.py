@@ -4,9 +4,8 @@ Owns: header matching (case, spaces, punctuation, synonyms), explicit
 ``--map`` / ``--drop`` choices, the TOML mapping file (per-column target,
 type or drop), which of several phone columns is ``phone_number``, the
 country column phones are read in, and the names of pass-through custom
-attributes. Pure
-functions over column names: no cell data; the only I/O is reading the
-mapping file.
+attributes. Pure functions over column names: no cell data; the only I/O is
+reading the mapping file.
 
 Must not: look at cell values or clean them (that is :mod:`importer.cleaning`).
 """
@@ -144,9 +143,9 @@ def resolve_mapping(
     columns whose headers mean a phone, the first in the order of
     :data:`STANDARD_FIELDS` (mobile first) becomes ``phone_number`` unless
     another column is mapped to it; the others stay custom attributes of type
-    ``phone`` (``other_phone_number`` for one headed ``Phone Number``). A column that
-    ``specs`` names but the input lacks is ignored, so one mapping file can
-    serve files with optional columns. Raises :class:`MappingError` when two
+    ``phone`` (``other_phone_number`` for one headed ``Phone Number``). A
+    column that ``specs`` names but the input lacks is ignored, so one mapping
+    file can serve files with optional columns. Raises :class:`MappingError` when two
     columns would feed one field, or when a ``--map``/``--drop`` column is not
     in the input.
     """
@@ -207,15 +206,18 @@ def _preferred_phone(
 ) -> str | None:
     """The column that header matching makes ``phone_number``, of those whose header means
     a phone; None when ``--map`` or the mapping file names its own."""
-    chosen = [*explicit.values(), *(s.target for s in specs.values() if s.target)]
-    if "phone_number" in (t.strip() for t in chosen):
-        return None
+    chosen = [target.strip() for target in explicit.values()]
     candidates = []
     for col in cols:
         spec = specs.get(col.strip()) or ColumnSpec()
-        matched = spec.target is None and match_standard_field(col) == "phone_number"
-        if matched and not spec.drop and col not in drop and col not in explicit:
+        if spec.drop or col in drop or col in explicit:
+            continue
+        if spec.target:
+            chosen.append(spec.target)
+        elif match_standard_field(col) == "phone_number":
             candidates.append(col)
+    if "phone_number" in chosen:
+        return None
     order = STANDARD_FIELDS["phone_number"]
     return min(candidates, key=lambda col: _rank(header_key(col), order), default=None)
 

@@ -264,6 +264,9 @@ def test_property_a_national_number_is_never_sent_as_another_countrys(raw, regio
         ("UK", "GB"),
         ("United Kingdom", "GB"),
         ("Germany", "DE"),
+        ("+33", "FR"),
+        ("1", "US"),
+        ("999", "ZZ"),
         ("Narnia", "ZZ"),
         ("Antarctica", "ZZ"),  # a country phonenumbers has no numbers for
     ],
@@ -899,6 +902,20 @@ def test_date_order_decided_per_column_from_the_first_chunk():
     ]
     forced = decide_date_orders(chunk, mapping, types, "day-first")
     assert set(forced.values()) == {DateOrder("day-first", "option")}
+
+
+def test_jsonl_country_that_is_not_text_is_no_country():
+    rows = [
+        {"email": "a@x.org", "phone": "06 12 34 01 72", "country": "FR"},
+        {"email": "b@x.org", "phone": "(415) 555-0132", "country": ["FR"]},
+        {"email": "c@x.org", "phone": "(415) 555-0133", "country": 33},
+    ]
+    result = clean(rows, jsonl=True)
+    assert [c.payload["phone_number"] for c in result.customers] == [
+        "+33612340172",
+        "+14155550132",
+        "+14155550133",
+    ]
 
 
 def test_jsonl_dates_as_epoch_numbers_and_braze_times():

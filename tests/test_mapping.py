@@ -89,6 +89,11 @@ def test_mapping_explicit_phone_number_wins_over_header_matching():
     assert m.types == {"mobile": "phone", "tel": "phone"}
     m = resolve_mapping(["Mobile", "Tel"], drop=["Mobile"])
     assert m.targets == {"Tel": "phone_number"} and m.types == {}
+    # A mapping file's phone_number column that this input lacks chooses nothing.
+    specs = {"Handy": ColumnSpec(target="phone_number"), "Tel": ColumnSpec(type="string")}
+    m = resolve_mapping(["Mobile", "Tel"], specs=specs)
+    assert m.targets == {"Mobile": "phone_number", "Tel": "tel"}
+    assert m.types == {"tel": "string"}
 
 
 @pytest.mark.parametrize(

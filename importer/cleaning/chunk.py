@@ -1,14 +1,15 @@
 """Cleaning a chunk: apply the rules to its columns and decide each row's fate.
 
 Owns: trimming cells and telling empty ones, applying each field's rule once
-per distinct value of a column, the subscription groups built from two
-columns, ``--on-invalid`` and ``--empty-as-null``, and the rejects with their
-reasons. Every row leaves as a :class:`~importer.records.Customer` or a
+per distinct value of a column (a phone's once per distinct number and row
+country), the subscription groups built from two columns, ``--on-invalid``
+and ``--empty-as-null``, and the rejects with their reasons. Every row
+leaves as a :class:`~importer.records.Customer` or a
 :class:`~importer.records.Reject` (with ``drop-field``, a customer and a
 reject for each field left out).
 
 Must not: read files, send anything, merge repeated customers, or keep state
-between chunks other than the column types the caller passes in.
+between chunks other than the column types and date orders the caller passes in.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def clean_chunk(
     ``options`` supplies ``phone_region``, ``on_invalid``, ``empty_as_null``
     and ``date_order`` (defaults: ``US``, ``drop-field``, False, ``auto``).
     National phone numbers are read in the row's country when
-    ``mapping.phone_country`` names a column holding one. Source rejects in ``chunk`` come
-    first among the rejects.
+    ``mapping.phone_country`` names a column holding one. Source rejects in
+    ``chunk`` come first among the rejects.
 
     Raises :class:`InvalidRecord` at the chunk's first bad row when
     ``on_invalid`` is ``stop``, and :class:`UsageError` for an unknown phone
@@ -123,7 +124,8 @@ def clean_chunk(
             cleaned = _clean_phones(src, cells, regions)
         else:
             rule = FIELD_RULES.get(target) or TYPE_RULES.get(types.get(target, ""), keep_value)
-            order = date_orders.get(src, DateOrder(options.date_order, "option")).order
+            # A column without dates like 3/4/2021 in the first chunk: as --date-order says.
+            order = date_orders[src].order if src in date_orders else options.date_order
             if rule is clean_date and order == "day-first":
                 rule = partial(clean_date, day_first=True)
             cleaned = _clean_column(rule, src, cells)
@@ -177,7 +179,9 @@ def _phone_regions(frame: pd.DataFrame, column: str | None, default: str) -> np.
     """
     if column is None or column not in frame.columns:
         return np.full(len(frame), default, object)
-    codes, countries = pd.factorize(frame[column].to_numpy(dtype=object))
+    # JSON values that are not text (numbers, lists) name no country.
+    cells = [c if isinstance(c, str) else None for c in frame[column].to_numpy(dtype=object)]
+    codes, countries = pd.factorize(np.asarray(cells, dtype=object))
     regions = [country_code(c) if isinstance(c, str) and c.strip() else default for c in countries]
     # factorize codes a missing cell -1: the last item appended stands for it.
     return np.asarray([*regions, default], dtype=object)[codes]

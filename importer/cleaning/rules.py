@@ -249,7 +249,7 @@ def phone_region(region: str) -> str:
 _COUNTRY_ALIASES = {
     **dict.fromkeys(("uk", "u.k.", "england", "scotland", "wales", "great britain"), "GB"),
     **dict.fromkeys(("northern ireland", "britain"), "GB"),
-    **dict.fromkeys(("u.s.", "u.s.a.", "america", "united states of america"), "US"),
+    **dict.fromkeys(("u.s.", "u.s.a.", "america"), "US"),
     "russia": "RU",
 }
 
@@ -258,10 +258,14 @@ _COUNTRY_ALIASES = {
 def country_code(value: str) -> str:
     """The region a country cell names, for reading its row's phones.
 
-    ``value`` is an ISO 3166 code (``FR``, ``FRA``) or a country's name in
+    ``value`` is an ISO 3166 code (``FR``, ``FRA``), a country's name in
     English, any case or accents (``France``, ``Mexico``, ``México``), as
-    pycountry knows them. Returns :data:`UNKNOWN_REGION` for anything else.
+    pycountry knows them, or a calling code (``+33``, ``33``: its main
+    region). Returns :data:`UNKNOWN_REGION` for anything else.
     """
+    digits = value.strip().removeprefix("+")
+    if digits.isascii() and digits.isdigit():
+        return phonenumbers.region_code_for_country_code(int(digits))
     decomposed = unicodedata.normalize("NFKD", value.strip().lower())
     folded = "".join(c for c in decomposed if not unicodedata.combining(c))
     code = _COUNTRY_ALIASES.get(folded)
