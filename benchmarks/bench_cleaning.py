@@ -36,6 +36,7 @@ from importer.cleaning import clean_chunk, infer_column_types
 from importer.dedupe import merge_repeats
 from importer.mapping import resolve_mapping
 from importer.options import ImportOptions
+from importer.records import REJECTED
 from importer.source import Chunk, read_chunks
 
 
@@ -59,14 +60,14 @@ def measure(path: Path, chunk_rows: int, stream: bool = False) -> dict[str, Any]
         if types is None:
             types = infer_column_types(chunk, mapping)
         result = clean_chunk(chunk, mapping, options, types)
-        kept, n_merged = merge_repeats(result.customers)
+        kept, n_merged, _ = merge_repeats(result.customers)
         t1 = time.thread_time()
         clean_s += t1 - t0
         packed += sum(map(len, packer.add(kept)))
         pack_s += time.thread_time() - t1
         rows += chunk.rows_read
         customers += len(kept)
-        rejects += len(result.rejects)
+        rejects += sum(r.outcome == REJECTED for r in result.rejects)
         merged += n_merged
     packed += sum(map(len, packer.flush()))
     total_s = time.process_time() - t_total

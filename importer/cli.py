@@ -207,6 +207,10 @@ def _table_options(*sections: str, only: tuple[str, ...] = (), exists: bool = Fa
                 help=m.help,
             )
         )
+        if m.alias:
+            alias, value = m.alias
+            help = f"Short for {flag_name(f)} {value}."
+            options.append(click.option(alias, f.name, flag_value=value, help=help))
     return _options(*options)
 
 

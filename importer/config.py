@@ -126,6 +126,10 @@ def default_map(config: ConfigFile, params: Iterable[click.Parameter]) -> dict[s
         relative = isinstance(value, str) and not Path(value).expanduser().is_absolute()
         if isinstance(param.type, click.Path) and relative and value != "-":
             value = str(config.path.parent / value)
+        if isinstance(param, click.Option) and param.is_flag and not param.is_bool_flag:
+            if value is not True:
+                continue  # `strict = false`: the option keeps its own default
+            value = param.flag_value  # `strict = true` is short for `on-invalid = "skip-row"`
         result[str(param.name)] = value
     return result
 
@@ -198,10 +202,12 @@ def starter_config(source_name: str, mapping: ColumnMapping, fmt: str) -> str:
         "# One table per input column: target is the Blueshift field (standard fields:",
         "# email, customer_id, phone_number, firstname, lastname, gender, joined_at, ...;",
         "# any other name becomes a custom attribute). `drop = true` leaves a column out;",
-        '# `type = "date"` (or int, float, bool, string) declares how to read the values.',
+        '# `type = "date"` (or int, float, bool, string, phone) declares how to read the values.',
     ]
     for source, target in mapping.targets.items():
         lines += ["", f"[columns.{toml_string(source)}]", f"target = {toml_string(target)}"]
+        if target in mapping.types:
+            lines.append(f"type = {toml_string(mapping.types[target])}")
     for source in mapping.dropped:
         lines += ["", f"[columns.{toml_string(source)}]", "drop = true"]
     return "\n".join(lines) + "\n"

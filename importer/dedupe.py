@@ -2,9 +2,11 @@
 
 Owns: deciding which clean payloads belong to one customer (the same
 normalised email, else the same customer_id) and merging them, later
-non-empty values winning, so one profile is updated once, by one record. The
-window is the list it is given (the pipeline passes one chunk): repeats
-further apart are sent as separate updates, in file order.
+non-empty values winning, so one profile is updated once, by one record.
+Rows that share an email but carry different customer_ids are different
+customers: they are never merged, and each such row is reported as a
+conflict. The window is the list it is given (the pipeline passes one
+chunk): repeats further apart are sent as separate updates, in file order.
 
 Must not: validate or normalise values, or hold customers across calls.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .records import Customer, Payload
+from .records import CONFLICT, Customer, Payload, Reject
 
 
 def merge_payloads(earlier: Payload, later: Payload) -> Payload:
@@ -44,29 +46,36 @@ def _merge_groups(earlier: Any, later: list[Any]) -> list[Any]:
     return list(by_id.values())
 
 
-def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], int]:
-    """Merge customers that share a key; return the merged list and how many were merged away.
+def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], int, list[Reject]]:
+    """Merge customers that share a key; return the merged list, how many were merged away,
+    and the conflicts.
 
     The merged customer keeps the first row's place, record and line; the
-    records merged into it are listed in ``merged_records``. Customers are
-    otherwise returned in their original order. Without repeats, the very
-    sequence given is returned.
+    records merged into it are listed in ``merged_records``. A customer whose
+    email an earlier one has, but with another customer_id, keeps a place of
+    its own; both rows get a :data:`~importer.records.CONFLICT` line (the
+    earlier one once). Customers are otherwise returned in their original
+    order. Without repeats, the very sequence given is returned.
     """
     keys = [c.key for c in customers]
     if len(set(keys)) == len(keys):
-        return customers, 0
-    first_at: dict[str, int] = {}
-    out: list[Customer | None] = []
+        return customers, 0, []
+    places: dict[str, list[int]] = {}
+    out: list[Customer] = []
     merged = 0
+    conflicts: dict[int, Reject] = {}
     for customer, key in zip(customers, keys, strict=True):
-        at = first_at.get(key) if key is not None else None
+        taken = places.setdefault(key, []) if key is not None else []
+        at = next((i for i in taken if _same_customer(out[i], customer)), None)
         if at is None:
-            if key is not None:
-                first_at[key] = len(out)
+            if taken:
+                first = out[taken[0]]
+                conflicts.setdefault(first.record, _conflict(first, customer))
+                conflicts[customer.record] = _conflict(customer, first)
+            taken.append(len(out))
             out.append(customer)
             continue
         kept = out[at]
-        assert kept is not None
         out[at] = Customer(
             merge_payloads(kept.payload, customer.payload),
             kept.record,
@@ -74,4 +83,24 @@ def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], in
             (*kept.merged_records, customer.record, *customer.merged_records),
         )
         merged += 1
-    return [c for c in out if c is not None], merged
+    return out, merged, sorted(conflicts.values(), key=lambda r: r.record)
+
+
+def _same_customer(kept: Customer, later: Customer) -> bool:
+    """False when both carry a customer_id and the two differ."""
+    ids = kept.payload.get("customer_id"), later.payload.get("customer_id")
+    return None in ids or ids[0] == ids[1]
+
+
+def _conflict(customer: Customer, other: Customer) -> Reject:
+    """The rejects-file line saying ``customer`` was sent unmerged from ``other``."""
+    return Reject(
+        customer.record,
+        customer.line,
+        f"conflict: email shared with customer_id {other.payload['customer_id']} "
+        f"(record {other.record}); sent as separate customers, not merged",
+        column="customer_id",
+        value=customer.payload["customer_id"],
+        identifier=customer.identifier,
+        outcome=CONFLICT,
+    )

@@ -2,9 +2,10 @@
 
 Owns: header matching (case, spaces, punctuation, synonyms), explicit
 ``--map`` / ``--drop`` choices, the TOML mapping file (per-column target,
-type or drop), and the names of pass-through custom attributes. Pure
-functions over column names: no cell data; the only I/O is reading the
-mapping file.
+type or drop), which of several phone columns is ``phone_number``, the
+country column phones are read in, and the names of pass-through custom
+attributes. Pure functions over column names: no cell data; the only I/O is
+reading the mapping file.
 
 Must not: look at cell values or clean them (that is :mod:`importer.cleaning`).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MappingError
-from .fields import COLUMN_TYPES, STANDARD_FIELDS
+from .fields import COLUMN_TYPES, PHONE_COUNTRY_HEADERS, STANDARD_FIELDS
 
 _SYNONYMS = {syn: target for target, syns in STANDARD_FIELDS.items() for syn in syns}
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -44,13 +45,19 @@ class ColumnMapping:
 
     targets: dict[str, str]
     dropped: tuple[str, ...] = ()
-    #: Declared types by target field (``int``, ``float``, ``bool``, ``date``, ``string``),
-    #: from a mapping file; cleaning infers the others.
+    #: Declared types by target field (see :data:`COLUMN_TYPES`), from a mapping file
+    #: or ``phone`` for a phone column that is not ``phone_number``; cleaning infers
+    #: the others.
     types: dict[str, str] = field(default_factory=dict)
+    #: The column holding each row's country, in which national phone numbers are
+    #: read (sent or not, it is read all the same); None: ``--phone-region`` only.
+    phone_country: str | None = None
 
     def describe(self) -> list[tuple[str, str]]:
-        """``(source, target)`` pairs, then ``(source, "(dropped)")`` ones, for previews."""
-        return [*self.targets.items(), *((s, "(dropped)") for s in self.dropped)]
+        """``(source, target)`` pairs, then ``(source, "(dropped)")`` ones and the phone
+        country column, for previews."""
+        country = [(self.phone_country, "(country of phones)")] if self.phone_country else []
+        return [*self.targets.items(), *((s, "(dropped)") for s in self.dropped), *country]
 
 
 @dataclass(frozen=True)
@@ -132,9 +139,13 @@ def resolve_mapping(
     ``explicit`` (source → target, from ``--map``) wins over ``specs`` (from a
     mapping file, see :func:`load_mapping_file`), which win over automatic
     matching; ``drop`` columns are left out; unmapped columns become custom
-    attributes named in snake_case unless ``drop_unmapped``. A column that
-    ``specs`` names but the input lacks is ignored, so one mapping file can
-    serve files with optional columns. Raises :class:`MappingError` when two
+    attributes named in snake_case unless ``drop_unmapped``. Of several
+    columns whose headers mean a phone, the first in the order of
+    :data:`STANDARD_FIELDS` (mobile first) becomes ``phone_number`` unless
+    another column is mapped to it; the others stay custom attributes of type
+    ``phone`` (``other_phone_number`` for one headed ``Phone Number``). A
+    column that ``specs`` names but the input lacks is ignored, so one mapping
+    file can serve files with optional columns. Raises :class:`MappingError` when two
     columns would feed one field, or when a ``--map``/``--drop`` column is not
     in the input.
     """
@@ -152,6 +163,7 @@ def resolve_mapping(
     dropped: list[str] = []
     claimed: dict[str, str] = {}
     types: dict[str, str] = {}
+    phone = _preferred_phone(cols, explicit_map, drop_set, specs)
     for col in cols:
         spec = specs.get(col.strip())
         if col in drop_set or (spec is not None and spec.drop and col not in explicit_map):
@@ -165,6 +177,11 @@ def resolve_mapping(
             target = spec.target
         else:
             target = match_standard_field(col) or ""
+            if target == "phone_number" and col != phone:
+                target = header_key(col)
+                if target in STANDARD_FIELDS:  # `Phone Number` beside `Mobile`
+                    target = "other_" + target
+                types[target] = "phone"
             if not target:
                 if drop_unmapped and spec is None:
                     dropped.append(col)
@@ -179,7 +196,38 @@ def resolve_mapping(
         targets[col] = target
         if spec is not None and spec.type:
             types[target] = spec.type
-    return ColumnMapping(targets, tuple(dropped), types)
+    keys = {header_key(col): col for col in reversed(cols)}
+    country = next((keys[k] for k in PHONE_COUNTRY_HEADERS if k in keys), None)
+    return ColumnMapping(targets, tuple(dropped), types, country)
+
+
+def _preferred_phone(
+    cols: list[str], explicit: dict[str, str], drop: set[str], specs: Mapping[str, ColumnSpec]
+) -> str | None:
+    """The column that header matching makes ``phone_number``, of those whose header means
+    a phone; None when ``--map`` or the mapping file names its own."""
+    chosen = [target.strip() for target in explicit.values()]
+    candidates = []
+    for col in cols:
+        spec = specs.get(col.strip()) or ColumnSpec()
+        if spec.drop or col in drop or col in explicit:
+            continue
+        if spec.target:
+            chosen.append(spec.target)
+        elif match_standard_field(col) == "phone_number":
+            candidates.append(col)
+    if "phone_number" in chosen:
+        return None
+    order = STANDARD_FIELDS["phone_number"]
+    return min(candidates, key=lambda col: _rank(header_key(col), order), default=None)
+
+
+def _rank(key: str, order: tuple[str, ...]) -> int:
+    """Where a folded header stands in ``order`` (with or without its underscores)."""
+    for candidate in (key, key.replace("_", "")):
+        if candidate in order:
+            return order.index(candidate)
+    return len(order)
 
 
 def parse_map_option(values: Iterable[str]) -> tuple[tuple[str, str], ...]:

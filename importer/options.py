@@ -33,7 +33,8 @@ REGION_URLS = {
 FORMATS = ("csv", "jsonl")
 #: The URL schemes the redis client takes for ``--shared-limit``.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-ON_INVALID = ("skip-row", "drop-field", "stop")
+ON_INVALID = ("drop-field", "skip-row", "stop")
+DATE_ORDERS = ("auto", "month-first", "day-first")
 #: Sections of ``--help`` and of the README's options table, in order.
 SECTIONS = ("connection", "pace", "input", "cleaning", "state", "outputs")
 
@@ -47,7 +48,8 @@ class OptionSpec:
     of the options' ``repr`` (a key, a password); ``shapes`` marks options
     that decide what a row becomes (a resumed run must use the same ones);
     ``cli=False`` keeps an option to the library; ``cli_default`` is the
-    command line's default where it differs from the library's.
+    command line's default where it differs from the library's; ``alias`` is
+    ``(flag, value)``, a flag that is short for the option set to that value.
     """
 
     help: str
@@ -63,6 +65,7 @@ class OptionSpec:
     shapes: bool = False
     cli: bool = True
     cli_default: Any = None
+    alias: tuple[str, Any] | None = None
 
 
 def option(default: Any, help: str, **spec: Any) -> Any:
@@ -161,15 +164,21 @@ class ImportOptions:
     )
     drop_unmapped: bool = _cleaning(
         False,
-        "Drop columns that match no standard field instead of sending them as custom attributes.",
+        "Drop columns that match no Blueshift field (default: send as custom attributes).",
     )
     phone_region: str = _cleaning(
         "US", "Region for phone numbers written without a country code (e.g. US, GB).", metavar="CC"
     )
     on_invalid: str = _cleaning(
-        "skip-row",
-        "A bad value rejects its row, drops only that field, or stops the run.",
+        "drop-field",
+        "A bad value drops its field, rejects its row (--strict), or stops the run.",
         choices=ON_INVALID,
+        alias=("--strict", "skip-row"),
+    )
+    date_order: str = _cleaning(
+        "auto",
+        "Order of dates like 3/4/2021 (auto: per column, from the file).",
+        choices=DATE_ORDERS,
     )
     empty_as_null: bool = _cleaning(
         False, "Send empty cells as null (clearing the field) instead of leaving them out."
@@ -186,7 +195,7 @@ class ImportOptions:
     )
     resume: bool = _state(
         False,
-        "Continue the interrupted run of FILE: skip rows already confirmed, append to outputs.",
+        "Continue the interrupted run of FILE: skip rows already done, append to outputs.",
     )
     force: bool = _state(False, "With --resume: start over even if FILE or the options changed.")
     changed_only: bool = _state(
@@ -234,7 +243,7 @@ class ImportOptions:
             )
         if not self.rate > 0:
             raise UsageError(f"--rate must be above 0 requests per second, got {self.rate}")
-        for name in ("region", "format", "on_invalid"):
+        for name in ("region", "format", "on_invalid", "date_order"):
             choices = spec_of(_field(name)).choices or ()
             value = getattr(self, name)
             if value is not None and value not in choices:

@@ -24,7 +24,7 @@ from typing import IO, Any
 import orjson
 
 from .errors import UsageError
-from .records import Outcome, Reject
+from .records import CONFLICT, FIELD_DROPPED, Outcome, Reject
 
 REPORT_SCHEMA_VERSION = 1
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -111,7 +111,7 @@ class _RecordFile:
 class RejectsWriter(_RecordFile):
     """Appends rejects to a CSV or JSONL file (chosen by the file's extension)."""
 
-    COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "dropped_field")
+    COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "outcome")
 
     def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
         super().__init__(path, source, overwrite=overwrite, append=append)
@@ -137,7 +137,7 @@ class RejectsWriter(_RecordFile):
                         neutralise_formula(r.column or ""),
                         neutralise_formula("" if r.value is None else _as_text(r.value)),
                         r.reason,
-                        "yes" if r.dropped_field else "",
+                        r.outcome,
                     ]
                     for r in rejects
                 ]
@@ -203,6 +203,11 @@ class ImportReport:
     splits: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    #: Fields dropped from rows still sent: column → reason → count.
+    dropped_field_reasons: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Rows sent unmerged although another row of the chunk has their email and
+    #: another customer_id (both rows are counted).
+    identifier_conflicts: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     rate_limit: float = 0.0
     achieved_rate: float = 0.0
@@ -229,6 +234,9 @@ class ImportReport:
     stopped: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)
+    #: Day and month order of each date column holding dates like 3/4/2021:
+    #: column → ``{"order": ..., "decided_by": "file" | "default" | "option"}``.
+    date_orders: dict[str, dict[str, str]] = field(default_factory=dict)
     preview: list[dict[str, Any]] = field(default_factory=list)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
@@ -270,11 +278,16 @@ class ImportReport:
         return f"rows read {self.rows_read} = {' + '.join(parts)} ({verdict})"
 
     def count_rejects(self, rejects: list[Reject]) -> None:
-        dropped = sum(1 for r in rejects if r.dropped_field)
-        self.dropped_fields += dropped
-        self.rejected += len(rejects) - dropped
+        """Count the lines of the rejects file: rejected rows, dropped fields, conflicts."""
         for r in rejects:
-            _tally(self.reject_reasons, r.reason)
+            if r.outcome == FIELD_DROPPED:
+                self.dropped_fields += 1
+                _tally(self.dropped_field_reasons.setdefault(r.column or "", {}), r.reason)
+            elif r.outcome == CONFLICT:
+                self.identifier_conflicts += 1
+            else:
+                self.rejected += 1
+                _tally(self.reject_reasons, r.reason)
 
     def count_outcomes(self, outcomes: list[Outcome]) -> None:
         for o in outcomes:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .batching import BatchPacker
-from .cleaning import clean_chunk, infer_column_types
+from .cleaning import DateOrder, clean_chunk, decide_date_orders, infer_column_types
 from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
@@ -173,8 +173,10 @@ def _produce(
     reader, writer = run.reader, run.writer
     packer = BatchPacker(o.batch_size, o.max_batch_bytes)
     mappings: dict[tuple[str, ...], ColumnMapping] = {}
-    # One type per CSV column for the whole file, inferred from its first chunk.
+    # One type per CSV column and one order per date column for the whole file,
+    # decided from its first chunk.
     column_types: dict[tuple[str, ...], dict[str, str]] = {}
+    date_orders: dict[tuple[str, ...], dict[str, DateOrder]] = {}
     report.bytes_total = source.info.size
     hasher: InputHasher | None = None
     if writer is not None and source.info.name != "-":
@@ -193,18 +195,17 @@ def _produce(
                 report.not_sent += sum(len(b) for b in pending[i:])
                 return
 
-    def handle(chunk: Chunk, mapping: ColumnMapping, types: dict[str, str] | None) -> bool:
+    def handle(chunk: Chunk, key: tuple[str, ...]) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
-        result = clean_chunk(chunk, mapping, o, types)
-        report.count_rejects(result.rejects)
+        result = clean_chunk(chunk, mappings[key], o, column_types[key], date_orders[key])
+        customers, merged, conflicts = merge_repeats(result.customers)
+        report.merged_duplicates += merged
+        rejects = [*result.rejects, *conflicts]
+        report.count_rejects(rejects)
         if run.rejects is not None:
-            run.rejects.write(
-                result.rejects if reader is None else reader.new_rejects(result.rejects)
-            )
+            run.rejects.write(rejects if reader is None else reader.new_rejects(rejects))
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
-        customers, merged = merge_repeats(result.customers)
-        report.merged_duplicates += merged
         if reader is not None:
             customers, done = reader.skip_done(customers)
             report.already_done += done
@@ -242,9 +243,15 @@ def _produce(
                 if not report.mapping:
                     report.mapping = mappings[key].describe()
             if key not in column_types and chunk.num_rows:
-                column_types[key] = (
-                    infer_column_types(chunk, mappings[key]) if source.info.format == "csv" else {}
+                types = (
+                    infer_column_types(chunk, mappings[key], o.date_order)
+                    if source.info.format == "csv"
+                    else {}
                 )
+                column_types[key] = types
+                date_orders[key] = decide_date_orders(chunk, mappings[key], types, o.date_order)
+                if not report.date_orders:
+                    report.date_orders = {c: d._asdict() for c, d in date_orders[key].items()}
             pieces = [chunk]
             if number == 0 and chunk.num_rows > FIRST_PIECE_ROWS:
                 # Types come from the whole first chunk, but only a small piece of it is
@@ -252,7 +259,7 @@ def _produce(
                 # for a full chunk to be cleaned.
                 pieces = list(chunk.split(FIRST_PIECE_ROWS))
             for i, piece in enumerate(pieces):
-                if not handle(piece, mappings[key], column_types.get(key)):
+                if not handle(piece, key):
                     # Rows read but never cleaned (the rest of a split chunk) were not sent either.
                     report.not_sent += sum(p.rows_read for p in pieces[i + 1 :])
                     return

@@ -263,6 +263,11 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
         lines.append(f"  {'merged repeats' if label == 'merged' else label:<16} {n}")
     if report.dropped_fields:
         lines.append(f"  fields dropped   {report.dropped_fields} (invalid values left out)")
+    if report.identifier_conflicts:
+        lines.append(
+            f"  id conflicts     {report.identifier_conflicts} "
+            "(rows sharing an email with another customer_id: sent unmerged)"
+        )
     lines.append(
         f"  requests         {report.requests} (retries {report.retries}, "
         f"splits {report.splits}, achieved {report.achieved_rate:g}/s of {report.rate_limit:g}/s)"
@@ -283,6 +288,7 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
         )
     for reason, n in _top(report.reject_reasons):
         lines.append(f"  rejected: {n} × {reason}")
+    lines += _dropped_lines(report, TOP_REASONS)
     for reason, n in _top(report.dead_letter_reasons):
         lines.append(f"  dead-lettered: {n} × {reason}")
     lines.append(f"  accounting: {report.accounting_line()}")
@@ -336,19 +342,43 @@ def validation_lines(report: ImportReport) -> list[str]:
     lines = [f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s", "mapping:"]
     width = max((len(source) for source, _ in report.mapping), default=0)
     for source, target in report.mapping:
-        lines.append(f"  {source:<{width}}  {target if target == '(dropped)' else '-> ' + target}")
+        lines.append(f"  {source:<{width}}  {target if target[0] == '(' else '-> ' + target}")
     lines.append(
         f"rows read {report.rows_read}: valid {report.not_sent}, rejected {report.rejected}, "
         f"merged {report.merged_duplicates}"
     )
     if report.dropped_fields:
         lines.append(f"  fields dropped   {report.dropped_fields}")
+    if report.identifier_conflicts:
+        lines.append(f"  id conflicts     {report.identifier_conflicts} (sent unmerged)")
     for reason, n in _top(report.reject_reasons, n=None):
         lines.append(f"  rejected: {n} × {reason}")
+    lines += _dropped_lines(report, None)
     lines.append(f"would send {report.not_sent} customers in {report.requests} requests")
     lines.append(f"accounting: {report.accounting_line()}")
     lines += [f"{kind.replace('_', '-')}: {path}" for kind, path in report.files.items()]
     return lines + _preview_lines(report)
+
+
+def _dropped_lines(report: ImportReport, n: int | None) -> list[str]:
+    """The fields dropped, per column and reason, and how each date column was read."""
+    counts = {
+        f"{column}: {reason}": count
+        for column, reasons in report.dropped_field_reasons.items()
+        for reason, count in reasons.items()
+    }
+    lines = [f"  dropped: {count} × {what}" for what, count in _top(counts, n)]
+    for column, how in report.date_orders.items():
+        why = _DECIDED_BY[how["decided_by"]]
+        lines.append(f"  dates in {column!r} read {how['order']} ({why})")
+    return lines
+
+
+_DECIDED_BY = {
+    "file": "shown by the file's own dates",
+    "default": "the default: no date in the first chunk shows the order",
+    "option": "--date-order",
+}
 
 
 def _preview_lines(report: ImportReport) -> list[str]:

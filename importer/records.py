@@ -13,15 +13,21 @@ import orjson
 Payload = dict[str, Any]
 
 
+#: What became of a row the rejects file lists: not sent; sent without the named
+#: field; sent as its own customer although its email is another customer_id's.
+REJECTED, FIELD_DROPPED, CONFLICT = "rejected", "field dropped", "conflict"
+
+
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """A row (or one field of it) that validation refused.
+    """A line of the rejects file: a row refused, or a row sent with a remark.
 
     ``record`` is the 1-based record number in the input, header excluded
     (for JSONL, the line number); ``line`` the physical line it starts on.
     ``column`` and ``value`` name the offending cell when there is one.
-    ``dropped_field`` is true when only that field was dropped and the row
-    was still sent (``--on-invalid drop-field``).
+    ``outcome`` is :data:`REJECTED` (the row was not sent),
+    :data:`FIELD_DROPPED` (sent without that field) or :data:`CONFLICT`
+    (sent unmerged: another row has its email and another customer_id).
     """
 
     record: int
@@ -30,7 +36,7 @@ class Reject:
     column: str | None = None
     value: Any = None
     identifier: str | None = None
-    dropped_field: bool = False
+    outcome: str = REJECTED
 
 
 @dataclass(frozen=True, slots=True, repr=False)

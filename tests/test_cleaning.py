@@ -14,11 +14,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importer import import_file
-from importer.cleaning import InvalidRecord, clean_chunk, infer_column_types
+from importer.cleaning import (
+    DateOrder,
+    InvalidRecord,
+    clean_chunk,
+    decide_date_orders,
+    infer_column_types,
+    rules,
+)
 from importer.dedupe import merge_repeats
 from importer.errors import UsageError
 from importer.mapping import ColumnMapping, resolve_mapping
 from importer.options import ImportOptions
+from importer.records import FIELD_DROPPED, REJECTED
 from importer.source import Chunk, Source
 
 from .conftest import fast_options, write_csv
@@ -60,13 +68,21 @@ def clean(rows: list[dict[str, Any]], jsonl: bool = False, types: bool = True, *
 
 
 def one(column: str, value: Any, **options: Any) -> tuple[Any, str | None]:
-    """Clean one cell beside a valid customer_id: (payload value, reject reason), one is None."""
+    """Clean one cell beside a valid customer_id: (payload value, reject reason), one is None.
+
+    By default a bad value drops its field only: the customer is still sent without it.
+    """
     result = clean([{"customer_id": "c1", column: value}], **options)
-    if result.rejects:
-        assert not result.customers
-        return None, result.rejects[0].reason
-    (customer,) = result.customers
     target = resolve_mapping([column]).targets[column]
+    if result.rejects:
+        (reject,) = result.rejects
+        if reject.outcome == FIELD_DROPPED:
+            (customer,) = result.customers
+            assert target not in customer.payload and customer.payload["customer_id"] == "c1"
+        else:
+            assert not result.customers
+        return None, reject.reason
+    (customer,) = result.customers
     return customer.payload.get(target), None
 
 
@@ -186,6 +202,117 @@ def test_phone_region_unknown_is_usage_error():
         one("phone_number", "2025550123", phone_region="XX")
 
 
+@pytest.mark.parametrize(
+    ("raw", "region", "expected"),
+    [
+        ("06 12 34 01 72", "FR", "+33612340172"),
+        ("222 123 2885", "MX", "+522221232885"),
+        ("001-380-728-9758", "US", "+13807289758"),
+        ("001-380-728-9758x1234", "US", "+13807289758"),
+        ("0044 20 7946 0958", "US", "+442079460958"),
+        ("011 44 20 7946 0958", "US", "+442079460958"),
+        ("241.813.7449x12", "US", "+12418137449"),
+        ("(415) 555-0132 ext. 123", "US", "+14155550132"),
+        ("'+16135550135", "CA", "+16135550135"),
+        ("+33 6 12 34 01 72", "US", "+33612340172"),  # its own country code wins
+        ("+33 6 12 34 01 72", "ZZ", "+33612340172"),
+    ],
+)
+def test_phone_international_prefixes_extensions_and_regions(raw, region, expected):
+    assert rules.clean_phone(raw, region) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "reason"),
+    [
+        ("06 12 34", "FR", "too short for its country (read as a number of FR)"),
+        ("222 123 2885 12", "MX", "(read as a number of MX)"),
+        ("06 12 34 01 72", "ZZ", "no country code, and the row's country is unknown"),
+        ("+1 202", "FR", "too short for its country"),
+    ],
+)
+def test_phone_not_possible_names_the_country_assumed(raw, region, reason):
+    value, why = rules.clean_phone(raw, region)
+    assert value is None and why.startswith("invalid phone number: ") and why.endswith(reason)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.from_regex(r"0?[1-9][0-9 .-]{5,13}", fullmatch=True),
+    st.sampled_from(["US", "FR", "MX", "GB", "DE", "IN", "BR"]),
+)
+def test_property_a_national_number_is_never_sent_as_another_countrys(raw, region):
+    idd = rules.phonenumbers.PhoneMetadata.metadata_for_region(region).international_prefix
+    if re.match(idd, re.sub(r"\D", "", raw)):
+        return  # dialled abroad from the region (011 from the US, 09 from Mexico)
+    value, _ = rules.clean_phone(raw, region)
+    code = rules.phonenumbers.country_code_for_region(region)
+    assert value is None or value.startswith(f"+{code}")
+
+
+@pytest.mark.parametrize(
+    ("cell", "code"),
+    [
+        ("FR", "FR"),
+        ("fr", "FR"),
+        ("FRA", "FR"),
+        ("France", "FR"),
+        ("México", "MX"),
+        ("Mexico", "MX"),
+        ("United States", "US"),
+        ("USA", "US"),
+        ("UK", "GB"),
+        ("United Kingdom", "GB"),
+        ("Germany", "DE"),
+        ("+33", "FR"),
+        ("1", "US"),
+        ("999", "ZZ"),
+        ("Narnia", "ZZ"),
+        ("Antarctica", "ZZ"),  # a country phonenumbers has no numbers for
+    ],
+)
+def test_country_cells_read_as_regions(cell, code):
+    assert rules.country_code(cell) == code
+
+
+def test_phone_read_in_each_rows_country_once_per_distinct_pair(monkeypatch):
+    rules._phone_by_library.cache_clear()
+    calls: list[tuple[str, str]] = []
+    real = rules.phonenumbers.parse
+
+    def counting(value, region, **kwargs):
+        calls.append((value, region))
+        return real(value, region, **kwargs)
+
+    monkeypatch.setattr(rules.phonenumbers, "parse", counting)
+    rows = [
+        {"customer_id": f"{country}-{i}", "phone": phone, "Country": country}
+        for i in range(50)
+        for phone, country in (
+            ("06 12 34 01 72", "France"),
+            ("06 12 34 01 72", "FR"),
+            ("222 123 2885", "Mexico"),
+            ("222 123 2885", ""),  # no country: --phone-region
+        )
+    ]
+    result = clean(rows, phone_region="US")
+    phones = {
+        c.payload["customer_id"].split("-")[0]: c.payload["phone_number"] for c in result.customers
+    }
+    assert phones == {
+        "France": "+33612340172",
+        "FR": "+33612340172",
+        "Mexico": "+522221232885",
+        "": "+12221232885",
+    }
+    assert all(c.payload["country"] in ("France", "FR", "Mexico") for c in result.customers[:3])
+    assert sorted(calls) == [
+        ("06 12 34 01 72", "FR"),
+        ("222 123 2885", "MX"),
+        ("222 123 2885", "US"),
+    ]
+
+
 def test_phone_each_distinct_value_parsed_once(monkeypatch):
     from importer.cleaning import rules
 
@@ -193,9 +320,9 @@ def test_phone_each_distinct_value_parsed_once(monkeypatch):
     calls: list[str] = []
     real = rules.phonenumbers.parse
 
-    def counting(value, region):
+    def counting(value, region, **kwargs):
         calls.append(value)
-        return real(value, region)
+        return real(value, region, **kwargs)
 
     monkeypatch.setattr(rules.phonenumbers, "parse", counting)
     rows = [{"customer_id": str(i), "phone": "+49 30 1234567"} for i in range(500)]
@@ -269,7 +396,67 @@ def test_dates_to_iso_8601(raw, expected):
     assert one("unsubscribed_at", raw) == (expected, None)
 
 
-@pytest.mark.parametrize("raw", ["2021-02-29", "03/04/2020", "yesterday", "2020-13-01", "nan"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2021-09-19 20:55:24.757 UTC", "2021-09-19T20:55:24.757000Z"),  # Braze
+        ("2021-09-19T20:55:24.757123456Z", "2021-09-19T20:55:24.757123Z"),
+        ("2021-03-04T10:22:33.000+0000", "2021-03-04T10:22:33Z"),  # Salesforce
+        ("2021-04-06 12:34:56 -0400", "2021-04-06T16:34:56Z"),  # Shopify
+        ("2021-03-04 10:22:33 +00:00", "2021-03-04T10:22:33Z"),
+        ("20210919T205524Z", "2021-09-19T20:55:24Z"),
+        ("Mon, 15 Jan 2016 10:22:00 +0000", "2016-01-15T10:22:00Z"),  # RFC 2822
+        ("Fri, 15 Jan 2016 10:22:00 GMT", "2016-01-15T10:22:00Z"),
+        ("Jan 15, 2016", "2016-01-15"),
+        ("January 15, 2016", "2016-01-15"),
+        ("15 Jan 2016", "2016-01-15"),
+        ("24 Nov 2022", "2022-11-24"),
+        ("15-Jan-2016", "2016-01-15"),
+        ("20240122", "2024-01-22"),
+        ("13.11.2021", "2021-11-13"),
+        ("01.02.2021", "2021-02-01"),  # dotted dates are day first
+        ("11/13/2021", "2021-11-13"),
+        ("3/14/2021 10:22", "2021-03-14T10:22:00"),  # a US Excel re-save
+        ("3/14/2021 10:22 PM", "2021-03-14T22:22:00"),
+        ("3/14/21", "2021-03-14"),
+        ("03/04/2020", "2020-03-04"),  # month first by default
+        ("1453939200", "2016-01-28T00:00:00Z"),  # Unix seconds
+        ("1453939200123", "2016-01-28T00:00:00.123000Z"),  # and milliseconds
+    ],
+)
+def test_dates_in_common_formats(raw, expected):
+    assert one("joined_at", raw) == (expected, None)
+
+
+def test_dates_day_first_and_json_epochs():
+    assert rules.clean_date("03/04/2020", day_first=True) == ("2020-04-03", None)
+    assert rules.clean_date("2020/04/03", day_first=True) == ("2020-04-03", None)
+    assert rules.clean_date("3/14/2021", day_first=True) == (
+        None,
+        "invalid date: no month 14 (dates here are day first)",
+    )
+    assert rules.clean_date(1453939200) == ("2016-01-28T00:00:00Z", None)
+    assert rules.clean_date(1453939200123) == ("2016-01-28T00:00:00.123000Z", None)
+    assert rules.clean_date(True)[1] == "invalid date: expected text or a number"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2021-02-29",
+        "yesterday",
+        "2020-13-01",
+        "nan",
+        "0000-00-00",
+        "March 2020",
+        "Tuesday",
+        "10:22",
+        "2016",
+        "1.5.3",
+        "2021-09-19 20:55:24 EST",  # a zone name that means different things in places
+        "12345",
+    ],
+)
 def test_dates_rejected(raw):
     value, why = one("joined_at", raw)
     assert value is None and why.startswith("invalid date: ")
@@ -423,7 +610,10 @@ def test_later_value_not_fitting_the_column_type_is_invalid():
     types = infer_column_types(first, mapping)
     later = csv_chunk([{"customer_id": "b", "points": "lots"}, {"customer_id": "c", "points": "7"}])
     result = clean_chunk(later, mapping, None, types)
-    assert [c.payload for c in result.customers] == [{"customer_id": "c", "points": 7}]
+    assert [c.payload for c in result.customers] == [
+        {"customer_id": "b"},
+        {"customer_id": "c", "points": 7},
+    ]
     assert result.rejects[0].reason.startswith("invalid integer: ")
     assert result.rejects[0].value == "lots"
 
@@ -474,7 +664,7 @@ def test_subscription_groups_from_flat_pair():
         {"customer_id": "c", "subscription_group_id": "news", "subscription_group_subscribed": ""},
         {"customer_id": "d", "subscription_group_id": "news", "subscription_group_subscribed": "?"},
     ]
-    result = clean(rows)
+    result = clean(rows, on_invalid="skip-row")
     assert [c.payload for c in result.customers] == [
         {"customer_id": "a", "subscription_groups": [{"id": "news", "subscribed": True}]},
         {"customer_id": "b"},
@@ -496,28 +686,28 @@ BAD_ROWS = [
 
 
 def test_on_invalid_skip_row_rejects_whole_rows_once():
-    result = clean(BAD_ROWS)
+    result = clean(BAD_ROWS, on_invalid="skip-row")
     assert [c.payload for c in result.customers] == [{"customer_id": "d", "email": "d@example.com"}]
-    got = [
-        (r.record, r.line, r.column, r.value, r.identifier, r.dropped_field) for r in result.rejects
-    ]
+    got = [(r.record, r.line, r.column, r.value, r.identifier, r.outcome) for r in result.rejects]
     assert got == [
-        (1, 2, "phone", "+0123", "a@example.com", False),
-        (2, 3, "email", "not-an-email", None, False),
-        (3, 4, "gender", "?", "c", False),
+        (1, 2, "phone", "+0123", "a@example.com", REJECTED),
+        (2, 3, "email", "not-an-email", None, REJECTED),
+        (3, 4, "gender", "?", "c", REJECTED),
     ]
 
 
-def test_on_invalid_drop_field_keeps_customers():
-    result = clean(BAD_ROWS, on_invalid="drop-field")
+def test_on_invalid_drop_field_is_the_default_and_keeps_customers():
+    result = clean(BAD_ROWS)
+    assert result == clean(BAD_ROWS, on_invalid="drop-field")
     assert [c.payload for c in result.customers] == [
         {"customer_id": "a", "email": "a@example.com", "gender": "male"},
         {"customer_id": "c", "phone_number": "+12025550123"},
         {"customer_id": "d", "email": "d@example.com"},
     ]
-    got = [(r.record, r.column, r.dropped_field) for r in result.rejects]
+    got = [(r.record, r.column, r.outcome) for r in result.rejects]
     # Without a valid identifier the row cannot be kept: it is rejected whole.
-    assert got == [(2, "email", False), (1, "phone", True), (3, "gender", True)]
+    dropped = FIELD_DROPPED
+    assert got == [(2, "email", REJECTED), (1, "phone", dropped), (3, "gender", dropped)]
 
 
 def test_on_invalid_stop_names_the_first_bad_record():
@@ -577,10 +767,10 @@ def _assert_clean(payload: dict[str, Any]) -> None:
 )
 def test_property_every_row_ends_in_exactly_one_place(rows, on_invalid):
     result = clean(rows, on_invalid=on_invalid)
-    customers, merged = merge_repeats(result.customers)
+    customers, merged, _ = merge_repeats(result.customers)
     sent = [c.record for c in customers]
     merged_away = [r for c in customers for r in c.merged_records]
-    rejected = [r.record for r in result.rejects if not r.dropped_field]
+    rejected = [r.record for r in result.rejects if r.outcome == REJECTED]
     assert len(merged_away) == merged
     assert sorted(sent + merged_away + rejected) == list(range(1, len(rows) + 1))
     for c in customers:
@@ -637,8 +827,10 @@ def test_drop_field_counted_apart_and_stop_exits_2(cli, fake_api, tmp_path):
         tmp_path / "c.csv",
         [{"email": "a@example.com", "phone": "+0123"}, {"email": "b@example.com", "phone": ""}],
     )
-    report = import_file(path, fast_options(fake_api, on_invalid="drop-field"))
+    report = import_file(path, fast_options(fake_api))
     assert (report.succeeded, report.rejected, report.dropped_fields) == (2, 0, 1)
+    assert report.dropped_field_reasons == {"phone": {"invalid phone number": 1}}
+    assert report.reject_reasons == {}
     assert {c["email"] for c in fake_api.state.applied} == {"a@example.com", "b@example.com"}
     assert all("phone_number" not in c for c in fake_api.state.applied)
     result = cli(
@@ -666,3 +858,78 @@ def test_drop_field_counted_apart_and_stop_exits_2(cli, fake_api, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert {"email": "b@example.com", "phone_number": None} in fake_api.state.applied
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("'6812909554841", "6812909554841"),
+        ('="00123"', "00123"),
+        ("'00123", "00123"),
+        ("00123", "00123"),
+        ("A'B", "A'B"),
+        ('="a"b"', 'a"b'),
+    ],
+)
+def test_customer_id_loses_its_spreadsheet_guard_only(raw, expected):
+    assert one("customer_id", raw) == (expected, None)
+
+
+def test_email_loses_the_formula_guard_but_keeps_an_apostrophe():
+    assert one("email", '="Ann@Example.com"') == ("ann@example.com", None)
+    assert one("email", "'ann@example.com") == ("'ann@example.com", None)
+
+
+def test_date_order_decided_per_column_from_the_first_chunk():
+    rows = [
+        {"email": "a@x.org", "joined_at": "03/04/2020", "Seen": "13/04/2020", "Paid": "04/13/2020"},
+        {"email": "b@x.org", "joined_at": "2020-01-02", "Seen": "01/02/2020", "Paid": "01/02/2020"},
+    ]
+    chunk = csv_chunk(rows)
+    mapping = resolve_mapping(chunk.frame.columns)
+    types = infer_column_types(chunk, mapping)
+    assert types == {"seen": "date", "paid": "date"}
+    orders = decide_date_orders(chunk, mapping, types)
+    assert orders == {
+        "joined_at": DateOrder("month-first", "default"),
+        "Seen": DateOrder("day-first", "file"),
+        "Paid": DateOrder("month-first", "file"),
+    }
+    result = clean_chunk(chunk, mapping, None, types, orders)
+    assert [c.payload for c in result.customers] == [
+        {"email": "a@x.org", "joined_at": "2020-03-04", "seen": "2020-04-13", "paid": "2020-04-13"},
+        {"email": "b@x.org", "joined_at": "2020-01-02", "seen": "2020-02-01", "paid": "2020-01-02"},
+    ]
+    forced = decide_date_orders(chunk, mapping, types, "day-first")
+    assert set(forced.values()) == {DateOrder("day-first", "option")}
+
+
+def test_jsonl_country_that_is_not_text_is_no_country():
+    rows = [
+        {"email": "a@x.org", "phone": "06 12 34 01 72", "country": "FR"},
+        {"email": "b@x.org", "phone": "(415) 555-0132", "country": ["FR"]},
+        {"email": "c@x.org", "phone": "(415) 555-0133", "country": 33},
+    ]
+    result = clean(rows, jsonl=True)
+    assert [c.payload["phone_number"] for c in result.customers] == [
+        "+33612340172",
+        "+14155550132",
+        "+14155550133",
+    ]
+
+
+def test_jsonl_dates_as_epoch_numbers_and_braze_times():
+    result = clean(
+        [
+            {"external_id": "u1", "created_at": "2021-09-19 20:55:24.757 UTC"},
+            {"external_id": "u2", "created_at": 1632084924},
+            {"external_id": "u3", "created_at": 1632084924757},
+        ],
+        jsonl=True,
+    )
+    assert [c.payload["joined_at"] for c in result.customers] == [
+        "2021-09-19T20:55:24.757000Z",
+        "2021-09-19T20:55:24Z",
+        "2021-09-19T20:55:24.757000Z",
+    ]
+    assert not result.rejects

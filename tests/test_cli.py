@@ -24,17 +24,17 @@ def _sample_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _sample_identifiers(path: Path) -> tuple[set[str], list[int], list[int]]:
-    """Customer ids of valid sample rows, and record numbers of rows without an
-    identifier and of rows whose email has no @-sign."""
+    """Customer ids of sample rows with an identifier, and record numbers of rows
+    without one and of rows whose email has no @-sign (they all have a customer id)."""
     ids, missing, bad_email = set(), [], []
     for n, row in enumerate(_sample_rows(path), start=1):
         email = row.get("Email Address", "").strip()
         if not row.get("Customer ID", "").strip() and not email:
             missing.append(n)
-        elif email and "@" not in email:
+            continue
+        if email and "@" not in email:
             bad_email.append(n)
-        else:
-            ids.add(row["Customer ID"])
+        ids.add(row["Customer ID"])
     return ids, missing, bad_email
 
 
@@ -69,7 +69,7 @@ def test_cli_imports_sample_files_each_valid_customer_once(cli, fake_api, tmp_pa
         assert bad_email, "the sample should contain malformed emails"
         received = [c["customer_id"] for c in fake_api.state.applied]
         assert len(received) == len(set(received)), "a customer arrived twice"
-        # National-format phones are normalised, so every valid customer arrives.
+        # Phones are normalised and a bad email is dropped: every identified customer arrives.
         assert set(received) == ids
         assert all(
             re.fullmatch(r"\+[1-9]\d{4,12}", c.get("phone_number", "+10000"))
@@ -77,18 +77,20 @@ def test_cli_imports_sample_files_each_valid_customer_once(cli, fake_api, tmp_pa
         )
         assert (out / "dead.jsonl").read_bytes() == b""
         with (out / "rejects.csv").open(newline="") as f:
-            rejected = {int(r["record"]): r["reason"] for r in csv.DictReader(f)}
-        assert sorted(rejected) == sorted(missing + bad_email)
-        assert all(rejected[n].startswith("missing identifier") for n in missing)
-        assert all(rejected[n].startswith("invalid email") for n in bad_email)
+            lines = {int(r["record"]): (r["outcome"], r["reason"]) for r in csv.DictReader(f)}
+        assert sorted(lines) == sorted(missing + bad_email)
+        missing_line = ("rejected", "missing identifier: no email or customer_id")
+        assert all(lines[n] == missing_line for n in missing)
+        assert all(lines[n][0] == "field dropped" for n in bad_email)
+        assert all(lines[n][1].startswith("invalid email") for n in bad_email)
         report = json.loads((out / "report.json").read_text())
-        assert report["rows_read"] == len(ids) + len(missing) + len(bad_email)
+        assert report["rows_read"] == len(ids) + len(missing)
         assert report["succeeded"] == len(received)
-        assert report["rejected"] == len(missing) + len(bad_email)
-        assert report["reject_reasons"] == {
-            "missing identifier": len(missing),
-            "invalid email": len(bad_email),
-        }
+        assert report["rejected"] == len(missing)
+        assert report["reject_reasons"] == {"missing identifier": len(missing)}
+        assert report["dropped_fields"] == len(bad_email)
+        dropped = {"Email Address": {"invalid email": len(bad_email)}}
+        assert report["dropped_field_reasons"] == dropped
         assert report["dead_lettered"] == 0
         assert report["accounting"]["balanced"] is True
         assert "accounting" in result.stdout
@@ -206,3 +208,27 @@ def test_validate_gives_the_verdict_of_run_dry_run_with_every_cleaning_option(cl
     assert [line for line in dry.stdout.splitlines() if line.startswith("  {")] == [
         line for line in checked.stdout.splitlines() if line.startswith("  {")
     ]
+
+
+def test_cli_forgiving_by_default_strict_rejects_the_row(cli, tmp_path):
+    data = tmp_path / "people.csv"
+    data.write_text("Email,Phone\na@example.com,not a phone\nb@example.com,\n", encoding="utf-8")
+    strict_config = tmp_path / "strict.toml"
+    strict_config.write_text("strict = true\n")
+    verdicts = {}
+    for name, extra in {
+        "default": [],
+        "strict": ["--strict"],
+        "config": ["--config", str(strict_config)],
+        "flag wins": ["--config", str(strict_config), "--on-invalid", "drop-field"],
+    }.items():
+        report_path = tmp_path / f"{len(verdicts)}.json"
+        result = cli("validate", str(data), *extra, "--report", str(report_path))
+        report = json.loads(report_path.read_text())
+        verdicts[name] = (result.exit_code, report["rejected"], report["dropped_fields"])
+    assert verdicts == {
+        "default": (0, 0, 1),
+        "strict": (1, 1, 0),
+        "config": (1, 1, 0),
+        "flag wins": (0, 0, 1),
+    }

@@ -19,7 +19,7 @@ from importer.config import (
     toml_string,
 )
 from importer.errors import InputUnreadable, UsageError
-from importer.mapping import resolve_mapping
+from importer.mapping import parse_column_specs, resolve_mapping
 
 from .conftest import API_KEY, write_csv
 
@@ -176,3 +176,16 @@ def test_init_config_missing_file_is_exit_2(cli, tmp_path):
     result = cli("init-config", str(tmp_path / "nope.csv"))
     assert result.exit_code == 2
     assert "no such file" in result.stderr
+
+
+def test_init_config_keeps_the_other_phone_columns_phones(tmp_path):
+    path = write_csv(
+        tmp_path / "contacts.csv",
+        [{"Email": "a@x.org", "Phone": "(415) 555-0132", "MobilePhone": "", "MailingCountry": ""}],
+    )
+    columns = tomllib.loads(detect_starter_config(path))["columns"]
+    assert columns["MobilePhone"] == {"target": "phone_number"}
+    assert columns["Phone"] == {"target": "phone", "type": "phone"}
+    specs = parse_column_specs(columns)
+    header = ["Email", "Phone", "MobilePhone", "MailingCountry"]
+    assert resolve_mapping(header, specs=specs) == resolve_mapping(header)

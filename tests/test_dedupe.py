@@ -62,7 +62,7 @@ def test_merge_repeats_keeps_first_place_and_lists_merged_records():
         _c(5, customer_id="7", city="Bergen"),
         _c(6, email="a@x.com", firstname="Anne"),
     ]
-    out, merged = merge_repeats(customers)
+    out, merged, _ = merge_repeats(customers)
     assert merged == 3
     assert [(c.record, c.line, c.merged_records) for c in out] == [
         (1, 2, (3, 6)),
@@ -75,7 +75,7 @@ def test_merge_repeats_keeps_first_place_and_lists_merged_records():
 
 def test_merge_repeats_without_repeats_returns_the_same_list():
     customers = [_c(1, email="a@x.com"), _c(2, email="b@x.com")]
-    out, merged = merge_repeats(customers)
+    out, merged, _ = merge_repeats(customers)
     assert out is customers and merged == 0
 
 
@@ -93,3 +93,55 @@ def test_repeated_customers_sent_once_and_counted(fake_api, tmp_path):
     ]
     assert (report.rows_read, report.succeeded, report.merged_duplicates) == (3, 2, 1)
     assert report.accounting_ok
+
+
+def test_merge_repeats_never_merges_one_email_with_two_customer_ids():
+    customers = [
+        _c(1, email="a@x.com", customer_id="cus_A", city="Oslo"),
+        _c(2, email="a@x.com", customer_id="cus_B"),
+        _c(3, email="a@x.com", city="Bergen"),  # no id: the first of the email's customers
+        _c(4, email="a@x.com", customer_id="cus_B", firstname="Bo"),
+        _c(5, email="a@x.com", customer_id="cus_C"),
+    ]
+    out, merged, conflicts = merge_repeats(customers)
+    assert merged == 2
+    assert [(c.record, c.merged_records, c.payload.get("customer_id")) for c in out] == [
+        (1, (3,), "cus_A"),
+        (2, (4,), "cus_B"),
+        (5, (), "cus_C"),
+    ]
+    assert out[0].payload["city"] == "Bergen" and out[1].payload["firstname"] == "Bo"
+    # Both rows of each conflict are listed, the first one once.
+    assert [(r.record, r.value, r.outcome, r.identifier) for r in conflicts] == [
+        (1, "cus_A", "conflict", "a@x.com"),
+        (2, "cus_B", "conflict", "a@x.com"),
+        (5, "cus_C", "conflict", "a@x.com"),
+    ]
+    assert "customer_id cus_B (record 2)" in conflicts[0].reason
+    assert "customer_id cus_A (record 1)" in conflicts[2].reason
+
+
+def test_stripe_like_export_sends_every_customer_id_and_reports_the_conflict(fake_api, tmp_path):
+    """Stripe's customers export holds several customers per email; none may vanish."""
+    header = ["id", "Email", "Name", "Created (UTC)"]
+    rows = [
+        ["cus_P1aaaaaaaaaaaa", "pat@example.com", "Pat", "2023-02-01 10:00:00"],
+        ["cus_P2bbbbbbbbbbbb", "pat@example.com", "Pat", "2023-05-07 11:30:00"],
+        ["cus_Q1cccccccccccc", "quinn@example.com", "Quinn", "2023-06-01 09:00:00"],
+    ]
+    path = write_csv(tmp_path / "stripe.csv", rows, header)
+    options = fast_options(
+        fake_api, column_map={"id": "customer_id"}, rejects_path=tmp_path / "rejects.csv"
+    )
+    report = import_file(path, options)
+    sent = sorted((c["customer_id"], c["email"]) for c in fake_api.state.applied)
+    assert sent == [
+        ("cus_P1aaaaaaaaaaaa", "pat@example.com"),
+        ("cus_P2bbbbbbbbbbbb", "pat@example.com"),
+        ("cus_Q1cccccccccccc", "quinn@example.com"),
+    ]
+    assert (report.succeeded, report.rejected, report.merged_duplicates) == (3, 0, 0)
+    assert report.identifier_conflicts == 2 and report.accounting_ok
+    lines = (tmp_path / "rejects.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
+    assert all(line.endswith(",conflict") for line in lines[1:])

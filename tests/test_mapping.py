@@ -9,6 +9,7 @@ import pytest
 from importer.errors import MappingError
 from importer.mapping import (
     ColumnSpec,
+    header_key,
     load_mapping_file,
     match_standard_field,
     parse_map_option,
@@ -57,10 +58,63 @@ def test_mapping_unmapped_columns_become_snake_case_or_are_dropped():
 
 
 def test_mapping_ambiguity_names_both_columns():
-    with pytest.raises(MappingError, match="'Phone' and 'Mobile' both map to 'phone_number'"):
-        resolve_mapping(["Email", "Phone", "Mobile"])
-    m = resolve_mapping(["Email", "Phone", "Mobile"], drop=["Mobile"])
-    assert m.targets == {"Email": "email", "Phone": "phone_number"}
+    with pytest.raises(MappingError, match="'Email' and 'E-Mail' both map to 'email'"):
+        resolve_mapping(["Email", "E-Mail"])
+    m = resolve_mapping(["Email", "E-Mail"], drop=["E-Mail"])
+    assert m.targets == {"Email": "email"}
+
+
+@pytest.mark.parametrize(
+    ("columns", "phone"),
+    [
+        (["Phone", "MobilePhone", "HomePhone"], "MobilePhone"),  # Salesforce Contact
+        (["Phone Number", "Mobile Phone Number"], "Mobile Phone Number"),  # HubSpot
+        (["Phone 1", "Phone 2"], "Phone 1"),
+        (["Default Address Phone", "Phone"], "Phone"),  # Shopify
+        (["billing_phone"], "billing_phone"),  # WooCommerce
+    ],
+)
+def test_mapping_several_phone_columns_one_is_phone_number_mobile_first(columns, phone):
+    m = resolve_mapping(["Email", *columns])
+    assert [src for src, target in m.targets.items() if target == "phone_number"] == [phone]
+    others = {src: target for src, target in m.targets.items() if src not in ("Email", phone)}
+    assert all(m.types[target] == "phone" for target in others.values())
+    named = {"Phone Number": "other_phone_number"}
+    assert others == {src: named.get(src, header_key(src)) for src in columns if src != phone}
+
+
+def test_mapping_explicit_phone_number_wins_over_header_matching():
+    m = resolve_mapping(["Mobile", "Tel", "Fax"], {"Fax": "phone_number"})
+    assert m.targets == {"Mobile": "mobile", "Tel": "tel", "Fax": "phone_number"}
+    assert m.types == {"mobile": "phone", "tel": "phone"}
+    m = resolve_mapping(["Mobile", "Tel"], drop=["Mobile"])
+    assert m.targets == {"Tel": "phone_number"} and m.types == {}
+    # A mapping file's phone_number column that this input lacks chooses nothing.
+    specs = {"Handy": ColumnSpec(target="phone_number"), "Tel": ColumnSpec(type="string")}
+    m = resolve_mapping(["Mobile", "Tel"], specs=specs)
+    assert m.targets == {"Mobile": "phone_number", "Tel": "tel"}
+    assert m.types == {"tel": "string"}
+
+
+@pytest.mark.parametrize(
+    ("columns", "country"),
+    [
+        (["Email", "Phone", "Country"], "Country"),
+        (["Email", "Phone", "Country/Region"], "Country/Region"),  # HubSpot
+        (["Email", "MobilePhone", "MailingCountry"], "MailingCountry"),  # Salesforce
+        (
+            ["Email", "Phone", "Country", "Default Address Country Code"],
+            "Default Address Country Code",
+        ),
+        (["Email", "Phone", "CC"], "CC"),
+        (["Email", "Phone", "City"], None),
+    ],
+)
+def test_mapping_finds_the_country_column_of_phones_by_header(columns, country):
+    m = resolve_mapping(columns, drop_unmapped=True)
+    assert m.phone_country == country
+    if country:
+        assert (country, "(country of phones)") in m.describe()
 
 
 def test_mapping_explicit_map_and_errors():

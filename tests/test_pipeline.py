@@ -79,7 +79,10 @@ def test_import_csv_counts_a_bad_row_in_a_later_chunk(fake_api, tmp_path):
     path = write_csv(tmp_path / "c.csv", rows)
     assert [chunk.num_rows for chunk in read_chunks(path, chunk_rows=1000)] == [1000, 1000, 500]
     report = import_file(path, ImportOptions(dry_run=True, base_url=fake_api.url))
-    assert report.rows_read == 2500 and report.rejected == 1 and report.accounting_ok
+    assert report.rows_read == 2500 and report.dropped_fields == 1 and report.accounting_ok
+    assert report.rejected == 0  # its customer_id still identifies it
+    strict = ImportOptions(dry_run=True, base_url=fake_api.url, on_invalid="skip-row")
+    assert import_file(path, strict).rejected == 1
 
 
 def test_import_wrong_key_stops_with_report(make_fake_api, tmp_path):

@@ -1,19 +1,22 @@
 """Cleaning a chunk: apply the rules to its columns and decide each row's fate.
 
 Owns: trimming cells and telling empty ones, applying each field's rule once
-per distinct value of a column, the subscription groups built from two
-columns, ``--on-invalid`` and ``--empty-as-null``, and the rejects with their
-reasons. Every row leaves as a :class:`~importer.records.Customer` or a
-:class:`~importer.records.Reject` (with ``drop-field``, possibly both).
+per distinct value of a column (a phone's once per distinct number and row
+country), the subscription groups built from two columns, ``--on-invalid``
+and ``--empty-as-null``, and the rejects with their reasons. Every row
+leaves as a :class:`~importer.records.Customer` or a
+:class:`~importer.records.Reject` (with ``drop-field``, a customer and a
+reject for each field left out).
 
 Must not: read files, send anything, merge repeated customers, or keep state
-between chunks other than the column types the caller passes in.
+between chunks other than the column types and date orders the caller passes in.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,9 +26,19 @@ from ..errors import UsageError
 from ..fields import COLUMN_TYPES, GROUP_ID, GROUP_SUBSCRIBED, IDENTIFIERS
 from ..mapping import ColumnMapping
 from ..options import ImportOptions
-from ..records import Customer, Reject
+from ..records import FIELD_DROPPED, REJECTED, Customer, Reject
 from ..source import Chunk
-from .rules import TYPE_RULES, Rule, field_rules, keep_value
+from .rules import (
+    FIELD_RULES,
+    TYPE_RULES,
+    Rule,
+    clean_date,
+    clean_phone,
+    country_code,
+    keep_value,
+    phone_region,
+)
+from .types import DateOrder, decide_date_orders
 
 #: Marks a value left out of the payload (``None`` is a JSON null, sent only
 #: with ``--empty-as-null``).
@@ -69,37 +82,53 @@ def clean_chunk(
     mapping: ColumnMapping,
     options: ImportOptions | None = None,
     column_types: dict[str, str] | None = None,
+    date_orders: dict[str, DateOrder] | None = None,
 ) -> CleanResult:
     """Clean one chunk into customers and rejects.
 
     ``mapping`` says which column feeds which field; its ``types`` declare
     custom-attribute types and win over ``column_types`` (from
     :func:`~importer.cleaning.infer_column_types`). Custom attributes without
-    a type keep their value as read (CSV text, JSON values). ``options``
-    supplies ``phone_region``, ``on_invalid`` and ``empty_as_null``
-    (defaults: ``US``, ``skip-row``, False). Source rejects in ``chunk`` come
-    first among the rejects.
+    a type keep their value as read (CSV text, JSON values). ``date_orders``
+    (from :func:`~importer.cleaning.decide_date_orders`, by input column;
+    default: decided from this chunk) say which date columns are day first.
+    ``options`` supplies ``phone_region``, ``on_invalid``, ``empty_as_null``
+    and ``date_order`` (defaults: ``US``, ``drop-field``, False, ``auto``).
+    National phone numbers are read in the row's country when
+    ``mapping.phone_country`` names a column holding one. Source rejects in
+    ``chunk`` come first among the rejects.
 
     Raises :class:`InvalidRecord` at the chunk's first bad row when
     ``on_invalid`` is ``stop``, and :class:`UsageError` for an unknown phone
     region or column type.
     """
     options = options or ImportOptions()
-    by_field = field_rules(options.phone_region)
+    region = phone_region(options.phone_region)
     types = {**(column_types or {}), **mapping.types}
     for target, kind in types.items():
         if kind not in COLUMN_TYPES:
             raise UsageError(
                 f"unknown type {kind!r} for {target!r}; use one of {', '.join(COLUMN_TYPES)}"
             )
+    if date_orders is None:
+        date_orders = decide_date_orders(chunk, mapping, types, options.date_order)
     frame = chunk.frame
     fields: dict[str, _Field] = {}
     pair: dict[str, _Field] = {}
+    regions = _phone_regions(frame, mapping.phone_country, region)
     for src, target in mapping.targets.items():
         if src not in frame.columns or not len(frame):
             continue
-        rule = by_field.get(target) or TYPE_RULES.get(types.get(target, ""), keep_value)
-        cleaned = _clean_column(rule, src, frame[src].to_numpy(dtype=object))
+        cells = frame[src].to_numpy(dtype=object)
+        if target == "phone_number" or types.get(target) == "phone":
+            cleaned = _clean_phones(src, cells, regions)
+        else:
+            rule = FIELD_RULES.get(target) or TYPE_RULES.get(types.get(target, ""), keep_value)
+            # A column without dates like 3/4/2021 in the first chunk: as --date-order says.
+            order = date_orders[src].order if src in date_orders else options.date_order
+            if rule is clean_date and order == "day-first":
+                rule = partial(clean_date, day_first=True)
+            cleaned = _clean_column(rule, src, cells)
         if target in (GROUP_ID, GROUP_SUBSCRIBED):
             pair[target] = cleaned  # combined into subscription_groups below
         else:
@@ -138,6 +167,38 @@ def _clean_column(rule: Rule, src: str, cells: np.ndarray) -> _Field:
         values[text], reasons[text], empty[text] = (a[codes] for a in _apply(rule, distinct))
     if not text.all():
         values[~text], reasons[~text], empty[~text] = _apply(rule, cells[~text])
+    return _Field(values, reasons, empty, np.full(n, src, object), cells)
+
+
+def _phone_regions(frame: pd.DataFrame, column: str | None, default: str) -> np.ndarray:
+    """The region each row's national phone numbers are read in.
+
+    The row's country (see :func:`~importer.cleaning.rules.country_code`)
+    where ``column`` holds one, ``default`` (``--phone-region``) where it is
+    empty or the file has no such column.
+    """
+    if column is None or column not in frame.columns:
+        return np.full(len(frame), default, object)
+    # JSON values that are not text (numbers, lists) name no country.
+    cells = [c if isinstance(c, str) else None for c in frame[column].to_numpy(dtype=object)]
+    codes, countries = pd.factorize(np.asarray(cells, dtype=object))
+    regions = [country_code(c) if isinstance(c, str) and c.strip() else default for c in countries]
+    # factorize codes a missing cell -1: the last item appended stands for it.
+    return np.asarray([*regions, default], dtype=object)[codes]
+
+
+def _clean_phones(src: str, cells: np.ndarray, regions: np.ndarray) -> _Field:
+    """Clean a phone column, each number in its row's region: once per distinct
+    (number, region) pair."""
+    n = len(cells)
+    values = np.full(n, _OMIT, object)
+    reasons = np.full(n, None, object)
+    empty = np.zeros(n, bool)
+    codes, distinct = pd.factorize(regions)
+    for i, region in enumerate(distinct.tolist()):
+        rows = codes == i
+        part = _clean_column(partial(clean_phone, region=region), src, cells[rows])
+        values[rows], reasons[rows], empty[rows] = part.values, part.reasons, part.empty
     return _Field(values, reasons, empty, np.full(n, src, object), cells)
 
 
@@ -232,7 +293,7 @@ def _settle(
         any_bad |= f.bad
     rejected = ~has_id if drop_field else ~has_id | any_bad
 
-    def reject(pos: int, name: str | None, dropped: bool = False) -> Reject:
+    def reject(pos: int, name: str | None, outcome: str = REJECTED) -> Reject:
         if name is None:
             return Reject(
                 int(records[pos]), int(lines[pos]), "missing identifier: no email or customer_id"
@@ -245,7 +306,7 @@ def _settle(
             column=str(f.column[pos]),
             value=f.raw[pos],
             identifier=_identifier(fields, pos),
-            dropped_field=dropped,
+            outcome=outcome,
         )
 
     rejects = [
@@ -254,7 +315,7 @@ def _settle(
     ]
     if drop_field:
         rejects += [
-            reject(pos, f, dropped=True)
+            reject(pos, f, FIELD_DROPPED)
             for pos in np.flatnonzero(any_bad & ~rejected).tolist()
             for f in order
             if fields[f].bad[pos]

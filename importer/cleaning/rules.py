@@ -12,16 +12,19 @@ Must not: look at other cells or rows, or decide a row's fate (that is
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache, partial
 from typing import Any
 
+import dateutil.parser
 import orjson
 import phonenumbers
+import pycountry
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from ..errors import UsageError
@@ -51,10 +54,6 @@ BOOLEANS = {
 
 INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 FLOAT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_DATETIME_TEXT = re.compile(
-    r"[0-9]{4}[-/][0-9]{2}[-/][0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
-)
 
 
 def as_text(value: Any, what: str) -> Cleaned:
@@ -84,6 +83,29 @@ def _spelling(value: Any, what: str, vocabulary: dict[str, Any]) -> Cleaned:
     if found is None:
         return None, f"invalid {what}: not one of the known spellings"
     return found, None
+
+
+# -- identifiers -----------------------------------------------------------------
+
+
+def unguarded(text: str) -> str:
+    """``text`` without the guard a spreadsheet export puts around a number-like cell.
+
+    ``="00123"`` (Excel's formula form) gives ``00123``; a leading apostrophe
+    (``'00123``, Shopify's ids) too. Nothing else about the text changes.
+    """
+    if len(text) >= 3 and text.startswith('="') and text.endswith('"'):
+        return text[2:-1]
+    return text[1:] if text.startswith("'") else text
+
+
+def clean_customer_id(value: Any) -> Cleaned:
+    """The id as text (a JSON number as its digits), without a spreadsheet guard."""
+    text, reason = as_text(value, "customer_id")
+    if reason is not None:
+        return None, reason
+    text = unguarded(text)
+    return (text, None) if text else (None, "invalid customer_id: empty inside its quotes")
 
 
 # -- email ---------------------------------------------------------------------
@@ -122,7 +144,8 @@ def clean_email(value: Any) -> Cleaned:
     text, reason = as_text(value, "email")
     if reason is not None:
         return None, reason
-    s = text.lower()
+    # A leading apostrophe is part of some addresses: only the ="..." guard goes.
+    s = (text if text.startswith("'") else unguarded(text)).lower()
     if not _AT_SIGNS.search(s):
         # The library's own reason, found once for all addresses without an @-sign.
         return None, _email_by_library("no at-sign")[1]
@@ -165,15 +188,27 @@ _POSSIBLE_ERRORS = {
 }
 
 
+#: Where phonenumbers read a number's country code: from the number, or from the region.
+_FROM_REGION = phonenumbers.CountryCodeSource.FROM_DEFAULT_COUNTRY
+#: phonenumbers' code for "no region": a row whose country is not known.
+UNKNOWN_REGION = "ZZ"
+
+
 @lru_cache(maxsize=65536)
 def _phone_by_library(value: str, region: str) -> Cleaned:
     try:
-        number = phonenumbers.parse(value, region)
+        number = phonenumbers.parse(value, region, keep_raw_input=True)
     except phonenumbers.NumberParseException as exc:
+        if region == UNKNOWN_REGION and exc.error_type == exc.INVALID_COUNTRY_CODE:
+            return None, "invalid phone number: no country code, and the row's country is unknown"
         return None, f"invalid phone number: {_PARSE_ERRORS.get(exc.error_type, 'not parseable')}"
     verdict = phonenumbers.is_possible_number_with_reason(number)
     if verdict != phonenumbers.ValidationResult.IS_POSSIBLE:
-        return None, f"invalid phone number: {_POSSIBLE_ERRORS.get(verdict, 'not possible')}"
+        why = _POSSIBLE_ERRORS.get(verdict, "not possible")
+        if number.country_code_source == _FROM_REGION:
+            # Never sent as another country's number: say which country it was read in.
+            why += f" (read as a number of {region})"
+        return None, f"invalid phone number: {why}"
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if not E164.fullmatch(e164):
         return None, "invalid phone number: E.164 form must be 6 to 14 characters"
@@ -181,15 +216,65 @@ def _phone_by_library(value: str, region: str) -> Cleaned:
 
 
 def clean_phone(value: Any, region: str = "US") -> Cleaned:
-    """The number in E.164; one without ``+`` is read as a national number of ``region``."""
+    """The number in E.164, without its extension.
+
+    A number without ``+`` (or the international prefix ``00``, or
+    ``region``'s own) is read as a national number of ``region``; one that
+    is not possible there is invalid, with a reason naming the region.
+    """
     text, reason = as_text(value, "phone number")
     if reason is not None:
         return None, reason
+    text = unguarded(text)
+    if text.startswith("00"):
+        text = "+" + text[2:]  # 00 is the international prefix nearly everywhere but NANP
     if _INTL_SHAPE.fullmatch(text):
         return text.translate(_NO_SEPARATORS), None
     if region in _NANP_REGIONS and _NANP_NATIONAL.fullmatch(text):
         return "+1" + text.translate(_NO_SEPARATORS), None
     return _phone_by_library(text, region)
+
+
+def phone_region(region: str) -> str:
+    """``--phone-region`` in upper case; raises :class:`UsageError` if phonenumbers lacks it."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise UsageError(
+            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+        )
+    return code
+
+
+#: Country names in exports that pycountry does not know, folded as in :func:`country_code`.
+_COUNTRY_ALIASES = {
+    **dict.fromkeys(("uk", "u.k.", "england", "scotland", "wales", "great britain"), "GB"),
+    **dict.fromkeys(("northern ireland", "britain"), "GB"),
+    **dict.fromkeys(("u.s.", "u.s.a.", "america"), "US"),
+    "russia": "RU",
+}
+
+
+@lru_cache(maxsize=4096)
+def country_code(value: str) -> str:
+    """The region a country cell names, for reading its row's phones.
+
+    ``value`` is an ISO 3166 code (``FR``, ``FRA``), a country's name in
+    English, any case or accents (``France``, ``Mexico``, ``México``), as
+    pycountry knows them, or a calling code (``+33``, ``33``: its main
+    region). Returns :data:`UNKNOWN_REGION` for anything else.
+    """
+    digits = value.strip().removeprefix("+")
+    if digits.isascii() and digits.isdigit():
+        return phonenumbers.region_code_for_country_code(int(digits))
+    decomposed = unicodedata.normalize("NFKD", value.strip().lower())
+    folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+    code = _COUNTRY_ALIASES.get(folded)
+    if code is None:
+        try:
+            code = pycountry.countries.lookup(folded).alpha_2
+        except LookupError:
+            return UNKNOWN_REGION
+    return code if code in phonenumbers.SUPPORTED_REGIONS else UNKNOWN_REGION
 
 
 # -- text, names, vocabularies ---------------------------------------------------
@@ -214,18 +299,85 @@ def keep_value(value: Any) -> Cleaned:
 # -- dates and numbers -----------------------------------------------------------
 
 
-def clean_date(value: Any) -> Cleaned:
-    """ISO 8601: dates stay dates, times with a zone become UTC (``…Z``), others stay as given."""
-    if not isinstance(value, str):
-        return None, "invalid date: expected text in ISO 8601"
-    if not _DATETIME_TEXT.fullmatch(value):
-        return None, "invalid date: not an ISO 8601 date or time"
+#: Dates of three numbers, month and day first in an order the column decides:
+#: ``3/14/2021``, ``14-03-21``, with or without a time after them.
+SLASH_DATE = re.compile(r"([0-9]{1,2})([/-])([0-9]{1,2})\2(?:[0-9]{4}|[0-9]{2})\b")
+#: Day first, always: ``13.11.2021``.
+_DOTTED_DATE = re.compile(r"[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{4}\b")
+#: Year first, as ISO 8601 but with slashes, dots or a space before the zone.
+_YEAR_FIRST = re.compile(r"[0-9]{4}[-/.][0-9]{1,2}[-/.][0-9]{1,2}\b")
+#: A month or day name, or a zone: ``Jan 15, 2016``, ``Mon, 15 Jan 2016 10:22:00 +0000``.
+_NAMED = re.compile(r"[A-Za-z]{3}")
+#: Unix time in seconds (9 or 10 digits: 1973 to 2286) or milliseconds (12 or 13).
+_EPOCH = re.compile(r"[0-9]{9,10}(?:\.[0-9]+)?|[0-9]{12,13}")
+#: Two defaults for dateutil: a part that differs between the two parses was not in the text.
+_DEFAULTS = (datetime(2000, 1, 1), datetime(2001, 2, 2, 1, 1, 1, 1))
+
+
+def _zone(name: str | None, offset: int | None) -> tzinfo | None:
+    """dateutil's ``tzinfos``: offsets and UTC only, never the machine's zone or a guess."""
+    if offset is not None:
+        return timezone(timedelta(seconds=offset))
+    if name is None:
+        return None
+    raise ValueError(f"unknown time zone {name}")
+
+
+def _by_dateutil(text: str, day_first: bool) -> datetime | date | None:
+    """``text`` parsed by dateutil, a date if it has no time; None unless it gives a whole date."""
     try:
-        parsed = datetime.fromisoformat(value[:10].replace("/", "-") + value[10:])
-    except ValueError:
-        return None, "invalid date: no such date" + ("" if len(value) == 10 else " or time")
-    if len(value) == 10:
-        return parsed.date().isoformat(), None
+        early, late = (
+            dateutil.parser.parse(text, default=d, dayfirst=day_first, tzinfos=_zone)
+            for d in _DEFAULTS
+        )
+    except (ValueError, OverflowError):
+        return None
+    if early.date() != late.date():
+        return None  # no year, month or day in the text: "March 2020", "Tuesday", "10:22"
+    if (early.hour, early.minute) != (late.hour, late.minute):
+        return early.date()
+    return early
+
+
+def clean_date(value: Any, day_first: bool = False) -> Cleaned:
+    """A date or time in ISO 8601: a date stays a date, a time with a zone becomes UTC (``…Z``),
+    one without stays as given.
+
+    Reads ISO 8601 (``T`` or space, fractions, offsets, ``Z``), RFC 2822, month
+    names (``Jan 15, 2016``, ``15 Jan 2016``), ``20240122``, ``13.11.2021``
+    (day first), dates like ``3/14/2021`` with or without a time and AM/PM
+    (day first if ``day_first``), and Unix time in seconds or milliseconds,
+    text or a JSON number. Python reads ISO 8601, dateutil the rest; nothing
+    is filled in: a value without a year, month and day is invalid.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = as_text(value, "date")[0]
+    if not isinstance(value, str):
+        return None, "invalid date: expected text or a number"
+    parsed: datetime | date | None = None
+    if _EPOCH.fullmatch(value):
+        milliseconds = "." not in value and len(value) > 10
+        parsed = datetime.fromtimestamp(float(value) / (1000 if milliseconds else 1), UTC)
+    else:
+        for iso in (date.fromisoformat, datetime.fromisoformat):
+            with contextlib.suppress(ValueError):
+                parsed = iso(value)
+                break
+    if parsed is None:
+        slash = SLASH_DATE.match(value)
+        if slash is not None:
+            month = int(slash[3] if day_first else slash[1])
+            if month > 12:
+                first = "day" if day_first else "month"
+                return None, f"invalid date: no month {month} (dates here are {first} first)"
+        elif not (_DOTTED_DATE.match(value) or _YEAR_FIRST.match(value) or _NAMED.search(value)):
+            return None, "invalid date: not a date or time in a known format"
+        dotted = _DOTTED_DATE.match(value) is not None
+        parsed = _by_dateutil(value, dotted or (day_first and slash is not None))
+        if parsed is None:
+            return None, "invalid date: no such date, or not in a known format"
+    if not isinstance(parsed, datetime):
+        return parsed.isoformat(), None
     if parsed.tzinfo is None:
         return parsed.isoformat(), None
     try:
@@ -298,10 +450,11 @@ def clean_groups(value: Any) -> Cleaned:
 
 # -- which rule cleans which field -------------------------------------------------
 
-#: The rule of each standard field but ``phone_number`` (see :func:`field_rules`).
-_FIELD_RULES: dict[str, Rule] = {
+#: The rule of each standard field but ``phone_number``, whose rule takes the row's
+#: region (:func:`clean_phone`).
+FIELD_RULES: dict[str, Rule] = {
     "email": clean_email,
-    "customer_id": partial(as_text, what="customer_id"),
+    "customer_id": clean_customer_id,
     "firstname": partial(_short_text, what="firstname", limit=MAX_NAME),
     "lastname": partial(_short_text, what="lastname", limit=MAX_NAME),
     "gender": partial(_spelling, what="gender", vocabulary=GENDERS),
@@ -320,16 +473,3 @@ TYPE_RULES: dict[str, Rule] = {
     "date": clean_date,
     "string": partial(as_text, what="text"),
 }
-
-
-def field_rules(region: str) -> dict[str, Rule]:
-    """The rule of each standard field, national phone numbers read in ``region``.
-
-    Raises :class:`UsageError` if phonenumbers does not know the region.
-    """
-    code = region.strip().upper()
-    if code not in phonenumbers.SUPPORTED_REGIONS:
-        raise UsageError(
-            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
-        )
-    return {**_FIELD_RULES, "phone_number": partial(clean_phone, region=code)}
