@@ -16,7 +16,13 @@ from importer import import_file
 from importer.errors import InputChanged, InputUnreadable, UsageError
 from importer.options import ImportOptions
 from importer.source import Source, read_chunks
-from importer.source.location import display_name, local_path, url_scheme
+from importer.source.location import (
+    HTTP_STALL_S,
+    _filesystem,
+    display_name,
+    local_path,
+    url_scheme,
+)
 
 from .conftest import API_KEY, fast_options, generated_rows, write_csv
 
@@ -251,3 +257,10 @@ def test_http_missing_file_names_the_url_without_its_query(http_root):
         Source(f"{base}/absent.csv?sig=SECRET")
     assert str(info.value).startswith(f"{base}/absent.csv: ")
     assert "SECRET" not in str(info.value)
+
+
+def test_http_streams_have_no_total_time_limit():
+    # An HTTP input is streamed at the API's pace, for as long as the import lasts: aiohttp's
+    # default 5-minute limit on a whole answer would cut it; only a stalled server times out.
+    timeout = _filesystem("https", {}).client_kwargs["timeout"]
+    assert timeout.total is None and timeout.sock_read == HTTP_STALL_S

@@ -38,6 +38,8 @@ URL_EXTRAS = {
 }
 #: Bytes a URL is read in, by ranged requests (the same block again for a resume's hash).
 BLOCK_BYTES = 4 << 20
+#: Seconds an HTTP server may send nothing while we wait for data (not while we pause).
+HTTP_STALL_S = 300
 _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Where each store's fsspec ``info`` gives the last modification (s3fs, adlfs, gcsfs, HTTP).
@@ -145,6 +147,13 @@ def _filesystem(scheme: str, storage_options: dict[str, Any]) -> Any:
     """The fsspec filesystem for ``scheme``; raises as :func:`open_input` says."""
     import fsspec
 
+    if scheme in ("http", "https") and "client_kwargs" not in storage_options:
+        import aiohttp
+
+        # aiohttp gives a whole answer 5 minutes by default, but a file streamed at the
+        # API's pace takes as long as the import: only a stalled peer times out.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=HTTP_STALL_S)
+        storage_options = {**storage_options, "client_kwargs": {"timeout": timeout}}
     try:
         return fsspec.filesystem(scheme, **storage_options)
     except ImportError as exc:
