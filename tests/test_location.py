@@ -3,13 +3,17 @@ on loopback ports, read through fsspec; ``file://`` URLs; the storage options.""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import fsspec
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from importer import import_file
@@ -264,3 +268,24 @@ def test_http_streams_have_no_total_time_limit():
     # default 5-minute limit on a whole answer would cut it; only a stalled server times out.
     timeout = _filesystem("https", {}).client_kwargs["timeout"]
     assert timeout.total is None and timeout.sock_read == HTTP_STALL_S
+
+
+def test_http_server_without_ranged_requests_streams_text_and_refuses_parquet(tmp_path, caplog):
+    (tmp_path / "c.csv.gz").write_bytes(gzip.compress(_csv_bytes(tmp_path, 3_000)))
+    # Larger than one ranged block, so reading its footer needs a range the server ignores.
+    table = pa.table({"email": [f"user{i}@example.com" for i in range(400_000)]})
+    pq.write_table(table, tmp_path / "c.parquet", compression="none")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # answers whole files only
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert sum(c.num_rows for c in read_chunks(f"{base}/c.csv.gz")) == 3_000
+        assert "StreamReader" not in caplog.text  # a stream at its end is not read again
+        with pytest.raises(InputUnreadable, match="range requests"):
+            list(read_chunks(f"{base}/c.parquet"))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

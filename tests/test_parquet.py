@@ -139,7 +139,7 @@ def test_parquet_inputs_that_cannot_be_read(tmp_path):
     with pytest.raises(InputUnreadable, match="stdin"):
         Source("-", ImportOptions(format="parquet"))
     (tmp_path / "fake.parquet").write_text("email\na@example.com\n")
-    with pytest.raises(InputUnreadable, match="not a Parquet file"):
+    with pytest.raises(InputUnreadable, match="cannot read it as a Parquet file"):
         Source(tmp_path / "fake.parquet")
     pq.write_table(_table(5), tmp_path / "misnamed.csv")
     with pytest.raises(InputUnreadable, match="a Parquet file; name it .parquet"):

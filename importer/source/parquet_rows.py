@@ -31,6 +31,10 @@ from .chunk import Chunk
 from .csv_rows import check_header
 from .location import describe_error
 
+#: What pyarrow, or the store under it, raises for data it cannot read (ArrowInvalid is a
+#: ValueError; fsspec raises one for an HTTP server that ignores ranged requests).
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+
 
 class ParquetRows:
     """The rows of a Parquet file: :attr:`columns` from its schema, then :meth:`chunks`.
@@ -46,8 +50,10 @@ class ParquetRows:
         self.name = name
         try:
             self.file = pq.ParquetFile(stream)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputUnreadable(f"{name}: not a Parquet file ({describe_error(exc)})") from exc
+        except _READ_ERRORS as exc:
+            raise InputUnreadable(
+                f"{name}: cannot read it as a Parquet file ({describe_error(exc)})"
+            ) from exc
         self.columns = check_header(self.file.schema_arrow.names, options.max_columns)
 
     def chunks(self) -> Iterator[Chunk]:
@@ -62,7 +68,7 @@ class ParquetRows:
         while True:
             try:
                 batch = next(batches, None)
-            except (pa.ArrowException, OSError) as exc:
+            except _READ_ERRORS as exc:
                 raise InputUnreadable(
                     f"{self.name}: cannot read the Parquet data ({describe_error(exc)})"
                 ) from exc

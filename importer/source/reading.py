@@ -62,11 +62,10 @@ def detect_format(name: str, override: str | None = None) -> str:
     Raises :class:`InputUnreadable` when the extension says nothing and there
     is no override.
     """
-    if override:
-        return override
     suffix = PurePosixPath(name.lower().removesuffix(".gz")).suffix
-    if suffix in FORMAT_OF_SUFFIX:
-        return FORMAT_OF_SUFFIX[suffix]
+    found = override or FORMAT_OF_SUFFIX.get(suffix)
+    if found:
+        return found
     if name == "-":
         raise InputUnreadable("reading stdin needs --format csv or --format jsonl")
     raise InputUnreadable(
@@ -129,6 +128,8 @@ class _ByteCounter(io.RawIOBase):
         self.inner = inner
         self.owned = owned
         self.count = 0
+        # A stream at its end is not asked again: aiohttp logs a warning when it is.
+        self.at_end = False
 
     def close(self) -> None:
         if self.owned and not self.closed:
@@ -139,15 +140,19 @@ class _ByteCounter(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self.at_end:
+            return 0
         data = self.inner.read(len(buffer))
         buffer[: len(data)] = data
         self.count += len(data)
+        self.at_end = len(buffer) > 0 and not data
         return len(data)
 
     def seekable(self) -> bool:
         return self.inner.seekable()
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.at_end = False
         return self.inner.seek(offset, whence)
 
     def tell(self) -> int:
@@ -215,6 +220,7 @@ class Source:
         #: The column names (a CSV header, a Parquet schema), once known.
         self.columns: list[str] = []
         self._parquet: ParquetRows | None = None
+        # Parquet is read by seeking, which decides how a URL is opened.
         parquet = (format or FORMAT_OF_SUFFIX.get(PurePosixPath(name.lower()).suffix)) == "parquet"
         if name == "-":
             if parquet:
