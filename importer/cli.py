@@ -78,7 +78,7 @@ _VERBOSE = click.option("-v", "--verbose", count=True, help="More log output (-v
 @_VERBOSE
 @click.pass_context
 def main(ctx: click.Context, verbose: int) -> None:
-    """Bulk-import customer files (CSV, JSONL) into Blueshift's customers API.
+    """Bulk-import customer files (CSV, JSONL, Parquet) into Blueshift's customers API.
 
     \b
     Examples:
@@ -282,12 +282,13 @@ def run(
     mock: bool,
     **kw: Any,
 ) -> None:
-    """Import FILE (CSV or JSONL, optionally .gz; - for stdin) into Blueshift.
+    """Import FILE (CSV or JSONL, optionally .gz, or Parquet; a path, a URL, - for stdin).
 
     \b
     Examples:
       export BLUESHIFT_API_KEY=...
       blueshift-import run customers.csv
+      blueshift-import run s3://exports/customers-2026-12-04.csv.gz
       blueshift-import run customers.jsonl.gz --rate 5 --concurrency 4 \\
           --report report.json --dead-letter failed.jsonl
       blueshift-import run customers.csv --mock     # no credentials needed
@@ -408,7 +409,7 @@ def _print_summary(report: ImportReport, display: _Display) -> None:
 
 @main.command("init-config")
 @click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
-@_table_options(only=("format", "encoding", "delimiter"))
+@_table_options(only=("format", "encoding", "delimiter", "storage_options"))
 def init_config(input_path: str, **kw: Any) -> None:
     """Print a starter config file for FILE, with the column mapping detected from its header.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +31,7 @@ REGION_URLS = {
     "eu": "https://api.eu.getblueshift.com",
 }
 
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "jsonl", "parquet")
 #: The URL schemes the redis client takes for ``--shared-limit``.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 ON_INVALID = ("drop-field", "skip-row", "stop")
@@ -144,6 +145,11 @@ class ImportOptions:
         None, "Input encoding (default: detected; UTF-8, UTF-16 with BOM, else cp1252)."
     )
     delimiter: str | None = _input(None, "CSV delimiter (default: sniffed from , ; tab |).")
+    storage_options: tuple[tuple[str, Any], ...] = _input(
+        (), "Option for a URL's store, e.g. endpoint_url=URL (repeatable; no credentials).",
+        flag="--storage-option", metavar="KEY=VALUE", multiple=True,
+        shapes=False,
+    )  # fmt: skip
     chunk_rows: int = _input(20_000, "Rows read and cleaned at a time.", shapes=False, cli=False)
     max_field_bytes: int = _input(1_000_000, "Reject a row with a CSV cell longer than this.")
     max_columns: int = _input(1_000, "Refuse a file with more columns (or JSONL keys) than this.")
@@ -228,6 +234,7 @@ class ImportOptions:
         set_ = object.__setattr__
         set_(self, "column_map", _pairs(self.column_map))
         set_(self, "drop_columns", tuple(self.drop_columns))
+        set_(self, "storage_options", _storage_options(self.storage_options))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if spec_of(f).path and isinstance(value, str):
@@ -315,6 +322,38 @@ def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
     for item in items:
         source, target = parse_map_option([item])[0] if isinstance(item, str) else item
         pairs.append((str(source).strip(), str(target).strip()))
+    return tuple(pairs)
+
+
+#: Storage options that would carry a credential, which must come from the store's usual sources.
+_CREDENTIAL = re.compile(r"key|secret|token|password|credential|sas|connection_string", re.I)
+
+
+def _storage_options(value: Any) -> tuple[tuple[str, Any], ...]:
+    """``storage_options`` as pairs, from a mapping, pairs or ``"KEY=VALUE"`` strings.
+
+    In a string, ``true``/``false`` become booleans and whole numbers integers.
+    Raises :class:`UsageError` for a malformed item or a credential.
+    """
+    items: Iterable[Any] = value.items() if isinstance(value, Mapping) else value
+    pairs = []
+    for item in items:
+        if isinstance(item, str):
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"--storage-option expects KEY=VALUE, got {item!r}")
+            lowered = text.strip().lower()
+            parsed: Any = {"true": True, "false": False}.get(lowered, text.strip())
+            if re.fullmatch(r"-?[0-9]+", lowered):
+                parsed = int(lowered)
+            item = (key, parsed)
+        key, parsed = str(item[0]).strip(), item[1]
+        if _CREDENTIAL.search(key):
+            raise UsageError(
+                f"--storage-option {key}: credentials are not taken from options; the store "
+                "reads them from its usual sources (environment, profile files, instance role)"
+            )
+        pairs.append((key, parsed))
     return tuple(pairs)
 
 

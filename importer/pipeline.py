@@ -25,7 +25,8 @@ from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_exis
 from .pacing import redacted
 from .records import Batch, Outcome
 from .sending import Sender
-from .source import Chunk, InputHasher, Source, unwrap_dead_letter
+from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
+from .source.location import display_name, local_path
 from .state import (
     ConfirmationWriter,
     Fingerprint,
@@ -51,7 +52,9 @@ def import_file(
 ) -> ImportReport:
     """Import one customer file into Blueshift and return the report.
 
-    ``path`` is a CSV or JSONL file (optionally gzipped) or ``-`` for stdin.
+    ``path`` is a CSV, JSONL (either optionally gzipped) or Parquet file: a
+    local path, a URL (``s3://``, ``gs://``, ``az://``, ``https://``,
+    ``http://``, ``file://``) or ``-`` for stdin.
     ``observer`` is called with the live report as batches complete (for
     progress displays); setting ``stop`` makes the run stop reading, finish
     the requests in flight and return (``report.stopped`` says so).
@@ -70,9 +73,11 @@ class _Run:
     """The mutable state of one run, shared by the producer thread and the workers."""
 
     def __init__(self, path: str | Path, options: ImportOptions):
-        self.path = str(path)
+        self.path = str(local_path(path))
+        #: How the input is named in the report and output files (a URL without its query).
+        self.name = display_name(self.path)
         self.options = options
-        self.report = ImportReport(source=self.path, dry_run=options.dry_run)
+        self.report = ImportReport(source=self.name, dry_run=options.dry_run)
         self.report.rate_limit = options.rate
         if options.shared_limit:
             self.report.shared_limit = redacted(options.shared_limit)
@@ -87,14 +92,14 @@ class _Run:
         self.completed = False
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
-    def open_state(self) -> None:
-        """Lock the state store and begin (or resume) this input's run in it."""
+    def open_state(self, input: SourceInfo) -> None:
+        """Lock the state store and begin (or resume) the run of ``input`` in it."""
         o = self.options
         if o.state_path is None or o.dry_run:
             return
         self.store = StateStore(o.state_path)
         info = self.store.begin_run(
-            Fingerprint.of(self.path),
+            Fingerprint(input.name, input.size, input.mtime_ns),
             fingerprint(o),
             resume=o.resume,
             force=o.force,
@@ -119,7 +124,7 @@ class _Run:
             refuse_existing(o.report_path, overwrite=o.overwrite or o.resume)
         if o.rejects_path:
             self.rejects = RejectsWriter(
-                o.rejects_path, self.path, overwrite=o.overwrite, append=append
+                o.rejects_path, self.name, overwrite=o.overwrite, append=append
             )
             self.report.files["rejects"] = str(o.rejects_path)
         if o.dead_letter_path and not o.dry_run:
@@ -128,7 +133,7 @@ class _Run:
                     f"{o.dead_letter_path} is the input; give the new dead-letter file another name"
                 )
             self.dead_letter = DeadLetterWriter(
-                o.dead_letter_path, self.path, overwrite=o.overwrite, append=append
+                o.dead_letter_path, self.name, overwrite=o.overwrite, append=append
             )
             self.report.files["dead_letter"] = str(o.dead_letter_path)
         if self.writer is not None:
@@ -180,7 +185,7 @@ def _produce(
     report.bytes_total = source.info.size
     hasher: InputHasher | None = None
     if writer is not None and source.info.name != "-":
-        hasher = InputHasher(run.path, run.hasher_checkpoint)
+        hasher = InputHasher(run.path, run.hasher_checkpoint, dict(o.storage_options))
     # On resume, batches wait here until the re-read input is verified against the checkpoint.
     held: list[Batch] = []
 
@@ -311,7 +316,7 @@ async def _run(
         # before it touches the state or the output files.
         async with Sender(options) as sender:
             try:
-                run.open_state()
+                run.open_state(source.info)
                 run.open_outputs()
 
                 async def worker() -> None:

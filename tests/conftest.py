@@ -1,10 +1,13 @@
-"""Shared fixtures: the fake API on a loopback port chosen by the OS, a real Redis server
-on a free one, data builders, the CLI."""
+"""Shared fixtures: the fake API, a real Redis server, an S3-compatible server and an HTTP
+file server on loopback ports chosen by the OS, data builders, the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -137,3 +140,56 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Result
         return runner.invoke(main, list(args), env=env, input=input, catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server (moto's server mode) on 127.0.0.1; yields its endpoint URL.
+
+    Fake credentials are in the environment for the session, so no test can reach
+    a real store with real ones.
+    """
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_CONFIG_FILE", "/dev/null")
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+        server.stop()
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A directory served over HTTP on 127.0.0.1 (aiohttp, ranged requests too):
+    ``(directory, base URL)``."""
+    from aiohttp import web
+
+    root = tmp_path / "www"
+    root.mkdir()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = web.Application()
+    app.router.add_static("/", root)
+    runner = web.AppRunner(app)
+
+    async def start() -> None:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    yield root, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()

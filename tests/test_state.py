@@ -28,6 +28,14 @@ from importer.state.store import RANGE_SPAN, record_ranges
 SETTINGS = {"batch_size": 50, "column_map": []}
 
 
+def _fingerprint(path: Path | str) -> Fingerprint:
+    """The fingerprint the source gives a local file (or stdin)."""
+    if str(path) == "-":
+        return Fingerprint("-", None, None)
+    st = Path(path).stat()
+    return Fingerprint(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
 def _input(tmp_path: Path, text: str = "email\na@example.com\n") -> Path:
     path = tmp_path / "in.csv"
     path.write_text(text)
@@ -117,23 +125,23 @@ def test_a_file_that_is_not_a_state_is_refused(tmp_path):
 def test_resume_continues_the_unfinished_run_and_refuses_changes(tmp_path):
     src = _input(tmp_path)
     with StateStore(tmp_path / "s.sqlite") as store:
-        first = store.begin_run(Fingerprint.of(src), SETTINGS)
+        first = store.begin_run(_fingerprint(src), SETTINGS)
         assert not first.resumed
-        again = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
+        again = store.begin_run(_fingerprint(src), SETTINGS, resume=True)
         assert again.resumed and again.run_id == first.run_id
         with pytest.raises(InputChanged, match="batch_size"):
-            store.begin_run(Fingerprint.of(src), {**SETTINGS, "batch_size": 20}, resume=True)
+            store.begin_run(_fingerprint(src), {**SETTINGS, "batch_size": 20}, resume=True)
         src.write_text("email\nb@example.com\nc@example.com\n")
         with pytest.raises(InputChanged, match="changed since the interrupted run"):
-            store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
-        forced = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True, force=True)
+            store.begin_run(_fingerprint(src), SETTINGS, resume=True)
+        forced = store.begin_run(_fingerprint(src), SETTINGS, resume=True, force=True)
         assert not forced.resumed and forced.run_id != first.run_id
 
 
 def test_resume_of_stdin_is_refused(tmp_path):
     store = StateStore(tmp_path / "s.sqlite")
     with store, pytest.raises(UsageError, match="standard input"):
-        store.begin_run(Fingerprint.of("-"), SETTINGS, resume=True)
+        store.begin_run(_fingerprint("-"), SETTINGS, resume=True)
 
 
 def _confirm(store: StateStore, run, customers: list[Customer], delivered: bool = True):
@@ -147,10 +155,10 @@ def test_reader_skips_done_rows_and_unchanged_payloads_in_batches(tmp_path):
     src = _input(tmp_path)
     customers = [Customer({"email": f"u{i}@example.com", "n": i}, i, i + 1) for i in range(1, 1201)]
     with StateStore(tmp_path / "s.sqlite") as store:
-        run = store.begin_run(Fingerprint.of(src), SETTINGS)
+        run = store.begin_run(_fingerprint(src), SETTINGS)
         _confirm(store, run, customers[:700])
         _confirm(store, run, customers[700:710], delivered=False)
-        resumed = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
+        resumed = store.begin_run(_fingerprint(src), SETTINGS, resume=True)
         reader = StateReader(store, resumed, "t")
         kept, done = reader.skip_done(customers)
         assert done == 710 and [c.record for c in kept] == list(range(711, 1201))
@@ -203,7 +211,7 @@ def _kill_after_confirming(path: Path, src: Path) -> list[Customer]:
     """Confirm two batches as a run would, then stop without finishing (as if killed)."""
     customers = _customers()
     with StateStore(path) as store:
-        run = store.begin_run(Fingerprint.of(src), SETTINGS)
+        run = store.begin_run(_fingerprint(src), SETTINGS)
         writer = ConfirmationWriter(store, run, "t")
         writer.note_input((100, "abc"))
         writer.record([Outcome(c, True) for c in customers[:4]], None)
@@ -218,7 +226,7 @@ def test_writer_commits_each_batch_before_record_returns(tmp_path):
     path = tmp_path / "s.sqlite"
     customers = [Customer({"email": f"u{i}@example.com"}, i, i + 1) for i in range(1, 6)]
     with StateStore(path) as store:
-        run = store.begin_run(Fingerprint.of(_input(tmp_path)), SETTINGS)
+        run = store.begin_run(_fingerprint(_input(tmp_path)), SETTINGS)
         writer = ConfirmationWriter(store, run, "t")
         for c in customers:
             writer.record([Outcome(c, True)], None)
@@ -244,7 +252,7 @@ def test_a_killed_runs_confirmations_are_all_in_the_state(tmp_path):
     assert tables["payloads"] == [("t", ident, hashes[ident]) for ident in sorted(hashes)]
 
     with StateStore(path) as store:
-        resumed = store.begin_run(Fingerprint.of(src), SETTINGS, resume=True)
+        resumed = store.begin_run(_fingerprint(src), SETTINGS, resume=True)
         assert resumed.resumed and resumed.checkpoint_bytes == 100
         reader = StateReader(store, resumed, "t")
         probe = [Customer({"email": "x@example.com"}, r, r + 1) for r in range(1, 11)]
@@ -288,7 +296,7 @@ def test_prune_and_reset_forget_old_entries(tmp_path):
     src = _input(tmp_path)
     path = tmp_path / "s.sqlite"
     with StateStore(path) as store:
-        run = store.begin_run(Fingerprint.of(src), SETTINGS)
+        run = store.begin_run(_fingerprint(src), SETTINGS)
         _confirm(store, run, [Customer({"email": "a@example.com"}, 1, 2)])
         assert store.prune(3600) == {"runs": 0, "payloads": 0}
         conn = sqlite3.connect(path)
@@ -298,7 +306,7 @@ def test_prune_and_reset_forget_old_entries(tmp_path):
         conn.commit()
         conn.close()
         assert store.prune(parse_age("90d")) == {"runs": 1, "payloads": 1}
-        store.begin_run(Fingerprint.of(src), SETTINGS)
+        store.begin_run(_fingerprint(src), SETTINGS)
         store.reset()
         assert open_summary(path)["run_count"] == 0
 

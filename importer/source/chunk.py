@@ -40,7 +40,8 @@ class Chunk:
 
     ``frame`` has the source's column names. CSV cells are Python strings in
     object columns (``""`` for an empty cell, no type inferred); JSONL values
-    keep their JSON types (missing keys are NaN). ``records`` and ``lines``
+    keep their JSON types (missing keys are NaN); Parquet values are the plain
+    values ``parquet_rows`` makes of them (None for a null). ``records`` and ``lines``
     give, per row, the 1-based record number and the physical line it starts
     on. ``rejects`` are the unparseable rows met while reading this chunk;
     ``rows_read`` counts both.

@@ -1,15 +1,18 @@
 """The SHA-256 checkpoint of the input's first bytes, which lets an interrupted run resume.
 
-Owns: hashing the file through a handle of its own, and checking an earlier
-run's checkpoint. Must not: parse the input or record anything (the state does).
+Owns: hashing the input through a handle of its own (a URL is opened again,
+through the same store and options), and checking an earlier run's
+checkpoint. Must not: parse the input or record anything (the state does).
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputChanged
+from .location import open_input
 
 #: Bytes read at a time when hashing the input.
 HASH_BLOCK = 1 << 20
@@ -20,11 +23,18 @@ class InputHasher:
 
     ``verify`` is the ``(bytes, hexdigest)`` checkpoint of an interrupted run:
     crossing it compares the hashes and raises :class:`InputChanged` on a
-    mismatch; :attr:`verified` says whether it has been passed.
+    mismatch; :attr:`verified` says whether it has been passed. ``storage_options``
+    are those of a URL's store; opening raises as
+    :func:`~importer.source.location.open_input` does.
     """
 
-    def __init__(self, path: str | Path, verify: tuple[int, str | None] | None = None):
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+    def __init__(
+        self,
+        path: str | Path,
+        verify: tuple[int, str | None] | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ):
+        self._file = open_input(path, storage_options)[0]
         self._hash = hashlib.sha256()
         self.position = 0
         self._verify = verify if verify and verify[0] > 0 and verify[1] else None

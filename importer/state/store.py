@@ -142,21 +142,12 @@ def parse_age(text: str) -> float:
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """Where the input is and what it looked like on disk (None fields for stdin)."""
+    """Which input a run reads (its absolute path, its URL, or ``-``) and its size and
+    modification time in nanoseconds (None where unknown: stdin, some servers)."""
 
     source: str
     size: int | None
     mtime_ns: int | None
-
-    @classmethod
-    def of(cls, path: str | Path) -> Fingerprint:
-        if str(path) == "-":
-            return cls("-", None, None)
-        try:
-            st = Path(path).stat()
-        except OSError:  # the source stage reports a missing or unreadable input better
-            return cls(str(Path(path).resolve()), None, None)
-        return cls(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
