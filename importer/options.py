@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .errors import UsageError
 from .mapping import parse_map_option
+from .presets import AUTO, NONE, preset_names
 
 #: Blueshift's hard limit of customers per bulk call; more is answered with 413.
 MAX_BATCH_SIZE = 50
@@ -161,6 +162,11 @@ class ImportOptions:
         None, 'TOML mapping file: [columns."Name"] tables with target, type, drop.',
         flag="--mapping", metavar="FILE", path=True,
     )  # fmt: skip
+    preset: str = _cleaning(
+        AUTO,
+        "Platform preset (see `presets list`): auto detects it from the header; none: no preset.",
+        choices=(AUTO, NONE, *preset_names()),
+    )
     column_map: tuple[tuple[str, str], ...] = _cleaning(
         (), "Map an input column to a Blueshift field (repeatable).", flag="--map",
         metavar="'COLUMN=field'", multiple=True,
