@@ -292,10 +292,9 @@ def _settle(
     """Decide each row's fate: a customer, a reject, or (drop-field) both.
 
     ``hint`` (a ``--map`` that would give rows a ``customer_id``) is added to
-    the reason of a row without identifier."""
-    missing = "missing identifier: no email or customer_id"
-    if hint:
-        missing += f" (the file's record id would be one with {hint})"
+    the reason of a row rejected for want of a valid identifier."""
+    tail = f" (the file's record id would be one with {hint})" if hint else ""
+    missing = "missing identifier: no email or customer_id" + tail
     n = len(records)
     drop_field = options.on_invalid == "drop-field"
     # A reject names the first bad field, identifiers first.
@@ -316,7 +315,7 @@ def _settle(
         return Reject(
             int(records[pos]),
             int(lines[pos]),
-            str(f.reasons[pos]),
+            str(f.reasons[pos]) + ("" if has_id[pos] or outcome != REJECTED else tail),
             column=str(f.column[pos]),
             value=f.raw[pos],
             identifier=_identifier(fields, pos),
