@@ -503,7 +503,12 @@ def presets_group() -> None:
 
 @presets_group.command("list")
 def presets_list() -> None:
-    """List the presets: name, export, and the headers that identify it."""
+    """List the presets: name, export, and the headers that identify it.
+
+    \b
+    Example:
+      blueshift-import presets list
+    """
     from .presets import load_preset, preset_names
 
     for name in preset_names():
@@ -514,7 +519,13 @@ def presets_list() -> None:
 @presets_group.command("show")
 @click.argument("name")
 def presets_show(name: str) -> None:
-    """Print the preset NAME as a mapping file."""
+    """Print the preset NAME as a mapping file, to copy and adapt.
+
+    \b
+    Example:
+      blueshift-import presets show shopify > mapping.toml
+      blueshift-import run customers_export.csv --preset none --mapping mapping.toml
+    """
     from .presets import load_preset
 
     click.echo(load_preset(name).text, nl=False)

@@ -163,10 +163,9 @@ class ImportOptions:
         flag="--mapping", metavar="FILE", path=True,
     )  # fmt: skip
     preset: str = _cleaning(
-        AUTO,
-        "Platform preset (see `presets list`): auto detects it from the header; none: no preset.",
-        choices=(AUTO, NONE, *preset_names()),
-    )
+        AUTO, "Platform preset: auto, none or a name (`presets list`).",
+        metavar="NAME",
+    )  # fmt: skip
     column_map: tuple[tuple[str, str], ...] = _cleaning(
         (), "Map an input column to a Blueshift field (repeatable).", flag="--map",
         metavar="'COLUMN=field'", multiple=True,
@@ -263,6 +262,11 @@ class ImportOptions:
                 raise UsageError(
                     f"--{_dashed(name)} must be one of {', '.join(choices)}, got {value!r}"
                 )
+        if self.preset not in (AUTO, NONE, *preset_names()):
+            raise UsageError(
+                f"--preset must be auto, none or one of {', '.join(preset_names())}, "
+                f"got {self.preset!r}"
+            )
         for name in ("timeout", "max_backoff", "give_up_after"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"--{_dashed(name)} must be above 0")

@@ -182,3 +182,10 @@ def test_a_misspelt_map_target_exits_2_with_a_suggestion(cli, tmp_path):
     assert "did you mean joined_at?" in result.output
     result = cli("validate", str(path), "--map", "Since=member_since")
     assert result.exit_code == 0, result.output
+
+
+def test_figures_print_one_line_per_fixture(tmp_path, capsys):
+    lines = platform_exports.figures(tmp_path)
+    assert [line["fixture"] for line in lines] == list(platform_exports.EXPORTS)
+    assert all(line["left_out"] == line["wrong_country_phones"] == 0 for line in lines)
+    assert all(line["rows"] == 300 for line in lines)
