@@ -190,14 +190,11 @@ def check_target(target: str, where: str) -> None:
     if field_name is None and len(squashed) >= _FUZZY_MIN:
         best = 0.0
         for spelling, candidate in _SYNONYMS.items():
-            matcher = difflib.SequenceMatcher(None, squashed, spelling.replace("_", ""))
-            differing = (
-                len(squashed)
-                + len(matcher.b)
-                - 2 * sum(b.size for b in matcher.get_matching_blocks())
-            )
+            other = spelling.replace("_", "")
+            matcher = difflib.SequenceMatcher(None, squashed, other)
+            same = sum(block.size for block in matcher.get_matching_blocks())
             ratio = matcher.ratio()
-            if ratio >= 0.75 and differing <= 4 and ratio > best:
+            if ratio >= 0.75 and len(squashed) + len(other) - 2 * same <= 4 and ratio > best:
                 field_name, best = candidate, ratio
     if field_name is not None:
         raise MappingError(
