@@ -189,3 +189,34 @@ def test_figures_print_one_line_per_fixture(tmp_path, capsys):
     assert [line["fixture"] for line in lines] == list(platform_exports.EXPORTS)
     assert all(line["left_out"] == line["wrong_country_phones"] == 0 for line in lines)
     assert all(line["rows"] == 300 for line in lines)
+
+
+def test_an_unknown_preset_name_exits_2(cli, tmp_path):
+    path = write_csv(tmp_path / "c.csv", [["a@example.com"]], ["Email"])
+    result = cli("validate", str(path), "--preset", "myspace")
+    assert result.exit_code == 2
+    assert "--preset must be auto, none or one of braze" in result.output
+
+
+def test_a_config_file_can_turn_the_preset_off(cli, tmp_path):
+    export = platform_exports.hubspot(10)
+    path = export.write(tmp_path)
+    config = tmp_path / "import.toml"
+    config.write_text('preset = "none"\n')
+    report_path = tmp_path / "r.json"
+    cli("validate", str(path), "--config", str(config), "--report", str(report_path))
+    report = json.loads(report_path.read_text())
+    assert report["preset"] is None
+    assert ["Create Date", "create_date"] in report["mapping"]
+
+
+def test_translated_rule_on_json_values_lists_and_inverted_non_booleans():
+    from importer.cleaning.rules import clean_bool, keep_value, translated
+
+    rule = translated(clean_bool, {"true": False}, invert=False)
+    assert rule(True) == (False, None)  # a JSON true looked up as "true"
+    assert translated(keep_value, split=",")("[12345, 67890]") == (["12345", "67890"], None)
+    assert translated(keep_value, split=",")('"Customer","VIP"') == (["Customer", "VIP"], None)
+    assert translated(keep_value, invert=True)("abc") == (
+        None, "invalid boolean: invert needs true or false",
+    )  # fmt: skip
