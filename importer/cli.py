@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -54,8 +55,18 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ImporterError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {cli_message(exc)}", err=True)
             sys.exit(exc.exit_code)
+
+
+def cli_message(exc: ImporterError) -> str:
+    """``exc``'s message with the option names it speaks of shown as flags (``--batch-size``)."""
+    text = str(exc)
+    flags = {f.name: flag_name(f) for f in dataclasses.fields(ImportOptions)}
+    for name in exc.options:
+        if name in flags:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], text)
+    return text
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -356,7 +367,7 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
     except (RunStopped, AccountingMismatch) as exc:
         if exc.report is not None:
             _print_summary(exc.report, display)
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {cli_message(exc)}", err=True)
         return exc.exit_code
     finally:
         for s, handler in previous.items():

@@ -16,6 +16,10 @@ stops a whole run raises. The tree, and when each is raised::
     │   └── ApiUnavailable                   nothing succeeded for too long
     └── AccountingMismatch                   the outcome counts do not add up (a bug)
 
+Messages speak of options by their :class:`~importer.options.ImportOptions`
+names (``batch_size``); ``options`` lists the names a message uses, and the
+command line shows each as its flag (``--batch-size``).
+
 aiohttp exceptions never leave :mod:`importer.sending`; a failed attempt
 becomes a :class:`TransientApiError` there, caught by the retry loop (it is
 internal: a record that fails for good is dead-lettered, not raised).
@@ -34,6 +38,11 @@ class ImporterError(Exception):
     """Root of every exception raised by blueshift-import."""
 
     exit_code: int = 2
+
+    def __init__(self, message: str, *options: str) -> None:
+        super().__init__(message)
+        #: The option names (``ImportOptions`` fields) the message speaks of.
+        self.options: tuple[str, ...] = options
 
 
 class UsageError(ImporterError, ValueError):
@@ -78,8 +87,8 @@ class RunStopped(ImporterError):
 
     exit_code = 3
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *options: str) -> None:
+        super().__init__(message, *options)
         self.report: ImportReport | None = None
         self.outcomes: list[Outcome] = []
 

@@ -52,7 +52,9 @@ def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise UsageError(
-            f"{path} already exists; pass --overwrite to replace it (or --resume to append)"
+            f"{path} already exists; pass overwrite to replace it (or resume to append)",
+            "overwrite",
+            "resume",
         ) from None
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -70,7 +72,7 @@ def refuse_existing(path: Path, *, overwrite: bool = False) -> None:
     if path.is_dir():
         raise UsageError(f"{path} is a directory; give a file name")
     if path.exists() and not overwrite:
-        raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+        raise UsageError(f"{path} already exists; pass overwrite to replace it", "overwrite")
 
 
 def neutralise_formula(value: Any) -> Any:
