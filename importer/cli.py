@@ -366,6 +366,8 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
             report = import_file(input_path, options, observer=progress.observe, stop=stop)
     except (RunStopped, AccountingMismatch) as exc:
         if exc.report is not None:
+            if isinstance(exc, RunStopped):
+                exc.report.stopped = cli_message(exc)  # the summary names flags too
             _print_summary(exc.report, display)
         click.echo(f"error: {cli_message(exc)}", err=True)
         return exc.exit_code

@@ -13,7 +13,8 @@ stops a whole run raises. The tree, and when each is raised::
     ├── SharedLimitUnavailable               no Redis for --shared-limit      exit 2
     ├── RunStopped                           the run stopped early            exit 3
     │   ├── ApiKeyRejected                   HTTP 401 or 403
-    │   └── ApiUnavailable                   nothing succeeded for too long
+    │   ├── ApiUnavailable                   nothing succeeded for too long
+    │   └── ApiUnreachable                   wrong host, port or certificate  exit 2
     └── AccountingMismatch                   the outcome counts do not add up (a bug)
 
 Messages speak of options by their :class:`~importer.options.ImportOptions`
@@ -99,6 +100,14 @@ class ApiKeyRejected(RunStopped):
 
 class ApiUnavailable(RunStopped):
     """No request succeeded for longer than ``give_up_after`` seconds."""
+
+
+class ApiUnreachable(RunStopped):
+    """The API's host was never reached: its name does not resolve, nothing listens on
+    its port, or its TLS certificate is not trusted. Retrying cannot help: the
+    base URL (or the network) needs fixing, so it exits like a usage error."""
+
+    exit_code = 2
 
 
 class AccountingMismatch(ImporterError):

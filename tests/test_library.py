@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,79 @@ def test_the_api_key_is_trimmed(fake_api: FakeApiServer, tmp_path: Path, cli: An
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert _by_id(fake_api).keys() == {"k@example.com"}
+
+
+# -- errors that say what to fix --------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("base_url", "cause"),
+    [
+        ("https://api.blueshift-typo.invalid", "the name does not resolve"),
+        ("http://127.0.0.1:{port}", "connection refused (nothing listens on that port)"),
+    ],
+)
+def test_an_unreachable_api_stops_at_once(
+    tmp_path: Path, cli: Any, base_url: str, cause: str
+) -> None:
+    import time
+
+    base_url = base_url.format(port=_closed_port())
+    path = write_csv(tmp_path / "c.csv", [{"email": f"u{i}@example.com"} for i in range(120)])
+    started = time.monotonic()
+    result = cli(
+        "run", str(path), "--base-url", base_url, "--no-state", "--give-up-after", "300",
+        "--report", str(tmp_path / "report.json"), env={"BLUESHIFT_API_KEY": "k"},
+    )  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2
+    host = base_url.split("//")[1]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"error: cannot reach the API at {host}: {cause}")
+    assert errors[0].endswith("; check --base-url")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["succeeded"] == 0 and report["not_sent"] + report["dead_lettered"] == 120
+
+
+def test_a_rejected_key_names_the_region(make_fake_api: Any, tmp_path: Path) -> None:
+    from importer import ApiKeyRejected
+    from importer.sending import Sender
+
+    options = ImportOptions(api_key="k", region="us")
+    message = str(Sender(options)._key_rejected(401))
+    assert message == (
+        "API key rejected (HTTP 401) by https://api.getblueshift.com (region us): "
+        "check the key; an EU account's key needs region eu"
+    )
+    assert isinstance(Sender(options)._key_rejected(401), ApiKeyRejected)
+
+
+def test_a_refusal_after_the_api_answered_is_retried() -> None:
+    """Once the host has answered, a refused connection is a restart: retried, not fatal."""
+    from importer.records import Batch, Customer
+    from importer.sending import Sender
+
+    options = ImportOptions(
+        api_key="k", base_url=f"http://127.0.0.1:{_closed_port()}", max_retries=2,
+        backoff_base=0.001, max_backoff=0.01,
+    )  # fmt: skip
+    batch = Batch((Customer({"email": "a@example.com"}, 1, 2),), 0)
+
+    async def send() -> list[Any]:
+        async with Sender(options) as sender:
+            sender.stats.answered = True
+            outcomes = await sender.send(batch)
+            assert sender.stats.retries == 2
+            return outcomes
+
+    [outcome] = asyncio.run(send())
+    assert not outcome.delivered and outcome.kind == "connection"
