@@ -255,14 +255,14 @@ _DISPLAY_OPTIONS = _options(
         "-q",
         "--quiet",
         is_flag=True,
-        help="No live display: plain status lines (see --status-every).",
+        help="Print only errors and the final accounting line.",
     ),
     click.option(
         "--status-every",
         type=click.FloatRange(min=0),
         default=10.0,
         show_default=True,
-        help="Seconds between status lines when not on a terminal or --quiet (0: none).",
+        help="Seconds between status lines when not on a terminal (0: none).",
     ),
     click.option(
         "--log-format",
@@ -308,8 +308,9 @@ def run(
       blueshift-import run nightly.csv --changed-only
     """
     ctx = click.get_current_context()
-    setup_logging(verbose + ctx.ensure_object(dict).get("verbose", 0), log_format)
-    for warning in config.warnings() if config is not None else ():
+    verbosity = verbose + ctx.ensure_object(dict).get("verbose", 0)
+    setup_logging(-1 if quiet else verbosity, log_format)
+    for warning in config.warnings() if config is not None and not quiet else ():
         click.echo(f"warning: {warning}", err=True)
     fixed: dict[str, Any] = {"state_path": None} if no_state else {}
     if mock:
@@ -332,9 +333,11 @@ def run(
     from .fake_api import FakeApiServer
 
     with FakeApiServer(_fake_config(kw, str(options.api_key))) as server:
-        click.echo(f"fake API listening on {server.url}", err=True)
+        if not quiet:
+            click.echo(f"fake API listening on {server.url}", err=True)
         code = _run_import(input_path, options.replace(base_url=server.url), display)
-        click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
+        if not quiet:
+            click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
     sys.exit(code)
 
 
@@ -403,6 +406,9 @@ def _rerun_args(options: ImportOptions, config: ConfigFile | None, mock: bool) -
 def _print_summary(report: ImportReport, display: _Display) -> None:
     from .progress import rerun_command, summary_lines
 
+    if display.quiet:
+        click.echo(f"accounting: {report.accounting_line()}")
+        return
     rerun = rerun_command(report, display.rerun_args)
     for line in summary_lines(report, rerun):
         click.echo(line)

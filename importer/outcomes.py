@@ -212,7 +212,8 @@ class ImportReport:
     identifier_conflicts: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     rate_limit: float = 0.0
-    achieved_rate: float = 0.0
+    #: Requests per second over the run; None for a dry run, which sends nothing.
+    achieved_rate: float | None = 0.0
     final_rate: float = 0.0
     #: The lowest pace the sender fell to after 429s (equal to ``rate_limit`` when none came).
     lowest_rate: float = 0.0
@@ -302,7 +303,9 @@ class ImportReport:
     def finish(self) -> None:
         self.finished_at = _now()
         self.duration_s = round(time.monotonic() - self._t0, 3)
-        if self.duration_s > 0 and self.requests:
+        if self.dry_run:
+            self.achieved_rate = None
+        elif self.duration_s > 0 and self.requests:
             self.achieved_rate = round(self.requests / self.duration_s, 3)
 
     def started_monotonic(self) -> float:

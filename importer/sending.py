@@ -90,6 +90,15 @@ def unreachable_cause(exc: aiohttp.ClientError) -> str | None:
     return None
 
 
+def _label(failure: TransientApiError) -> str:
+    """A failed attempt in words that quote nothing from a record (for info logs)."""
+    if failure.kind in ("timeout", "connection"):
+        return str(failure)
+    if failure.kind == "http":
+        return f"HTTP {failure.status}"
+    return {"record": "per-record error", "unconfirmed": "unreadable 2xx answer"}[failure.kind]
+
+
 def is_transient_record_error(message: str) -> bool:
     """True when a per-record error (``"internal_error"``, ``"timeout: ..."``) may pass."""
     return message.split(":", 1)[0].strip().lower() in TRANSIENT_RECORD_ERRORS
@@ -407,7 +416,12 @@ class Sender:
                 wait = retry_wait(next(waits), retry_after, status, self.options.max_backoff)
                 self._check_alive(wait)
                 self.stats.retries += 1
-                log.debug("batch %d: %s; retry %d in %.3f s", batch.seq, failure, used, wait)
+                # Info (-v) names the status only: an error body may quote a record.
+                log.info(
+                    "batch %d (%d records): %s; retry %d in %.1f s",
+                    batch.seq, len(batch), _label(failure), used, wait,
+                )  # fmt: skip
+                log.debug("batch %d: %s", batch.seq, failure)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._interrupted.wait(), wait)
                     return  # interrupted while waiting
@@ -456,7 +470,10 @@ class Sender:
             return
         self.stats.splits += 1
         first, second = batch.split()
-        log.debug("batch %d: %s; splitting %d records in two", batch.seq, failure, len(batch))
+        log.info(
+            "batch %d: %s; splitting %d records in two", batch.seq, _label(failure), len(batch)
+        )
+        log.debug("batch %d: %s", batch.seq, failure)
         await self._deliver(first, done, attempts, 0)
         await self._deliver(second, done, attempts, 0)
 
