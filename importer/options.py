@@ -151,7 +151,11 @@ class ImportOptions:
         shapes=False,
     )  # fmt: skip
     limit: int | None = _input(
-        None, "Import only the first N rows (a trial run).", kind=int, metavar="N", shapes=False
+        None,
+        "Import only the first N rows (a trial; --resume sends the rest).",
+        kind=int,
+        metavar="N",
+        shapes=False,
     )
     chunk_rows: int = _input(20_000, "Rows read and cleaned at a time.", shapes=False, cli=False)
     max_field_bytes: int = _input(1_000_000, "Reject a row with a CSV cell longer than this.")

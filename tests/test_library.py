@@ -235,3 +235,18 @@ def test_a_refusal_after_the_api_answered_is_retried() -> None:
 
     [outcome] = asyncio.run(send())
     assert not outcome.delivered and outcome.kind == "connection"
+
+
+def test_a_trial_with_limit_is_finished_by_resume(
+    tmp_path: Path, fake_api: FakeApiServer, cli: Any
+) -> None:
+    path = write_csv(tmp_path / "c.csv", [{"email": f"t{i}@example.com"} for i in range(100)])
+    args = ["run", str(path), "--base-url", fake_api.url, "--state", str(tmp_path / "s.sqlite")]
+    env = {"BLUESHIFT_API_KEY": API_KEY}
+    assert cli(*args, "--limit", "10", env=env).exit_code == 0
+    assert len(fake_api.state.applied) == 10
+    result = cli(*args, "--resume", "-q", env=env)
+    assert result.exit_code == 0, result.output
+    assert "succeeded 90" in result.stdout and "already done 10" in result.stdout
+    assert sorted(_by_id(fake_api)) == sorted(f"t{i}@example.com" for i in range(100))
+    assert len(fake_api.state.applied) == 100  # none sent twice
