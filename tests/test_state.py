@@ -351,7 +351,7 @@ def test_a_killed_runs_confirmations_are_all_in_the_state(tmp_path):
     path = tmp_path / "s.sqlite"
     src = _input(tmp_path)
     customers = _kill_after_confirming(path, src)
-    summary = open_summary(path)  # what `state show` says
+    summary = open_summary(path)  # what `state info` says
     assert summary["runs"][0]["confirmed"] == 7 and summary["runs"][0]["dead_lettered"] == 1
     # Hashes not yet flushed are lost: the next --changed-only run sends those again.
     assert summary["payload_hashes"] == 0 and summary["locked_by"] is None

@@ -1,10 +1,12 @@
 """The state database: opening, schema, lock, runs, resume checks, prune and summary.
 
-Owns the file (created with mode 0600), its schema and the upgrade from the
-last released one, the lock beside it, and the ``runs`` table's life cycle:
+Owns the file (created with mode 0600, by default one per account in the
+user's state directory: :func:`default_state_path`), its schema and the
+upgrade from earlier ones, refusing files that are not ours, the lock beside
+its resolved path, and the ``runs`` table's life cycle:
 :meth:`StateStore.begin_run` starts or resumes a run and decides whether a
-resume is allowed. It also defines what the tables hold (:func:`payload_hash`,
-:func:`record_ranges`, :func:`target_tag`) so the writer and the reader agree.
+resume is allowed. It also defines what the tables hold (:class:`Account`'s
+keyed hashes, :func:`record_ranges`) so the writer and the reader agree.
 
 Must not: record confirmations (that is :mod:`.confirmations`), or look up
 records and payloads for a run (that is :mod:`.reader`).
