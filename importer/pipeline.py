@@ -133,8 +133,10 @@ class _Run:
         keep = o.changed_only or self.store.holds_payloads()
         self.writer = ConfirmationWriter(self.store, info, account if keep else None)
         if info.resumed and self.run_dir is not None and info.dead_letter_path:
+            # The interrupted run's own run directory (not a --dead-letter path of its own).
             earlier = Path(info.dead_letter_path).parent
-            if earlier != self.run_dir.resolve() and earlier.is_dir():
+            ours = earlier.parent == self.run_dir.parent.resolve() and earlier.is_dir()
+            if ours and earlier != self.run_dir.resolve():
                 self.run_dir.rmdir()  # still empty
                 self.use_run_dir(earlier)
                 o = self.options
