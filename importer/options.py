@@ -48,7 +48,8 @@ class OptionSpec:
     type where a None default does not tell it; ``secret`` keeps the value out
     of the options' ``repr`` (a key, a password); ``shapes`` marks options
     that decide what a row becomes (a resumed run must use the same ones);
-    ``cli=False`` keeps an option to the library; ``cli_default`` is the
+    ``directory`` marks a path that names a directory; ``cli=False`` keeps an option
+    to the library; ``cli_default`` is the
     command line's default where it differs from the library's; ``alias`` is
     ``(flag, value)``, a flag that is short for the option set to that value.
     """
@@ -62,6 +63,7 @@ class OptionSpec:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     path: bool = False
+    directory: bool = False
     multiple: bool = False
     shapes: bool = False
     cli: bool = True
@@ -152,7 +154,7 @@ class ImportOptions:
     )  # fmt: skip
     limit: int | None = _input(
         None,
-        "Import only the first N rows (a trial; --resume sends the rest).",
+        "Import only the first N rows (--resume sends the rest).",
         kind=int,
         metavar="N",
         shapes=False,
@@ -200,11 +202,10 @@ class ImportOptions:
     # -- state: resume and incremental imports --
     state_path: Path | None = _state(
         None,
-        "SQLite file of confirmed rows and payload hashes (for --resume, --changed-only).",
+        "State for --resume and --changed-only (default: one per account in the user's state dir).",
         flag="--state",
         env="BLUESHIFT_IMPORT_STATE",
         path=True,
-        cli_default=Path(".blueshift-import") / "state.sqlite",
     )
     resume: bool = _state(
         False,
@@ -227,6 +228,14 @@ class ImportOptions:
     )
     rejects_path: Path | None = _outputs(
         None, "CSV or JSONL file for rows that failed validation.", flag="--rejects", path=True
+    )
+    output_dir: Path | None = _outputs(
+        None,
+        "Put each run's report, rejects and dead letters in DIR/<UTC time>/; "
+        "DIR/latest points there.",
+        metavar="DIR",
+        path=True,
+        directory=True,
     )
     overwrite: bool = _outputs(False, "Replace existing output files.")
     dry_run: bool = _outputs(False, "Read, clean and batch, but send nothing; show a preview.")

@@ -1,18 +1,22 @@
 """Outcomes stage: where every row ends up, and the report that counts them.
 
 Owns: the rejects file (CSV or JSONL by extension), the dead-letter file
-(re-importable JSONL), the :class:`ImportReport` and its JSON form, and the
-accounting invariant (:attr:`ImportReport.accounting_ok`). Files holding records
-are created with mode 0600 and written in whole lines, flushed per write, so a
-crash never leaves a line a re-import would choke on.
+(re-importable JSONL), the :class:`ImportReport` and its JSON form, the
+accounting invariant (:attr:`ImportReport.accounting_ok`), and the run
+directories of ``--output-dir``. Files holding records are created with mode
+0600 on their first line (a run with nothing to write leaves no file) and
+written in whole lines, flushed per write, so a crash never leaves a line a
+re-import would choke on.
 
 Must not: decide whether a row is valid or whether a request is retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import os
 import time
 from collections.abc import Iterable
@@ -75,6 +79,31 @@ def refuse_existing(path: Path, *, overwrite: bool = False) -> None:
         raise UsageError(f"{path} already exists; pass overwrite to replace it", "overwrite")
 
 
+def stamped_dir(parent: Path) -> Path:
+    """Make and return a new directory ``parent/<UTC time>`` (``2026-12-04T023000Z``),
+    never one another run made: a second run in the same second gets ``-2``."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    try:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            with contextlib.suppress(FileExistsError):
+                path = Path(parent) / (stamp if n == 1 else f"{stamp}-{n}")
+                path.mkdir(mode=0o700)
+                return path
+    except OSError as exc:
+        raise UsageError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
+    raise AssertionError("unreachable")
+
+
+def point_latest(run_dir: Path) -> None:
+    """Point ``latest`` beside ``run_dir`` at it (a relative symlink, replaced atomically)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name, target_is_directory=True)
+    os.replace(tmp, link)
+
+
 def neutralise_formula(value: Any) -> Any:
     """Prefix a text cell that a spreadsheet would run as a formula with ``'``."""
     if isinstance(value, str) and value.startswith(_FORMULA_START):
@@ -87,27 +116,56 @@ def _now() -> str:
 
 
 class _RecordFile:
-    """A file of records opened with :func:`open_private`, written in whole lines."""
+    """A file of records opened with :func:`open_private` on its first line, written in
+    whole lines. An existing file is refused (or, with ``overwrite``, removed) at once,
+    before anything is sent; with ``append`` it is added to."""
 
     def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
         self.path = Path(path)
         self.source = source
-        self._file = open_private(self.path, overwrite=overwrite, append=append)
+        self._append = append
+        self._file: IO[bytes] | None = None
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a directory; give a file name")
+        if not append and self.path.exists():
+            if not overwrite:
+                raise UsageError(
+                    f"{self.path} already exists; pass overwrite to replace it "
+                    "(or resume to append)",
+                    "overwrite",
+                    "resume",
+                )
+            if self.path.is_file():  # never a device or a pipe
+                self.path.unlink()
 
     @property
     def size(self) -> int:
-        """The file's length in bytes (what a resumed run trims it back to)."""
-        return self.path.stat().st_size
+        """The file's length in bytes (what a resumed run trims it back to; 0 if none)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _first_line(self) -> bytes:
+        """What a new file starts with (a CSV header)."""
+        return b""
 
     def _write_json_lines(self, records: Iterable[dict[str, Any]]) -> None:
         self._write(b"".join(orjson.dumps(r, default=str) + b"\n" for r in records))
 
     def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._file is None:
+            self._file = open_private(self.path, overwrite=not self._append, append=self._append)
+            if self.size == 0:
+                data = self._first_line() + data
         self._file.write(data)
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class RejectsWriter(_RecordFile):
@@ -118,17 +176,16 @@ class RejectsWriter(_RecordFile):
     def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
         super().__init__(path, source, overwrite=overwrite, append=append)
         self.csv = self.path.suffix.lower() in (".csv", ".tsv")
-        if self.csv and self.size == 0:
-            self._write_csv_rows([self.COLUMNS])
+
+    def _first_line(self) -> bytes:
+        return _csv_rows([self.COLUMNS]) if self.csv else b""
 
     def _write_csv_rows(self, rows: list[Any]) -> None:
-        buf = io.StringIO()
-        # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
-        # which would otherwise split one reject into two lines for any CSV reader.
-        csv.writer(buf, lineterminator="\r\n").writerows(rows)
-        self._write(buf.getvalue().encode())
+        self._write(_csv_rows(rows))
 
     def write(self, rejects: list[Reject]) -> None:
+        if not rejects:
+            return
         if self.csv:
             self._write_csv_rows(
                 [
@@ -146,6 +203,14 @@ class RejectsWriter(_RecordFile):
             )
         else:
             self._write_json_lines({"source": self.source, **asdict(r)} for r in rejects)
+
+
+def _csv_rows(rows: list[Any]) -> bytes:
+    buf = io.StringIO()
+    # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
+    # which would otherwise split one reject into two lines for any CSV reader.
+    csv.writer(buf, lineterminator="\r\n").writerows(rows)
+    return buf.getvalue().encode()
 
 
 def _as_text(value: Any) -> str:

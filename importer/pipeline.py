@@ -23,7 +23,14 @@ from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions, fingerprint
-from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
+from .outcomes import (
+    DeadLetterWriter,
+    ImportReport,
+    RejectsWriter,
+    point_latest,
+    refuse_existing,
+    stamped_dir,
+)
 from .pacing import redacted
 from .records import Batch, Outcome
 from .sending import Sender
@@ -31,14 +38,7 @@ from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
 from .source.chunk import first_rows
 from .source.location import display_name, local_path
 from .source.records_rows import RECORDS_NAME, Records, RecordsSource
-from .state import (
-    ConfirmationWriter,
-    Fingerprint,
-    StateReader,
-    StateStore,
-    target_tag,
-    trim_output,
-)
+from .state import Account, ConfirmationWriter, Fingerprint, StateReader, StateStore, trim_output
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,9 @@ class _Run:
 
     def __init__(self, path: str | Path, options: ImportOptions):
         self.path = str(local_path(path))
+        #: The options as given; ``options`` adds the --output-dir file names to them.
+        self.given = options
+        self.run_dir: Path | None = None
         #: How the input is named in the report and output files (a URL without its query).
         self.name = display_name(self.path)
         self.options = options
@@ -158,12 +161,28 @@ class _Run:
         self.completed = False
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
+    def use_run_dir(self, run_dir: Path) -> None:
+        """Name the files not given their own path after ``run_dir`` (--output-dir)."""
+        o = self.given
+        self.run_dir = run_dir
+        self.options = o.replace(
+            report_path=o.report_path or run_dir / "report.json",
+            rejects_path=o.rejects_path or run_dir / "rejects.csv",
+            dead_letter_path=o.dead_letter_path or run_dir / "dead-letter.jsonl",
+        )
+
     def open_state(self, input: SourceInfo) -> None:
-        """Lock the state store and begin (or resume) the run of ``input`` in it."""
+        """Lock the state store and begin (or resume) the run of ``input`` in it.
+
+        With --output-dir, the run's files go to a new run directory, or to the
+        interrupted run's when this one resumes it.
+        """
+        if self.given.output_dir is not None:
+            self.use_run_dir(stamped_dir(self.given.output_dir))
         o = self.options
         if o.state_path is None or o.dry_run:
             return
-        self.store = StateStore(o.state_path)
+        self.store = StateStore(o.state_path, resume=o.resume)
         info = self.store.begin_run(
             Fingerprint(input.name, input.size, input.mtime_ns),
             fingerprint(o),
@@ -172,9 +191,21 @@ class _Run:
             rejects_path=o.rejects_path,
             dead_letter_path=o.dead_letter_path,
         )
-        target = target_tag(o.resolved_base_url, o.api_key)
-        self.reader = StateReader(self.store, info, target)
-        self.writer = ConfirmationWriter(self.store, info, target)
+        account = Account(o.resolved_base_url, o.api_key)
+        self.reader = StateReader(self.store, info, account)
+        # Payload hashes are kept once --changed-only is used with this state: a run that
+        # sent new payloads without recording them would leave hashes a later
+        # --changed-only run trusts, skipping customers whose last payload was another.
+        keep = o.changed_only or self.store.holds_payloads()
+        self.writer = ConfirmationWriter(self.store, info, account if keep else None)
+        if info.resumed and self.run_dir is not None and info.dead_letter_path:
+            # The interrupted run's own run directory (not a --dead-letter path of its own).
+            earlier = Path(info.dead_letter_path).parent
+            ours = earlier.parent == self.run_dir.parent.resolve() and earlier.is_dir()
+            if ours and earlier != self.run_dir.resolve():
+                self.run_dir.rmdir()  # still empty
+                self.use_run_dir(earlier)
+                o = self.options
         if info.resumed:
             self.hasher_checkpoint = (info.checkpoint_bytes, info.checkpoint_hash)
             trim_output(o.rejects_path, info.rejects_path, info.rejects_offset)
@@ -184,6 +215,8 @@ class _Run:
 
     def open_outputs(self) -> None:
         o = self.options
+        if self.run_dir is not None:
+            point_latest(self.run_dir)
         # A resumed run adds to the interrupted run's files (trimmed to what it recorded).
         append = o.resume and not o.overwrite
         if o.report_path:
@@ -450,9 +483,11 @@ async def _run(
     elif stop.is_set():
         report.stopped = "interrupted"
     report.finish()
-    if options.report_path:
-        report.files["report"] = str(options.report_path)
-        report.write(options.report_path)
+    # Files a run had nothing to write are never created.
+    report.files = {k: v for k, v in report.files.items() if k == "state" or Path(v).exists()}
+    if run.options.report_path:
+        report.files["report"] = str(run.options.report_path)
+        report.write(run.options.report_path)
     if observer is not None:
         observer(report)
     if failure:

@@ -522,7 +522,7 @@ def test_signal_stops_cleanly_with_report(make_fake_api, tmp_path, signum, code)
     assert report["succeeded"] == len(server.state.applied) > 0
     assert report["not_sent"] > 0
     assert calls < 100  # it stopped reading instead of sending the whole file
-    assert (tmp_path / "dead.jsonl").exists()
+    assert not (tmp_path / "dead.jsonl").exists()  # nothing dead-lettered: no empty file
 
 
 def test_second_ctrl_c_exits_at_once(make_fake_api, tmp_path):

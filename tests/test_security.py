@@ -310,13 +310,13 @@ def test_security_tls_certificate_is_verified(tmp_path):
 # -- files holding records ----------------------------------------------------------------------
 
 
-def test_security_output_files_are_private_even_with_a_permissive_umask(fake_api, tmp_path):
+def test_security_output_files_are_private_even_with_a_permissive_umask(make_fake_api, tmp_path):
     old = os.umask(0)
     try:
         report = import_file(
             _mixed_file(tmp_path),
             fast_options(
-                fake_api,
+                make_fake_api(bad_field=REFUSED),  # one customer dead-lettered
                 rejects_path=tmp_path / "r.csv",
                 dead_letter_path=tmp_path / "d.jsonl",
                 report_path=tmp_path / "report.json",
@@ -324,7 +324,7 @@ def test_security_output_files_are_private_even_with_a_permissive_umask(fake_api
         )
     finally:
         os.umask(old)
-    assert report.rejected >= 1
+    assert report.rejected >= 1 and report.dead_lettered == 1
     for name in ("r.csv", "d.jsonl", "report.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
 
@@ -341,7 +341,10 @@ def test_security_existing_output_not_overwritten(cli, fake_api, tmp_path, flag)
     assert fake_api.state.requests == []  # refused before anything was sent
     result = cli(*args, "--overwrite", env={"BLUESHIFT_API_KEY": API_KEY})
     assert result.exit_code == 1, result.output
-    assert target.read_text() != "previous run\n"
+    # Replaced; nothing was dead-lettered, so that file is gone rather than left empty.
+    assert (
+        (not target.exists()) if flag == "--dead-letter" else target.read_text() != "previous run\n"
+    )
 
 
 def test_security_csv_rejects_neutralise_formulas(cli, tmp_path):
