@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -54,8 +55,18 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ImporterError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {cli_message(exc)}", err=True)
             sys.exit(exc.exit_code)
+
+
+def cli_message(exc: ImporterError) -> str:
+    """``exc``'s message with the option names it speaks of shown as flags (``--batch-size``)."""
+    text = str(exc)
+    flags = {f.name: flag_name(f) for f in dataclasses.fields(ImportOptions)}
+    for name in exc.options:
+        if name in flags:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], text)
+    return text
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -246,14 +257,14 @@ _DISPLAY_OPTIONS = _options(
         "-q",
         "--quiet",
         is_flag=True,
-        help="No live display: plain status lines (see --status-every).",
+        help="Print only errors and the final accounting line.",
     ),
     click.option(
         "--status-every",
         type=click.FloatRange(min=0),
         default=10.0,
         show_default=True,
-        help="Seconds between status lines when not on a terminal or --quiet (0: none).",
+        help="Seconds between status lines when not on a terminal (0: none).",
     ),
     click.option(
         "--log-format",
@@ -299,8 +310,9 @@ def run(
       blueshift-import run nightly.csv --changed-only
     """
     ctx = click.get_current_context()
-    setup_logging(verbose + ctx.ensure_object(dict).get("verbose", 0), log_format)
-    for warning in config.warnings() if config is not None else ():
+    verbosity = verbose + ctx.ensure_object(dict).get("verbose", 0)
+    setup_logging(-1 if quiet else verbosity, log_format)
+    for warning in config.warnings() if config is not None and not quiet else ():
         click.echo(f"warning: {warning}", err=True)
     fixed: dict[str, Any] = {"state_path": None} if no_state else {}
     default_state = not no_state and kw.get("state_path") is None
@@ -332,9 +344,11 @@ def run(
     from .fake_api import FakeApiServer
 
     with FakeApiServer(_fake_config(kw, str(options.api_key))) as server:
-        click.echo(f"fake API listening on {server.url}", err=True)
+        if not quiet:
+            click.echo(f"fake API listening on {server.url}", err=True)
         code = _run_import(input_path, options.replace(base_url=server.url), display)
-        click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
+        if not quiet:
+            click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
     sys.exit(code)
 
 
@@ -366,8 +380,10 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
             report = import_file(input_path, options, observer=progress.observe, stop=stop)
     except (RunStopped, AccountingMismatch) as exc:
         if exc.report is not None:
+            if isinstance(exc, RunStopped):
+                exc.report.stopped = cli_message(exc)  # the summary names flags too
             _print_summary(exc.report, display)
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {cli_message(exc)}", err=True)
         return exc.exit_code
     finally:
         for s, handler in previous.items():
@@ -401,6 +417,9 @@ def _rerun_args(options: ImportOptions, config: ConfigFile | None, mock: bool) -
 def _print_summary(report: ImportReport, display: _Display) -> None:
     from .progress import rerun_command, summary_lines
 
+    if display.quiet:
+        click.echo(f"accounting: {report.accounting_line()}")
+        return
     rerun = rerun_command(report, display.rerun_args)
     for line in summary_lines(report, rerun):
         click.echo(line)

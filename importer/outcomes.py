@@ -56,7 +56,9 @@ def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise UsageError(
-            f"{path} already exists; pass --overwrite to replace it (or --resume to append)"
+            f"{path} already exists; pass overwrite to replace it (or resume to append)",
+            "overwrite",
+            "resume",
         ) from None
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -74,7 +76,7 @@ def refuse_existing(path: Path, *, overwrite: bool = False) -> None:
     if path.is_dir():
         raise UsageError(f"{path} is a directory; give a file name")
     if path.exists() and not overwrite:
-        raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+        raise UsageError(f"{path} already exists; pass overwrite to replace it", "overwrite")
 
 
 def stamped_dir(parent: Path) -> Path:
@@ -128,8 +130,10 @@ class _RecordFile:
         if not append and self.path.exists():
             if not overwrite:
                 raise UsageError(
-                    f"{self.path} already exists; pass --overwrite to replace it "
-                    "(or --resume to append)"
+                    f"{self.path} already exists; pass overwrite to replace it "
+                    "(or resume to append)",
+                    "overwrite",
+                    "resume",
                 )
             if self.path.is_file():  # never a device or a pipe
                 self.path.unlink()
@@ -273,7 +277,8 @@ class ImportReport:
     identifier_conflicts: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     rate_limit: float = 0.0
-    achieved_rate: float = 0.0
+    #: Requests per second over the run; None for a dry run, which sends nothing.
+    achieved_rate: float | None = 0.0
     final_rate: float = 0.0
     #: The lowest pace the sender fell to after 429s (equal to ``rate_limit`` when none came).
     lowest_rate: float = 0.0
@@ -363,7 +368,9 @@ class ImportReport:
     def finish(self) -> None:
         self.finished_at = _now()
         self.duration_s = round(time.monotonic() - self._t0, 3)
-        if self.duration_s > 0 and self.requests:
+        if self.dry_run:
+            self.achieved_rate = None
+        elif self.duration_s > 0 and self.requests:
             self.achieved_rate = round(self.requests / self.duration_s, 3)
 
     def started_monotonic(self) -> float:

@@ -10,10 +10,12 @@ from running far ahead of sending, so memory stays flat for any file size.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from .batching import BatchPacker
 from .cleaning import DateOrder, clean_chunk, decide_date_orders, infer_column_types
@@ -33,12 +35,15 @@ from .pacing import redacted
 from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
+from .source.chunk import first_rows
 from .source.location import display_name, local_path
+from .source.records_rows import RECORDS_NAME, Records, RecordsSource
 from .state import Account, ConfirmationWriter, Fingerprint, StateReader, StateStore, trim_output
 
 log = logging.getLogger(__name__)
 
 Observer = Callable[[ImportReport], None]
+AnySource = Source | RecordsSource
 #: Rows of the first chunk cleaned and sent before the rest of it.
 FIRST_PIECE_ROWS = 1_000
 
@@ -55,9 +60,11 @@ def import_file(
     ``path`` is a CSV, JSONL (either optionally gzipped) or Parquet file: a
     local path, a URL (``s3://``, ``gs://``, ``az://``, ``https://``,
     ``http://``, ``file://``) or ``-`` for stdin.
-    ``observer`` is called with the live report as batches complete (for
-    progress displays); setting ``stop`` makes the run stop reading, finish
-    the requests in flight and return (``report.stopped`` says so).
+    Called inside a running event loop (a notebook), it runs in a worker
+    thread with a loop of its own. ``observer`` is called with the live
+    report as batches complete (for progress displays); setting ``stop``
+    makes the run stop reading, finish the requests in flight and return
+    (``report.stopped`` says so).
 
     Raises :class:`~importer.errors.UsageError` or
     :class:`~importer.errors.InputUnreadable` before anything is sent, and
@@ -66,7 +73,66 @@ def import_file(
     :class:`~importer.errors.AccountingMismatch`.
     """
     options = options or ImportOptions()
-    return asyncio.run(_run(path, options, observer, stop or threading.Event()))
+    return _in_own_loop(lambda: aimport_file(path, options, observer=observer, stop=stop))
+
+
+def import_records(
+    records: Records,
+    options: ImportOptions | None = None,
+    *,
+    observer: Observer | None = None,
+    stop: threading.Event | None = None,
+) -> ImportReport:
+    """Import customers held in memory and return the report, as :func:`import_file` does.
+
+    ``records`` is an iterable of dicts (read a chunk at a time: a generator
+    is never held whole) or a pandas DataFrame; they go through the same
+    mapping, cleaning and accounting as the lines of a JSONL file. ``resume``
+    is refused (records cannot be read again); raises as :func:`import_file`.
+    """
+    options = options or ImportOptions()
+    return _in_own_loop(lambda: aimport_records(records, options, observer=observer, stop=stop))
+
+
+async def aimport_file(
+    path: str | Path,
+    options: ImportOptions | None = None,
+    *,
+    observer: Observer | None = None,
+    stop: threading.Event | None = None,
+) -> ImportReport:
+    """:func:`import_file` for code already inside an event loop (an async service)."""
+    options = options or ImportOptions()
+    return await _run(path, lambda o: Source(path, o), options, observer, stop)
+
+
+async def aimport_records(
+    records: Records,
+    options: ImportOptions | None = None,
+    *,
+    observer: Observer | None = None,
+    stop: threading.Event | None = None,
+) -> ImportReport:
+    """:func:`import_records` for code already inside an event loop (an async service)."""
+    options = options or ImportOptions()
+    if options.resume:
+        raise UsageError("resume needs a file: records in memory cannot be read again", "resume")
+    return await _run(RECORDS_NAME, lambda o: RecordsSource(records, o), options, observer, stop)
+
+
+def _in_own_loop(make: Callable[[], Coroutine[Any, Any, ImportReport]]) -> ImportReport:
+    """Run the coroutine ``make`` returns in an event loop of its own.
+
+    Called inside a running loop (a notebook, an async service), that loop
+    cannot be blocked into running another: the import runs in a worker
+    thread with its own loop, and this call waits for it.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 class _Run:
@@ -163,7 +229,8 @@ class _Run:
         if o.dead_letter_path and not o.dry_run:
             if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
                 raise UsageError(
-                    f"{o.dead_letter_path} is the input; give the new dead-letter file another name"
+                    f"{o.dead_letter_path} is the input; give dead_letter_path another name",
+                    "dead_letter_path",
                 )
             self.dead_letter = DeadLetterWriter(
                 o.dead_letter_path, self.name, overwrite=o.overwrite, append=append
@@ -198,7 +265,7 @@ class _Run:
 
 
 def _produce(
-    run: _Run, source: Source, put: Callable[[Batch], bool], notify: Callable[..., object]
+    run: _Run, source: AnySource, put: Callable[[Batch], bool], notify: Callable[..., object]
 ) -> None:
     """Read, clean and pack the input (in a worker thread), handing batches to ``put``.
 
@@ -217,7 +284,7 @@ def _produce(
     date_orders: dict[tuple[str, ...], dict[str, DateOrder]] = {}
     report.bytes_total = source.info.size
     hasher: InputHasher | None = None
-    if writer is not None and source.info.name != "-":
+    if writer is not None and source.info.name not in ("-", RECORDS_NAME):
         hasher = InputHasher(run.path, run.hasher_checkpoint, dict(o.storage_options))
     # On resume, batches wait here until the re-read input is verified against the checkpoint.
     held: list[Batch] = []
@@ -263,7 +330,7 @@ def _produce(
         return True
 
     try:
-        for number, chunk in enumerate(source.chunks()):
+        for number, chunk in enumerate(first_rows(source.chunks(), o.limit)):
             report.rows_read += chunk.rows_read
             report.bytes_read = source.bytes_read
             if hasher is not None and writer is not None:
@@ -310,7 +377,9 @@ def _produce(
             report.requests += len(packer.flush())
         else:
             emit(packer.flush())
-        run.completed = not run.stopping.is_set()
+        # A run cut short by ``limit`` did not import the whole input: not completed.
+        cut = o.limit is not None and report.rows_read >= o.limit
+        run.completed = not run.stopping.is_set() and not cut
     finally:
         if hasher is not None:
             hasher.close()
@@ -325,8 +394,13 @@ def _last_record(chunk: Chunk) -> int:
 
 
 async def _run(
-    path: str | Path, options: ImportOptions, observer: Observer | None, stop: threading.Event
+    path: str | Path,
+    open_source: Callable[[ImportOptions], AnySource],
+    options: ImportOptions,
+    observer: Observer | None,
+    stop: threading.Event | None,
 ) -> ImportReport:
+    stop = stop or threading.Event()
     run = _Run(path, options)
     report = run.report
     loop = asyncio.get_running_loop()
@@ -344,7 +418,9 @@ async def _run(
                 return True
         return False
 
-    with Source(path, options) as source:
+    # With a limit, the source reads no more rows than it may import.
+    chunk_rows = min(options.chunk_rows, options.limit or options.chunk_rows)
+    with open_source(options.replace(chunk_rows=chunk_rows)) as source:
         # The shared limit's Redis is reached first: out of reach, the run stops
         # before it touches the state or the output files.
         async with Sender(options) as sender:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from importer import ImportOptions, import_file
-from importer.errors import ApiKeyRejected
+from importer.errors import ApiKeyRejected, ApiUnreachable
 from importer.outcomes import neutralise_formula
 
 from .conftest import API_KEY, fast_options, write_csv
@@ -293,12 +294,16 @@ def test_security_tls_certificate_is_verified(tmp_path):
             timeout=5.0,
         )
         path = write_csv(tmp_path / "c.csv", [["a@example.com"]], ["email"])
-        report = import_file(path, options)
+        # Stopped at once, naming host and cause: retrying cannot make a certificate trusted.
+        message = f"cannot reach the API at 127.0.0.1:{port}: its TLS certificate is not trusted"
+        with pytest.raises(ApiUnreachable, match=re.escape(message)) as info:
+            import_file(path, options)
     finally:
         done.set()
         thread.join(5)
         listener.close()
-    assert report.succeeded == 0 and report.dead_lettered == 1
+    report = info.value.report
+    assert report is not None and report.succeeded == 0 and report.not_sent == 1
     assert received == [] and refused, "the client sent a request over an unverified connection"
 
 

@@ -460,5 +460,5 @@ def test_resume_and_changed_only_need_a_state():
 
     with pytest.raises(UsageError, match="state"):
         ImportOptions(resume=True)
-    with pytest.raises(UsageError, match="--force"):
+    with pytest.raises(UsageError, match="force only goes with resume"):
         ImportOptions(force=True, state_path=Path("s"))
