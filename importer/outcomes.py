@@ -13,21 +13,34 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from .errors import UsageError
 from .records import CONFLICT, FIELD_DROPPED, Outcome, Reject
+from .source import Chunk
 
 REPORT_SCHEMA_VERSION = 1
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Columns (CSV) or keys (JSONL) a rejects file adds to the row: where the row was, what
+#: became of it, the column and value at fault, and why. A re-import leaves them out.
+REJECTS_COLUMNS = ("_line", "_outcome", "_column", "_value", "_reason")
+#: A cell a spreadsheet would run as a formula, possibly behind guards already.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_GUARDED = re.compile(r"'+[=+\-@\t\r]")
+#: The stamp :func:`default_rejects_path` puts in a name.
+_STAMPED = re.compile(r"\.rejects-\d{8}T\d{6}Z(-\d+)?$")
+_CSV_SUFFIXES = (".csv", ".tsv")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -> IO[bytes]:
@@ -74,9 +87,20 @@ def refuse_existing(path: Path, *, overwrite: bool = False) -> None:
 
 
 def neutralise_formula(value: Any) -> Any:
-    """Prefix a text cell that a spreadsheet would run as a formula with ``'``."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """Prefix a text cell that a spreadsheet would run as a formula with ``'``.
+
+    A cell already starting with ``'`` before such a character gets one more,
+    so :func:`restore_formula` gives back exactly the cell (``'6812`` stays as it is).
+    """
+    if isinstance(value, str) and _FORMULA.match(value):
         return "'" + value
+    return value
+
+
+def restore_formula(value: Any) -> Any:
+    """Undo :func:`neutralise_formula`."""
+    if isinstance(value, str) and _GUARDED.match(value):
+        return value[1:]
     return value
 
 
@@ -108,45 +132,177 @@ class _RecordFile:
         self._file.close()
 
 
-class RejectsWriter(_RecordFile):
-    """Appends rejects to a CSV or JSONL file (chosen by the file's extension)."""
+class RejectsWriter:
+    """The rejects file: the rows cleaning refused or sent with a remark, in the input's format.
 
-    COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "outcome")
+    Each line is one problem: the row's cells exactly as read (CSV: every
+    column in the input's order; JSONL and Parquet: the keys the row had, as
+    JSONL) plus :data:`REJECTS_COLUMNS`, so that ``run`` imports the file
+    again once it is fixed (see :func:`unwrap_rejects`). The file is created
+    at its first line, never empty; an existing one is refused at once unless
+    ``overwrite`` (it is removed) or ``append`` (a resumed run). A name whose
+    extension says the other format raises :class:`UsageError`.
+    """
 
-    def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
-        super().__init__(path, source, overwrite=overwrite, append=append)
-        self.csv = self.path.suffix.lower() in (".csv", ".tsv")
-        if self.csv and self.size == 0:
-            self._write_csv_rows([self.COLUMNS])
+    def __init__(
+        self, path: Path, input_format: str, *, overwrite: bool = False, append: bool = False
+    ):
+        self.path = Path(path)
+        self.csv = rejects_format(input_format) == "csv"
+        other = _JSONL_SUFFIXES if self.csv else _CSV_SUFFIXES
+        if self.path.suffix.lower() in other:
+            raise UsageError(
+                f"{self.path}: rejects of a {input_format} input are written as "
+                f"{rejects_format(input_format).upper()}, so it can be imported again; "
+                f"name it {self.path.stem}.{rejects_format(input_format)}"
+            )
+        if not append:
+            refuse_existing(self.path, overwrite=overwrite)
+            if overwrite:
+                # Replaced even when this run rejects nothing: a stale file would mislead.
+                self.path.unlink(missing_ok=True)
+        elif self.path.is_dir():
+            raise UsageError(f"{self.path} is a directory; give a file name")
+        self._append = append
+        self._file: IO[bytes] | None = None
+        self._header: list[str] | None = None
 
-    def _write_csv_rows(self, rows: list[Any]) -> None:
+    @property
+    def size(self) -> int:
+        """The file's length in bytes, 0 before it exists (what a resumed run trims it to)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    @property
+    def created(self) -> bool:
+        """True once the file exists (this run or the interrupted one it resumes wrote to it)."""
+        return self.path.is_file()
+
+    def write(self, rejects: list[Reject], chunk: Chunk) -> None:
+        """Append a line per reject, with its row's cells taken from ``chunk``.
+
+        A row that could not be parsed has no cells: its line carries the raw
+        text in ``_value``.
+        """
+        if not rejects:
+            return
+        if self._file is None:
+            self._file = open_private(self.path, append=self._append)
+        where = {record: pos for pos, record in enumerate(chunk.records.tolist())}
+        positions = [where.get(r.record, -1) for r in rejects]
+        found = [p for p in positions if p >= 0]
+        cells = dict(
+            zip(found, chunk.frame.iloc[found].to_numpy(dtype=object).tolist(), strict=True)
+        )
+        columns = chunk.column_names
+        if self.csv:
+            self._write_csv(rejects, [cells.get(p) for p in positions], columns)
+        else:
+            self._write(
+                b"".join(
+                    orjson.dumps({**_present(columns, cells.get(p)), **_extras(r)}, default=str)
+                    + b"\n"
+                    for r, p in zip(rejects, positions, strict=True)
+                )
+            )
+
+    def _write_csv(
+        self, rejects: list[Reject], rows: list[list[Any] | None], columns: list[str]
+    ) -> None:
+        out: list[list[Any]] = []
+        if self._header is None:
+            self._header = columns
+            if self.size == 0:
+                out.append([neutralise_formula(c) for c in (*columns, *REJECTS_COLUMNS)])
+        empty = [""] * len(columns)
+        for r, row in zip(rejects, rows, strict=True):
+            by_name = dict(zip(columns, row if row is not None else empty, strict=True))
+            cells = [by_name.get(c, "") for c in self._header]
+            extras = [_as_text(v) for v in _extras(r).values()]
+            out.append([neutralise_formula(c) for c in (*cells, *extras)])
         buf = io.StringIO()
         # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
-        # which would otherwise split one reject into two lines for any CSV reader.
-        csv.writer(buf, lineterminator="\r\n").writerows(rows)
+        # which would otherwise split one line into two for any CSV reader.
+        csv.writer(buf, lineterminator="\r\n").writerows(out)
         self._write(buf.getvalue().encode())
 
-    def write(self, rejects: list[Reject]) -> None:
-        if self.csv:
-            self._write_csv_rows(
-                [
-                    [
-                        r.record,
-                        r.line,
-                        neutralise_formula(r.identifier or ""),
-                        neutralise_formula(r.column or ""),
-                        neutralise_formula("" if r.value is None else _as_text(r.value)),
-                        r.reason,
-                        r.outcome,
-                    ]
-                    for r in rejects
-                ]
-            )
-        else:
-            self._write_json_lines({"source": self.source, **asdict(r)} for r in rejects)
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def rejects_format(input_format: str) -> str:
+    """The rejects file's format for an input's: CSV for CSV, else JSONL (Parquet's values
+    are JSON's: integers stay integers, text stays text)."""
+    return "csv" if input_format == "csv" else "jsonl"
+
+
+def default_rejects_path(input_name: str, input_format: str, report_path: Path | None) -> Path:
+    """Where rejects go without ``rejects_path``: beside the report, else in the working
+    directory, named ``<input stem>.rejects-<UTC time>.<csv|jsonl>`` (``-2``, ``-3``... after
+    the time if taken) so no run's file collides with another's; the stamp of a rejects file
+    given as input is replaced."""
+    name = Path(urlsplit(input_name).path).name if input_name != "-" else "stdin"
+    name = name.removesuffix(".gz")
+    stem = _STAMPED.sub("", Path(name).stem or "input")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = report_path.parent if report_path is not None else Path()
+    path = folder / f"{stem}.rejects-{stamp}.{rejects_format(input_format)}"
+    n = 1
+    while path.exists():  # another run of the same input in the same second
+        n += 1
+        path = folder / f"{stem}.rejects-{stamp}-{n}.{rejects_format(input_format)}"
+    return path
+
+
+def unwrap_rejects(chunk: Chunk, *, guarded: bool) -> tuple[Chunk, int] | None:
+    """A chunk of a rejects file given as input, ready to import again, or None.
+
+    A chunk is one when it has the ``_line``, ``_outcome`` and ``_reason``
+    columns. Its lines of rows that were sent (outcome ``field dropped`` or
+    ``conflict``) are left out and counted (the second item); the
+    :data:`REJECTS_COLUMNS` are removed, and with ``guarded`` (CSV) the
+    formula guard :class:`RejectsWriter` added is undone, so every cell is
+    what the original input held.
+    """
+    frame = chunk.frame
+    if not {"_line", "_outcome", "_reason"} <= set(frame.columns):
+        return None
+    outcomes = frame["_outcome"].map(lambda v: v.strip() if isinstance(v, str) else v)
+    sent = outcomes.isin([FIELD_DROPPED, CONFLICT]).to_numpy()
+    kept = frame.loc[~sent, [c for c in frame.columns if c not in REJECTS_COLUMNS]]
+    if guarded:
+        kept = kept.map(restore_formula).rename(columns=restore_formula)
+    return Chunk(kept, chunk.records[~sent], chunk.lines[~sent], chunk.rejects), int(sent.sum())
+
+
+def _extras(r: Reject) -> dict[str, Any]:
+    """The values of :data:`REJECTS_COLUMNS` for ``r``."""
+    return {"_line": r.line, "_outcome": r.outcome, "_column": r.column, "_value": r.value,
+            "_reason": r.reason}  # fmt: skip
+
+
+def _present(columns: list[str], row: list[Any] | None) -> dict[str, Any]:
+    """A JSONL row's keys and values as read: NaN marks a key the row did not have."""
+    if row is None:
+        return {}
+    return {
+        c: v
+        for c, v in zip(columns, row, strict=True)
+        if not (isinstance(v, float) and math.isnan(v))
+    }
 
 
 def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
     return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
 
 

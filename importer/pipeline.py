@@ -21,7 +21,14 @@ from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions, fingerprint
-from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
+from .outcomes import (
+    DeadLetterWriter,
+    ImportReport,
+    RejectsWriter,
+    default_rejects_path,
+    refuse_existing,
+    unwrap_rejects,
+)
 from .pacing import redacted
 from .records import Batch, Outcome
 from .sending import Sender
@@ -83,6 +90,8 @@ class _Run:
             self.report.shared_limit = redacted(options.shared_limit)
         self.stopping = threading.Event()
         self.rejects: RejectsWriter | None = None
+        #: --rejects, else a new file beside the report (or the resumed run's file).
+        self.rejects_path: Path | None = options.rejects_path
         self.dead_letter: DeadLetterWriter | None = None
         self.store: StateStore | None = None
         self.reader: StateReader | None = None
@@ -95,6 +104,8 @@ class _Run:
     def open_state(self, input: SourceInfo) -> None:
         """Lock the state store and begin (or resume) the run of ``input`` in it."""
         o = self.options
+        if self.rejects_path is None:
+            self.rejects_path = default_rejects_path(input.name, input.format, o.report_path)
         if o.state_path is None or o.dry_run:
             return
         self.store = StateStore(o.state_path)
@@ -103,7 +114,7 @@ class _Run:
             fingerprint(o),
             resume=o.resume,
             force=o.force,
-            rejects_path=o.rejects_path,
+            rejects_path=self.rejects_path,
             dead_letter_path=o.dead_letter_path,
         )
         target = target_tag(o.resolved_base_url, o.api_key)
@@ -111,22 +122,28 @@ class _Run:
         self.writer = ConfirmationWriter(self.store, info, target)
         if info.resumed:
             self.hasher_checkpoint = (info.checkpoint_bytes, info.checkpoint_hash)
-            trim_output(o.rejects_path, info.rejects_path, info.rejects_offset)
+            if o.rejects_path is None and info.rejects_path is not None:
+                # The default name is new each run: the resumed run goes on in its own.
+                self.rejects_path = Path(info.rejects_path)
+            trim_output(self.rejects_path, info.rejects_path, info.rejects_offset)
             trim_output(o.dead_letter_path, info.dead_letter_path, info.dead_letter_offset)
             log.info("resuming run %d of %s", info.run_id, info.source)
         self.report.files["state"] = str(o.state_path)
 
-    def open_outputs(self) -> None:
+    def open_outputs(self, input: SourceInfo) -> None:
         o = self.options
         # A resumed run adds to the interrupted run's files (trimmed to what it recorded).
         append = o.resume and not o.overwrite
         if o.report_path:
             refuse_existing(o.report_path, overwrite=o.overwrite or o.resume)
-        if o.rejects_path:
+        if self.rejects_path is not None:
+            if self.rejects_path.resolve() == Path(self.path).resolve():
+                raise UsageError(
+                    f"{self.rejects_path} is the input; give the new rejects file another name"
+                )
             self.rejects = RejectsWriter(
-                o.rejects_path, self.name, overwrite=o.overwrite, append=append
+                self.rejects_path, input.format, overwrite=o.overwrite, append=append
             )
-            self.report.files["rejects"] = str(o.rejects_path)
         if o.dead_letter_path and not o.dry_run:
             if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
                 raise UsageError(
@@ -162,6 +179,8 @@ class _Run:
         for closable in (self.rejects, self.dead_letter, self.writer, self.store):
             if closable is not None:
                 closable.close()
+        if self.rejects is not None and self.rejects.created:
+            self.report.files["rejects"] = str(self.rejects.path)
 
 
 def _produce(
@@ -202,13 +221,15 @@ def _produce(
 
     def handle(chunk: Chunk, key: tuple[str, ...]) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
-        result = clean_chunk(chunk, mappings[key], o, column_types[key], date_orders[key])
+        # A chunk of no parsed rows (unparseable, or a rejects file's notes) decides no types.
+        types, orders = column_types.get(key, {}), date_orders.get(key, {})
+        result = clean_chunk(chunk, mappings[key], o, types, orders)
         customers, merged, conflicts = merge_repeats(result.customers)
         report.merged_duplicates += merged
         rejects = [*result.rejects, *conflicts]
         report.count_rejects(rejects)
         if run.rejects is not None:
-            run.rejects.write(rejects if reader is None else reader.new_rejects(rejects))
+            run.rejects.write(rejects if reader is None else reader.new_rejects(rejects), chunk)
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
         if reader is not None:
@@ -240,6 +261,12 @@ def _produce(
             payloads = unwrap_dead_letter(chunk.frame) if source.info.format == "jsonl" else None
             if payloads is not None:
                 chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects)
+            # A rejects file is re-imported as its rows; the rows it lists as sent already
+            # (dropped fields, conflicts) are left out.
+            unwrapped = unwrap_rejects(chunk, guarded=source.info.format == "csv")
+            if unwrapped is not None:
+                chunk, sent = unwrapped
+                report.already_done += sent
             key = tuple(chunk.column_names)
             if key not in mappings:
                 mappings[key] = resolve_mapping(
@@ -317,7 +344,7 @@ async def _run(
         async with Sender(options) as sender:
             try:
                 run.open_state(source.info)
-                run.open_outputs()
+                run.open_outputs(source.info)
 
                 async def worker() -> None:
                     try:
