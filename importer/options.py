@@ -219,7 +219,10 @@ class ImportOptions:
         path=True,
     )
     rejects_path: Path | None = _outputs(
-        None, "CSV or JSONL file for rows that failed validation.", flag="--rejects", path=True
+        None,
+        "Rows that failed validation, in the input's format (default: a new file).",
+        flag="--rejects",
+        path=True,
     )
     overwrite: bool = _outputs(False, "Replace existing output files.")
     dry_run: bool = _outputs(False, "Read, clean and batch, but send nothing; show a preview.")
