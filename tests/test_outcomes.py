@@ -16,6 +16,7 @@ import pytest
 from importer import import_file
 from importer.errors import UsageError
 from importer.outcomes import REJECTS_COLUMNS, neutralise_formula, restore_formula
+from importer.progress import fix_command
 
 from .conftest import API_KEY, fast_options, write_csv
 
@@ -261,3 +262,21 @@ def test_resumed_run_goes_on_in_its_default_rejects_file(make_fake_api, tmp_path
 def test_formula_guard_round_trips_every_cell():
     for cell in ["=1", "+1", "-1", "@a", "\tx", "'=1", "''+1", "'6812", "plain", "", "'"]:
         assert restore_formula(neutralise_formula(cell)) == cell
+
+
+def test_fix_command_repeats_the_date_order_the_file_showed(make_fake_api, tmp_path):
+    first, again = make_fake_api(), make_fake_api()
+    rows = [[f"u{i}@x.io", f"{13 + i}/03/2021"] for i in range(10)] + [["r(at)x.io", "02/03/2021"]]
+    path = write_csv(tmp_path / "c.csv", rows, ["email", "joined_at"])
+    report = import_file(path, fast_options(first, rejects_path=tmp_path / "r.csv"))
+    command = shlex.split(fix_command(report) or "")
+    assert command == [
+        "blueshift-import",
+        "run",
+        str(tmp_path / "r.csv"),
+        "--date-order",
+        "day-first",
+    ]
+    _fix_csv(tmp_path / "r.csv")
+    import_file(tmp_path / "r.csv", fast_options(again, date_order=command[-1]))
+    assert again.state.applied == [{"email": "r@x.io", "joined_at": "2021-03-02"}]
