@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import orjson
 
 from .errors import UsageError
@@ -265,18 +266,20 @@ def default_rejects_path(input_name: str, input_format: str, report_path: Path |
 def unwrap_rejects(chunk: Chunk, *, guarded: bool) -> tuple[Chunk, int] | None:
     """A chunk of a rejects file given as input, ready to import again, or None.
 
-    A chunk is one when it has the ``_line``, ``_outcome`` and ``_reason``
-    columns. Its lines of rows that were sent (outcome ``field dropped`` or
-    ``conflict``) are left out and counted (the second item); the
-    :data:`REJECTS_COLUMNS` are removed, and with ``guarded`` (CSV) the
+    A chunk is one when it has the ``_line`` and ``_reason`` columns (a user
+    may have deleted the others). Its lines of rows that were sent (outcome
+    ``field dropped`` or ``conflict``) are left out and counted (the second
+    item); the :data:`REJECTS_COLUMNS` are removed, and with ``guarded`` (CSV) the
     formula guard :class:`RejectsWriter` added is undone, so every cell is
     what the original input held.
     """
     frame = chunk.frame
-    if not {"_line", "_outcome", "_reason"} <= set(frame.columns):
+    if not {"_line", "_reason"} <= set(frame.columns):
         return None
-    outcomes = frame["_outcome"].map(lambda v: v.strip() if isinstance(v, str) else v)
-    sent = outcomes.isin([FIELD_DROPPED, CONFLICT]).to_numpy()
+    sent = np.zeros(len(frame), bool)
+    if "_outcome" in frame.columns:
+        outcomes = frame["_outcome"].map(lambda v: v.strip() if isinstance(v, str) else v)
+        sent = outcomes.isin([FIELD_DROPPED, CONFLICT]).to_numpy()
     kept = frame.loc[~sent, [c for c in frame.columns if c not in REJECTS_COLUMNS]]
     if guarded:
         kept = kept.map(restore_formula).rename(columns=restore_formula)

@@ -280,3 +280,21 @@ def test_fix_command_repeats_the_date_order_the_file_showed(make_fake_api, tmp_p
     _fix_csv(tmp_path / "r.csv")
     import_file(tmp_path / "r.csv", fast_options(again, date_order=command[-1]))
     assert again.state.applied == [{"email": "r@x.io", "joined_at": "2021-03-02"}]
+
+
+def test_rejects_columns_never_sent_even_when_the_user_deleted_some(make_fake_api, tmp_path):
+    first, again = make_fake_api(), make_fake_api()
+    path = write_csv(tmp_path / "c.csv", _rows(), HEADER)
+    rejects = tmp_path / "r.csv"
+    import_file(path, fast_options(first, rejects_path=rejects, on_invalid="skip-row"))
+    with rejects.open(newline="") as f:
+        lines = [
+            {k: v for k, v in line.items() if k not in ("_outcome", "_column", "_value")}
+            for line in csv.DictReader(f)
+        ]
+    write_csv(rejects, lines)
+    _fix_csv(rejects)
+    report = import_file(rejects, fast_options(again, rejects_path=tmp_path / "r2.csv"))
+    assert report.succeeded == 8 and report.rejected == 0
+    assert all(set(c) <= {"email", "customer_id", "phone_number", "zip", "note", "loyalty_points"}
+               for c in again.state.applied)  # fmt: skip
