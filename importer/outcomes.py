@@ -11,6 +11,7 @@ Must not: decide whether a row is valid or whether a request is retried.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -33,8 +34,9 @@ from .source import Chunk
 
 REPORT_SCHEMA_VERSION = 1
 #: Columns (CSV) or keys (JSONL) a rejects file adds to the row: where the row was, what
-#: became of it, the column and value at fault, and why. A re-import leaves them out.
-REJECTS_COLUMNS = ("_line", "_outcome", "_column", "_value", "_reason")
+#: became of it, the column and value at fault, why, and how the run read the file's
+#: columns (the types and date orders its first chunk decided). A re-import leaves them out.
+REJECTS_COLUMNS = ("_line", "_outcome", "_column", "_value", "_reason", "_read_as")
 #: A cell a spreadsheet would run as a formula, possibly behind guards already.
 _FORMULA = re.compile(r"'*[=+\-@\t\r]")
 _GUARDED = re.compile(r"'+[=+\-@\t\r]")
@@ -181,11 +183,15 @@ class RejectsWriter:
         """True once the file exists (this run or the interrupted one it resumes wrote to it)."""
         return self.path.is_file()
 
-    def write(self, rejects: list[Reject], chunk: Chunk) -> None:
+    def write(
+        self, rejects: list[Reject], chunk: Chunk, read_as: dict[str, Any] | None = None
+    ) -> None:
         """Append a line per reject, with its row's cells taken from ``chunk``.
 
         A row that could not be parsed has no cells: its line carries the raw
-        text in ``_value``.
+        text in ``_value``. ``read_as`` (``types``: field → type, ``date_orders``:
+        column → order) goes in ``_read_as``, so a re-import of a few rows reads
+        them as the whole file was read: ``5`` in a text column stays text.
         """
         if not rejects:
             return
@@ -199,18 +205,24 @@ class RejectsWriter:
         )
         columns = chunk.column_names
         if self.csv:
-            self._write_csv(rejects, [cells.get(p) for p in positions], columns)
+            self._write_csv(rejects, [cells.get(p) for p in positions], columns, read_as)
         else:
             self._write(
                 b"".join(
-                    orjson.dumps({**_present(columns, cells.get(p)), **_extras(r)}, default=str)
+                    orjson.dumps(
+                        {**_present(columns, cells.get(p)), **_extras(r, read_as)}, default=str
+                    )
                     + b"\n"
                     for r, p in zip(rejects, positions, strict=True)
                 )
             )
 
     def _write_csv(
-        self, rejects: list[Reject], rows: list[list[Any] | None], columns: list[str]
+        self,
+        rejects: list[Reject],
+        rows: list[list[Any] | None],
+        columns: list[str],
+        read_as: dict[str, Any] | None,
     ) -> None:
         out: list[list[Any]] = []
         if self._header is None:
@@ -221,7 +233,7 @@ class RejectsWriter:
         for r, row in zip(rejects, rows, strict=True):
             by_name = dict(zip(columns, row if row is not None else empty, strict=True))
             cells = [by_name.get(c, "") for c in self._header]
-            extras = [_as_text(v) for v in _extras(r).values()]
+            extras = [_as_text(v) for v in _extras(r, read_as).values()]
             out.append([neutralise_formula(c) for c in (*cells, *extras)])
         buf = io.StringIO()
         # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
@@ -263,13 +275,24 @@ def default_rejects_path(input_name: str, input_format: str, report_path: Path |
     return path
 
 
-def unwrap_rejects(chunk: Chunk, *, guarded: bool) -> tuple[Chunk, int] | None:
+class ReadBack(NamedTuple):
+    """A rejects file's chunk made ready to import again (see :func:`unwrap_rejects`)."""
+
+    chunk: Chunk
+    #: Lines of rows that were sent already, left out.
+    sent: int
+    #: How the run that wrote the file read its columns (``_read_as``), or empty.
+    read_as: dict[str, Any]
+
+
+def unwrap_rejects(chunk: Chunk, *, guarded: bool) -> ReadBack | None:
     """A chunk of a rejects file given as input, ready to import again, or None.
 
     A chunk is one when it has the ``_line`` and ``_reason`` columns (a user
     may have deleted the others). Its lines of rows that were sent (outcome
     ``field dropped`` or ``conflict``) are left out and counted (the second
-    item); the :data:`REJECTS_COLUMNS` are removed, and with ``guarded`` (CSV) the
+    item); the first ``_read_as`` is parsed (the third); the
+    :data:`REJECTS_COLUMNS` are removed, and with ``guarded`` (CSV) the
     formula guard :class:`RejectsWriter` added is undone, so every cell is
     what the original input held.
     """
@@ -283,13 +306,29 @@ def unwrap_rejects(chunk: Chunk, *, guarded: bool) -> tuple[Chunk, int] | None:
     kept = frame.loc[~sent, [c for c in frame.columns if c not in REJECTS_COLUMNS]]
     if guarded:
         kept = kept.map(restore_formula).rename(columns=restore_formula)
-    return Chunk(kept, chunk.records[~sent], chunk.lines[~sent], chunk.rejects), int(sent.sum())
+    read_as = _first_read_as(frame["_read_as"].tolist() if "_read_as" in frame.columns else [])
+    kept_chunk = Chunk(kept, chunk.records[~sent], chunk.lines[~sent], chunk.rejects)
+    return ReadBack(kept_chunk, int(sent.sum()), read_as)
 
 
-def _extras(r: Reject) -> dict[str, Any]:
+def _first_read_as(values: list[Any]) -> dict[str, Any]:
+    """The first ``_read_as`` that is an object (JSONL) or JSON text of one (CSV), else {}.
+
+    A cell a user garbled is passed over: the columns are then read afresh.
+    """
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                value = orjson.loads(value)
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def _extras(r: Reject, read_as: dict[str, Any] | None) -> dict[str, Any]:
     """The values of :data:`REJECTS_COLUMNS` for ``r``."""
     return {"_line": r.line, "_outcome": r.outcome, "_column": r.column, "_value": r.value,
-            "_reason": r.reason}  # fmt: skip
+            "_reason": r.reason, "_read_as": read_as or None}  # fmt: skip
 
 
 def _present(columns: list[str], row: list[Any] | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .batching import BatchPacker
 from .cleaning import DateOrder, clean_chunk, decide_date_orders, infer_column_types
@@ -229,7 +230,12 @@ def _produce(
         rejects = [*result.rejects, *conflicts]
         report.count_rejects(rejects)
         if run.rejects is not None:
-            run.rejects.write(rejects if reader is None else reader.new_rejects(rejects), chunk)
+            read_as = {
+                "types": types,
+                "date_orders": {c: d._asdict() for c, d in orders.items()},
+            }
+            new = rejects if reader is None else reader.new_rejects(rejects)
+            run.rejects.write(new, chunk, read_as)
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
         if reader is not None:
@@ -263,9 +269,10 @@ def _produce(
                 chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects)
             # A rejects file is re-imported as its rows; the rows it lists as sent already
             # (dropped fields, conflicts) are left out.
+            read_as: dict[str, Any] = {}
             unwrapped = unwrap_rejects(chunk, guarded=source.info.format == "csv")
             if unwrapped is not None:
-                chunk, sent = unwrapped
+                chunk, sent, read_as = unwrapped
                 report.already_done += sent
             key = tuple(chunk.column_names)
             if key not in mappings:
@@ -280,8 +287,10 @@ def _produce(
                     if source.info.format == "csv"
                     else {}
                 )
-                column_types[key] = types
-                date_orders[key] = decide_date_orders(chunk, mappings[key], types, o.date_order)
+                orders = decide_date_orders(chunk, mappings[key], types, o.date_order)
+                # A rejects file's few rows are read as the whole file they came from was.
+                types, orders = _as_read(read_as, types, orders, o.date_order)
+                column_types[key], date_orders[key] = types, orders
                 if not report.date_orders:
                     report.date_orders = {c: d._asdict() for c, d in date_orders[key].items()}
             pieces = [chunk]
@@ -310,6 +319,26 @@ def _produce(
             hasher.close()
         if reader is not None:
             reader.close()
+
+
+def _as_read(
+    read_as: dict[str, Any], types: dict[str, str], orders: dict[str, DateOrder], option: str
+) -> tuple[dict[str, str], dict[str, DateOrder]]:
+    """``types`` and ``orders`` with those a rejects file recorded (``_read_as``) instead.
+
+    Only columns inferred here take a recorded type (a mapping file's types
+    win), and recorded date orders only where ``--date-order`` is ``auto``.
+    """
+    recorded = read_as.get("types")
+    if isinstance(recorded, dict):
+        types = {**types, **{t: str(v) for t, v in recorded.items() if t in types}}
+    dates = read_as.get("date_orders")
+    if option == "auto" and isinstance(dates, dict):
+        orders = dict(orders)
+        for column, how in dates.items():
+            if isinstance(how, dict) and how.get("order") in ("month-first", "day-first"):
+                orders[column] = DateOrder(how["order"], str(how.get("decided_by", "file")))
+    return types, orders
 
 
 def _last_record(chunk: Chunk) -> int:

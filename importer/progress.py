@@ -252,19 +252,11 @@ def rerun_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
 
 def fix_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
     """The command that imports this run's rejected rows once the rejects file is fixed, or
-    None. ``args`` repeat the API's address and the mapping and cleaning options.
-
-    The day/month order the whole file showed is repeated too: the few rows
-    of the rejects file may not show it, and would be read in the default order.
-    """
+    None. ``args`` repeat the API's address and the mapping and cleaning options."""
     path = report.files.get("rejects")
     if not report.rejected or not path:
         return None
-    words = ["blueshift-import", "run", path, *args]
-    shown = {how["order"] for how in report.date_orders.values() if how["decided_by"] == "file"}
-    if len(shown) == 1 and "--date-order" not in args:
-        words += ["--date-order", shown.pop()]
-    return shlex.join(words)
+    return shlex.join(["blueshift-import", "run", path, *args])
 
 
 def summary_lines(

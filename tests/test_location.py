@@ -128,7 +128,7 @@ def test_import_from_s3_delivers_what_the_local_file_delivers(
     assert (report.succeeded, report.rejected) == (expected.succeeded, expected.rejected)
     assert _applied(remote_api) == _applied(local_api)
     header = (tmp_path / "rejects.csv").read_text().splitlines()[0]
-    assert header.endswith(",_line,_outcome,_column,_value,_reason")
+    assert header.endswith(",_line,_outcome,_column,_value,_reason,_read_as")
 
 
 def test_cli_reaches_s3_through_aws_endpoint_url_or_storage_option(

@@ -264,22 +264,24 @@ def test_formula_guard_round_trips_every_cell():
         assert restore_formula(neutralise_formula(cell)) == cell
 
 
-def test_fix_command_repeats_the_date_order_the_file_showed(make_fake_api, tmp_path):
+def test_rejects_rows_are_read_again_as_the_whole_file_was(make_fake_api, tmp_path):
+    """A few rows may not show what the file showed: "5" in a text column, 02/03 day first."""
     first, again = make_fake_api(), make_fake_api()
-    rows = [[f"u{i}@x.io", f"{13 + i}/03/2021"] for i in range(10)] + [["r(at)x.io", "02/03/2021"]]
-    path = write_csv(tmp_path / "c.csv", rows, ["email", "joined_at"])
+    rows = [[f"u{i}@x.io", f"{13 + i}/03/2021", "call me", "1.5"] for i in range(10)]
+    rows.append(["r(at)x.io", "02/03/2021", "5", "7"])
+    path = write_csv(tmp_path / "c.csv", rows, ["email", "joined_at", "note", "score"])
     report = import_file(path, fast_options(first, rejects_path=tmp_path / "r.csv"))
-    command = shlex.split(fix_command(report) or "")
-    assert command == [
+    assert shlex.split(fix_command(report) or "") == [
         "blueshift-import",
         "run",
         str(tmp_path / "r.csv"),
-        "--date-order",
-        "day-first",
     ]
     _fix_csv(tmp_path / "r.csv")
-    import_file(tmp_path / "r.csv", fast_options(again, date_order=command[-1]))
-    assert again.state.applied == [{"email": "r@x.io", "joined_at": "2021-03-02"}]
+    report = import_file(tmp_path / "r.csv", fast_options(again))
+    assert again.state.applied == [
+        {"email": "r@x.io", "joined_at": "2021-03-02", "note": "5", "score": 7.0}
+    ]
+    assert report.date_orders == {"joined_at": {"order": "day-first", "decided_by": "file"}}
 
 
 def test_rejects_columns_never_sent_even_when_the_user_deleted_some(make_fake_api, tmp_path):
