@@ -249,6 +249,8 @@ class _Display:
     log_format: str
     key_on_command_line: bool
     rerun_args: tuple[str, ...]
+    #: What importing the fixed rejects file repeats: the API's address and the cleaning options.
+    fix_args: tuple[str, ...] = ()
 
 
 _DISPLAY_OPTIONS = _options(
@@ -337,6 +339,7 @@ def run(
         # error), where it is not scrolled away by the progress display.
         key_on_command_line=ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE,
         rerun_args=_rerun_args(options, config, mock),
+        fix_args=_rerun_args(options, config, mock) + _cleaning_args(options, ctx),
     )
     if not mock:
         sys.exit(_run_import(input_path, options, display))
@@ -414,20 +417,40 @@ def _rerun_args(options: ImportOptions, config: ConfigFile | None, mock: bool) -
     return tuple(args)
 
 
+def _cleaning_args(options: ImportOptions, ctx: click.Context) -> tuple[str, ...]:
+    """The mapping and cleaning flags given on the command line, to repeat them."""
+    args: list[str] = []
+    for f in cli_fields("cleaning"):
+        if ctx.get_parameter_source(f.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value, flag = getattr(options, f.name), flag_name(f)
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        elif isinstance(value, tuple):
+            for item in value:
+                args += [flag, "=".join(item) if isinstance(item, tuple) else str(item)]
+        elif value is not None:
+            args += [flag, str(value)]
+    return tuple(args)
+
+
 def _print_summary(report: ImportReport, display: _Display) -> None:
-    from .progress import rerun_command, summary_lines
+    from .progress import fix_command, rerun_command, summary_lines
 
     if display.quiet:
         click.echo(f"accounting: {report.accounting_line()}")
         return
     rerun = rerun_command(report, display.rerun_args)
-    for line in summary_lines(report, rerun):
+    fix = fix_command(report, display.fix_args)
+    for line in summary_lines(report, rerun, fix):
         click.echo(line)
     if display.log_format == "json":
         # One machine-readable line for log collectors, next to the human summary.
         summary = {"event": "summary", **report.to_dict()}
         if rerun:
             summary["rerun_command"] = rerun
+        if fix:
+            summary["fix_command"] = fix
         click.echo(json.dumps(summary, ensure_ascii=False, default=str), err=True)
     if display.key_on_command_line:
         click.echo(

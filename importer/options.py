@@ -227,7 +227,10 @@ class ImportOptions:
         path=True,
     )
     rejects_path: Path | None = _outputs(
-        None, "CSV or JSONL file for rows that failed validation.", flag="--rejects", path=True
+        None,
+        "Rows that failed validation, in the input's format (default: a new file).",
+        flag="--rejects",
+        path=True,
     )
     output_dir: Path | None = _outputs(
         None,

@@ -17,21 +17,36 @@ import contextlib
 import csv
 import io
 import itertools
+import math
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
+from urllib.parse import urlsplit
 
+import numpy as np
 import orjson
 
 from .errors import UsageError
 from .records import CONFLICT, FIELD_DROPPED, Outcome, Reject
+from .source import Chunk
 
 REPORT_SCHEMA_VERSION = 1
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Columns (CSV) or keys (JSONL) a rejects file adds to the row: where the row was, what
+#: became of it, the column and value at fault, why, and how the run read the file's
+#: columns (the types and date orders its first chunk decided). A re-import leaves them out.
+REJECTS_COLUMNS = ("_line", "_outcome", "_column", "_value", "_reason", "_read_as")
+#: A cell a spreadsheet would run as a formula, possibly behind guards already.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_GUARDED = re.compile(r"'+[=+\-@\t\r]")
+#: The stamp :func:`default_rejects_path` puts in a name.
+_STAMPED = re.compile(r"\.rejects-\d{8}T\d{6}Z(-\d+)?$")
+_CSV_SUFFIXES = (".csv", ".tsv")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -> IO[bytes]:
@@ -105,9 +120,20 @@ def point_latest(run_dir: Path) -> None:
 
 
 def neutralise_formula(value: Any) -> Any:
-    """Prefix a text cell that a spreadsheet would run as a formula with ``'``."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """Prefix a text cell that a spreadsheet would run as a formula with ``'``.
+
+    A cell already starting with ``'`` before such a character gets one more,
+    so :func:`restore_formula` gives back exactly the cell (``'6812`` stays as it is).
+    """
+    if isinstance(value, str) and _FORMULA.match(value):
         return "'" + value
+    return value
+
+
+def restore_formula(value: Any) -> Any:
+    """Undo :func:`neutralise_formula`."""
+    if isinstance(value, str) and _GUARDED.match(value):
+        return value[1:]
     return value
 
 
@@ -169,51 +195,187 @@ class _RecordFile:
 
 
 class RejectsWriter(_RecordFile):
-    """Appends rejects to a CSV or JSONL file (chosen by the file's extension)."""
+    """The rejects file: the rows cleaning refused or sent with a remark, in the input's format.
 
-    COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "outcome")
+    Each line is one problem: the row's cells exactly as read (CSV: every
+    column in the input's order; JSONL and Parquet: the keys the row had, as
+    JSONL) plus :data:`REJECTS_COLUMNS`, so that ``run`` imports the file
+    again once it is fixed (see :func:`unwrap_rejects`). The file is created
+    at its first line, never empty; an existing one is refused at once unless
+    ``overwrite`` (it is removed) or ``append`` (a resumed run). A name whose
+    extension says the other format raises :class:`UsageError`.
+    """
 
-    def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
-        super().__init__(path, source, overwrite=overwrite, append=append)
-        self.csv = self.path.suffix.lower() in (".csv", ".tsv")
+    def __init__(
+        self, path: Path, input_format: str, *, overwrite: bool = False, append: bool = False
+    ):
+        path = Path(path)
+        wanted = rejects_format(input_format)
+        if path.suffix.lower() in (_JSONL_SUFFIXES if wanted == "csv" else _CSV_SUFFIXES):
+            raise UsageError(
+                f"{path}: rejects of a {input_format} input are written as "
+                f"{wanted.upper()}, so it can be imported again; name it {path.stem}.{wanted}"
+            )
+        super().__init__(path, "", overwrite=overwrite, append=append)
+        self.csv = wanted == "csv"
+        self._header: list[str] | None = None
 
-    def _first_line(self) -> bytes:
-        return _csv_rows([self.COLUMNS]) if self.csv else b""
+    @property
+    def created(self) -> bool:
+        """True once the file exists (this run or the interrupted one it resumes wrote to it)."""
+        return self.path.is_file()
 
-    def _write_csv_rows(self, rows: list[Any]) -> None:
-        self._write(_csv_rows(rows))
+    def write(
+        self, rejects: list[Reject], chunk: Chunk, read_as: dict[str, Any] | None = None
+    ) -> None:
+        """Append a line per reject, with its row's cells taken from ``chunk``.
 
-    def write(self, rejects: list[Reject]) -> None:
+        A row that could not be parsed has no cells: its line carries the raw
+        text in ``_value``. ``read_as`` (``types``: field → type, ``date_orders``:
+        column → order) goes in ``_read_as``, so a re-import of a few rows reads
+        them as the whole file was read: ``5`` in a text column stays text.
+        """
         if not rejects:
             return
+        where = {record: pos for pos, record in enumerate(chunk.records.tolist())}
+        positions = [where.get(r.record, -1) for r in rejects]
+        found = [p for p in positions if p >= 0]
+        cells = dict(
+            zip(found, chunk.frame.iloc[found].to_numpy(dtype=object).tolist(), strict=True)
+        )
+        columns = chunk.column_names
         if self.csv:
-            self._write_csv_rows(
-                [
-                    [
-                        r.record,
-                        r.line,
-                        neutralise_formula(r.identifier or ""),
-                        neutralise_formula(r.column or ""),
-                        neutralise_formula("" if r.value is None else _as_text(r.value)),
-                        r.reason,
-                        r.outcome,
-                    ]
-                    for r in rejects
-                ]
-            )
+            self._write_csv(rejects, [cells.get(p) for p in positions], columns, read_as)
         else:
-            self._write_json_lines({"source": self.source, **asdict(r)} for r in rejects)
+            self._write(
+                b"".join(
+                    orjson.dumps(
+                        {**_present(columns, cells.get(p)), **_extras(r, read_as)}, default=str
+                    )
+                    + b"\n"
+                    for r, p in zip(rejects, positions, strict=True)
+                )
+            )
+
+    def _write_csv(
+        self,
+        rejects: list[Reject],
+        rows: list[list[Any] | None],
+        columns: list[str],
+        read_as: dict[str, Any] | None,
+    ) -> None:
+        out: list[list[Any]] = []
+        if self._header is None:
+            self._header = columns
+            if self.size == 0:
+                out.append([neutralise_formula(c) for c in (*columns, *REJECTS_COLUMNS)])
+        empty = [""] * len(columns)
+        for r, row in zip(rejects, rows, strict=True):
+            by_name = dict(zip(columns, row if row is not None else empty, strict=True))
+            cells = [by_name.get(c, "") for c in self._header]
+            extras = [_as_text(v) for v in _extras(r, read_as).values()]
+            out.append([neutralise_formula(c) for c in (*cells, *extras)])
+        buf = io.StringIO()
+        # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
+        # which would otherwise split one line into two for any CSV reader.
+        csv.writer(buf, lineterminator="\r\n").writerows(out)
+        self._write(buf.getvalue().encode())
 
 
-def _csv_rows(rows: list[Any]) -> bytes:
-    buf = io.StringIO()
-    # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
-    # which would otherwise split one reject into two lines for any CSV reader.
-    csv.writer(buf, lineterminator="\r\n").writerows(rows)
-    return buf.getvalue().encode()
+def rejects_format(input_format: str) -> str:
+    """The rejects file's format for an input's: CSV for CSV, else JSONL (Parquet's values
+    are JSON's: integers stay integers, text stays text)."""
+    return "csv" if input_format == "csv" else "jsonl"
+
+
+def default_rejects_path(input_name: str, input_format: str, report_path: Path | None) -> Path:
+    """Where rejects go without ``rejects_path``: beside the report, else in the working
+    directory, named ``<input stem>.rejects-<UTC time>.<csv|jsonl>`` (``-2``, ``-3``... after
+    the time if taken) so no run's file collides with another's; the stamp of a rejects file
+    given as input is replaced."""
+    name = Path(urlsplit(input_name).path).name if input_name != "-" else "stdin"
+    name = name.removesuffix(".gz")
+    stem = _STAMPED.sub("", Path(name).stem or "input")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = report_path.parent if report_path is not None else Path()
+    path = folder / f"{stem}.rejects-{stamp}.{rejects_format(input_format)}"
+    n = 1
+    while path.exists():  # another run of the same input in the same second
+        n += 1
+        path = folder / f"{stem}.rejects-{stamp}-{n}.{rejects_format(input_format)}"
+    return path
+
+
+class ReadBack(NamedTuple):
+    """A rejects file's chunk made ready to import again (see :func:`unwrap_rejects`)."""
+
+    chunk: Chunk
+    #: Lines of rows that were sent already, left out.
+    sent: int
+    #: How the run that wrote the file read its columns (``_read_as``), or empty.
+    read_as: dict[str, Any]
+
+
+def unwrap_rejects(chunk: Chunk, *, guarded: bool) -> ReadBack | None:
+    """A chunk of a rejects file given as input, ready to import again, or None.
+
+    A chunk is one when it has the ``_line`` and ``_reason`` columns (a user
+    may have deleted the others). Its lines of rows that were sent (outcome
+    ``field dropped`` or ``conflict``) are left out and counted (the second
+    item); the first ``_read_as`` is parsed (the third); the
+    :data:`REJECTS_COLUMNS` are removed, and with ``guarded`` (CSV) the
+    formula guard :class:`RejectsWriter` added is undone, so every cell is
+    what the original input held.
+    """
+    frame = chunk.frame
+    if not {"_line", "_reason"} <= set(frame.columns):
+        return None
+    sent = np.zeros(len(frame), bool)
+    if "_outcome" in frame.columns:
+        outcomes = frame["_outcome"].map(lambda v: v.strip() if isinstance(v, str) else v)
+        sent = outcomes.isin([FIELD_DROPPED, CONFLICT]).to_numpy()
+    kept = frame.loc[~sent, [c for c in frame.columns if c not in REJECTS_COLUMNS]]
+    if guarded:
+        kept = kept.map(restore_formula).rename(columns=restore_formula)
+    read_as = _first_read_as(frame["_read_as"].tolist() if "_read_as" in frame.columns else [])
+    kept_chunk = Chunk(kept, chunk.records[~sent], chunk.lines[~sent], chunk.rejects)
+    return ReadBack(kept_chunk, int(sent.sum()), read_as)
+
+
+def _first_read_as(values: list[Any]) -> dict[str, Any]:
+    """The first ``_read_as`` that is an object (JSONL) or JSON text of one (CSV), else {}.
+
+    A cell a user garbled is passed over: the columns are then read afresh.
+    """
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                value = orjson.loads(value)
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def _extras(r: Reject, read_as: dict[str, Any] | None) -> dict[str, Any]:
+    """The values of :data:`REJECTS_COLUMNS` for ``r``."""
+    return {"_line": r.line, "_outcome": r.outcome, "_column": r.column, "_value": r.value,
+            "_reason": r.reason, "_read_as": read_as or None}  # fmt: skip
+
+
+def _present(columns: list[str], row: list[Any] | None) -> dict[str, Any]:
+    """A JSONL row's keys and values as read: NaN marks a key the row did not have."""
+    if row is None:
+        return {}
+    return {
+        c: v
+        for c, v in zip(columns, row, strict=True)
+        if not (isinstance(v, float) and math.isnan(v))
+    }
 
 
 def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
     return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
 
 

@@ -27,9 +27,11 @@ from .outcomes import (
     DeadLetterWriter,
     ImportReport,
     RejectsWriter,
+    default_rejects_path,
     point_latest,
     refuse_existing,
     stamped_dir,
+    unwrap_rejects,
 )
 from .pacing import redacted
 from .records import Batch, Outcome
@@ -152,6 +154,8 @@ class _Run:
             self.report.shared_limit = redacted(options.shared_limit)
         self.stopping = threading.Event()
         self.rejects: RejectsWriter | None = None
+        #: --rejects, else a new file beside the report (or the resumed run's file).
+        self.rejects_path: Path | None = options.rejects_path
         self.dead_letter: DeadLetterWriter | None = None
         self.store: StateStore | None = None
         self.reader: StateReader | None = None
@@ -167,7 +171,6 @@ class _Run:
         self.run_dir = run_dir
         self.options = o.replace(
             report_path=o.report_path or run_dir / "report.json",
-            rejects_path=o.rejects_path or run_dir / "rejects.csv",
             dead_letter_path=o.dead_letter_path or run_dir / "dead-letter.jsonl",
         )
 
@@ -180,6 +183,8 @@ class _Run:
         if self.given.output_dir is not None:
             self.use_run_dir(stamped_dir(self.given.output_dir))
         o = self.options
+        if self.rejects_path is None:
+            self.rejects_path = default_rejects_path(input.name, input.format, o.report_path)
         if o.state_path is None or o.dry_run:
             return
         self.store = StateStore(o.state_path, resume=o.resume)
@@ -188,7 +193,7 @@ class _Run:
             fingerprint(o),
             resume=o.resume,
             force=o.force,
-            rejects_path=o.rejects_path,
+            rejects_path=self.rejects_path,
             dead_letter_path=o.dead_letter_path,
         )
         account = Account(o.resolved_base_url, o.api_key)
@@ -208,12 +213,15 @@ class _Run:
                 o = self.options
         if info.resumed:
             self.hasher_checkpoint = (info.checkpoint_bytes, info.checkpoint_hash)
-            trim_output(o.rejects_path, info.rejects_path, info.rejects_offset)
+            if o.rejects_path is None and info.rejects_path is not None:
+                # The default name is new each run: the resumed run goes on in its own.
+                self.rejects_path = Path(info.rejects_path)
+            trim_output(self.rejects_path, info.rejects_path, info.rejects_offset)
             trim_output(o.dead_letter_path, info.dead_letter_path, info.dead_letter_offset)
             log.info("resuming run %d of %s", info.run_id, info.source)
         self.report.files["state"] = str(o.state_path)
 
-    def open_outputs(self) -> None:
+    def open_outputs(self, input: SourceInfo) -> None:
         o = self.options
         if self.run_dir is not None:
             point_latest(self.run_dir)
@@ -221,11 +229,14 @@ class _Run:
         append = o.resume and not o.overwrite
         if o.report_path:
             refuse_existing(o.report_path, overwrite=o.overwrite or o.resume)
-        if o.rejects_path:
+        if self.rejects_path is not None:
+            if self.rejects_path.resolve() == Path(self.path).resolve():
+                raise UsageError(
+                    f"{self.rejects_path} is the input; give the new rejects file another name"
+                )
             self.rejects = RejectsWriter(
-                o.rejects_path, self.name, overwrite=o.overwrite, append=append
+                self.rejects_path, input.format, overwrite=o.overwrite, append=append
             )
-            self.report.files["rejects"] = str(o.rejects_path)
         if o.dead_letter_path and not o.dry_run:
             if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
                 raise UsageError(
@@ -262,6 +273,8 @@ class _Run:
         for closable in (self.rejects, self.dead_letter, self.writer, self.store):
             if closable is not None:
                 closable.close()
+        if self.rejects is not None and self.rejects.created:
+            self.report.files["rejects"] = str(self.rejects.path)
 
 
 def _produce(
@@ -302,13 +315,20 @@ def _produce(
 
     def handle(chunk: Chunk, key: tuple[str, ...]) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
-        result = clean_chunk(chunk, mappings[key], o, column_types[key], date_orders[key])
+        # A chunk of no parsed rows (unparseable, or a rejects file's notes) decides no types.
+        types, orders = column_types.get(key, {}), date_orders.get(key, {})
+        result = clean_chunk(chunk, mappings[key], o, types, orders)
         customers, merged, conflicts = merge_repeats(result.customers)
         report.merged_duplicates += merged
         rejects = [*result.rejects, *conflicts]
         report.count_rejects(rejects)
         if run.rejects is not None:
-            run.rejects.write(rejects if reader is None else reader.new_rejects(rejects))
+            read_as = {
+                "types": types,
+                "date_orders": {c: d._asdict() for c, d in orders.items()},
+            }
+            new = rejects if reader is None else reader.new_rejects(rejects)
+            run.rejects.write(new, chunk, read_as)
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
         if reader is not None:
@@ -340,6 +360,13 @@ def _produce(
             payloads = unwrap_dead_letter(chunk.frame) if source.info.format == "jsonl" else None
             if payloads is not None:
                 chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects)
+            # A rejects file is re-imported as its rows; the rows it lists as sent already
+            # (dropped fields, conflicts) are left out.
+            read_as: dict[str, Any] = {}
+            unwrapped = unwrap_rejects(chunk, guarded=source.info.format == "csv")
+            if unwrapped is not None:
+                chunk, sent, read_as = unwrapped
+                report.already_done += sent
             key = tuple(chunk.column_names)
             if key not in mappings:
                 mappings[key] = resolve_mapping(
@@ -353,8 +380,10 @@ def _produce(
                     if source.info.format == "csv"
                     else {}
                 )
-                column_types[key] = types
-                date_orders[key] = decide_date_orders(chunk, mappings[key], types, o.date_order)
+                orders = decide_date_orders(chunk, mappings[key], types, o.date_order)
+                # A rejects file's few rows are read as the whole file they came from was.
+                types, orders = _as_read(read_as, types, orders, o.date_order)
+                column_types[key], date_orders[key] = types, orders
                 if not report.date_orders:
                     report.date_orders = {c: d._asdict() for c, d in date_orders[key].items()}
             pieces = [chunk]
@@ -385,6 +414,26 @@ def _produce(
             hasher.close()
         if reader is not None:
             reader.close()
+
+
+def _as_read(
+    read_as: dict[str, Any], types: dict[str, str], orders: dict[str, DateOrder], option: str
+) -> tuple[dict[str, str], dict[str, DateOrder]]:
+    """``types`` and ``orders`` with those a rejects file recorded (``_read_as``) instead.
+
+    Only columns inferred here take a recorded type (a mapping file's types
+    win), and recorded date orders only where ``--date-order`` is ``auto``.
+    """
+    recorded = read_as.get("types")
+    if isinstance(recorded, dict):
+        types = {**types, **{t: str(v) for t, v in recorded.items() if t in types}}
+    dates = read_as.get("date_orders")
+    if option == "auto" and isinstance(dates, dict):
+        orders = dict(orders)
+        for column, how in dates.items():
+            if isinstance(how, dict) and how.get("order") in ("month-first", "day-first"):
+                orders[column] = DateOrder(how["order"], str(how.get("decided_by", "file")))
+    return types, orders
 
 
 def _last_record(chunk: Chunk) -> int:
@@ -426,7 +475,7 @@ async def _run(
         async with Sender(options) as sender:
             try:
                 run.open_state(source.info)
-                run.open_outputs()
+                run.open_outputs(source.info)
 
                 async def worker() -> None:
                     try:

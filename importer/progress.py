@@ -270,7 +270,18 @@ def rerun_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
     return shlex.join(words)
 
 
-def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
+def fix_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
+    """The command that imports this run's rejected rows once the rejects file is fixed, or
+    None. ``args`` repeat the API's address and the mapping and cleaning options."""
+    path = report.files.get("rejects")
+    if not report.rejected or not path:
+        return None
+    return shlex.join(["blueshift-import", "run", path, *args])
+
+
+def summary_lines(
+    report: ImportReport, rerun: str | None = None, fix: str | None = None
+) -> list[str]:
     """The end-of-run summary as plain lines (no colour, no control characters)."""
     title = "dry run (nothing sent)" if report.dry_run else "import finished"
     if report.stopped:
@@ -325,8 +336,9 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
         lines.append(f"  re-run the failures: {rerun}")
     if report.rejected and "rejects" in report.files:
         lines.append(
-            f"  fix the rows listed in {report.files['rejects']} and import them again "
-            "(rejected rows were never sent)"
+            f"  {report.rejected} rows rejected (never sent) → rejects written to "
+            f"{report.files['rejects']}; fix them and run: "
+            + (fix or shlex.join(["blueshift-import", "run", report.files["rejects"]]))
         )
     return lines + _preview_lines(report)
 

@@ -24,6 +24,12 @@ from importer.options import ImportOptions
 API_KEY = DEFAULT_KEY
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each test in its temp dir: a run's default rejects file lands in the working one."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def fake_api() -> Iterator[FakeApiServer]:
     """A well-behaved fake API with no rate limit."""

@@ -219,7 +219,9 @@ def test_json_report_schema(cli, fake_api, tmp_path):
     assert report["error_rate"] == pytest.approx(1 / 61, abs=1e-6)
     assert report["mapping"] == [["email", "email"], ["customer_id", "customer_id"]]
     assert report["files"]["report"] == str(report_path)
-    assert set(report["files"]) == {"report", "state"}
+    # The rejected row went to a rejects file beside the report, though none was asked for.
+    assert set(report["files"]) == {"report", "state", "rejects"}
+    assert Path(report["files"]["rejects"]).parent == tmp_path
     assert set(report["accounting"]) == {"balanced", "line"}
     assert "preview" not in report
 

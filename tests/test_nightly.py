@@ -116,7 +116,8 @@ def test_output_files_are_created_only_for_a_first_line(cli, fake_api, tmp_path)
     )  # fmt: skip
     assert result.exit_code == 1  # the row without an identifier is rejected
     assert not out["dead.jsonl"].exists()
-    assert out["rejects.csv"].read_text().splitlines()[0].startswith("record,line,")
+    header = out["rejects.csv"].read_text().splitlines()[0]
+    assert header.startswith("email,customer_id,city,_line,")
     files = json.loads(out["report.json"].read_text())["files"]
     assert "dead_letter" not in files and files["rejects"] == str(out["rejects.csv"])
     # --overwrite removes the previous run's file even when this run has nothing for it.

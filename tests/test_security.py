@@ -17,7 +17,6 @@ import time
 import traceback
 from pathlib import Path
 
-import orjson
 import pytest
 import requests
 
@@ -116,7 +115,7 @@ def test_security_library_and_fake_api_logs_hold_no_key(make_fake_api, tmp_path,
         server,
         api_key=SECRET,
         batch_size=5,
-        rejects_path=tmp_path / "r.jsonl",
+        rejects_path=tmp_path / "r.csv",
         dead_letter_path=tmp_path / "d.jsonl",
         report_path=tmp_path / "report.json",
     )
@@ -348,13 +347,12 @@ def test_security_existing_output_not_overwritten(cli, fake_api, tmp_path, flag)
 
 
 def test_security_csv_rejects_neutralise_formulas(cli, tmp_path):
-    starts = ["=1+1", "+1", "-1", "@SUM(A1)", "\tTAB", "\rCR"]
-    path = tmp_path / "in.jsonl"
-
-    path.write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in starts) + b'{"email": "a@x.io"}\n')
-    result = cli("validate", str(path), "--rejects", str(tmp_path / "r.csv"))
+    starts = ["=1+1", "+1", "-1", "@SUM(A1)", "\tTAB", "'=guarded"]
+    path = write_csv(tmp_path / "in.csv", [["", s] for s in starts], ["email", "note"])
+    result = cli("validate", str(path), "--delimiter", ",", "--rejects", str(tmp_path / "r.csv"))
     assert result.exit_code == 1, result.output
     with (tmp_path / "r.csv").open(newline="") as f:
-        values = [row["value"] for row in csv.DictReader(f)]
+        values = [row["note"] for row in csv.DictReader(f)]
     assert values == ["'" + s for s in starts]
     assert neutralise_formula("plain") == "plain" and neutralise_formula(5) == 5
+    assert neutralise_formula("'6812") == "'6812"  # a guard of the export's own stays as it is
