@@ -10,10 +10,12 @@ from running far ahead of sending, so memory stays flat for any file size.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from .batching import BatchPacker
 from .cleaning import DateOrder, clean_chunk, decide_date_orders, infer_column_types
@@ -21,25 +23,30 @@ from .dedupe import merge_repeats
 from .errors import AccountingMismatch, RunStopped, UsageError
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions, fingerprint
-from .outcomes import DeadLetterWriter, ImportReport, RejectsWriter, refuse_existing
+from .outcomes import (
+    DeadLetterWriter,
+    ImportReport,
+    RejectsWriter,
+    default_rejects_path,
+    point_latest,
+    refuse_existing,
+    stamped_dir,
+    unwrap_rejects,
+)
 from .pacing import redacted
 from .presets import Preset, choose_preset
 from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
+from .source.chunk import first_rows
 from .source.location import display_name, local_path
-from .state import (
-    ConfirmationWriter,
-    Fingerprint,
-    StateReader,
-    StateStore,
-    target_tag,
-    trim_output,
-)
+from .source.records_rows import RECORDS_NAME, Records, RecordsSource
+from .state import Account, ConfirmationWriter, Fingerprint, StateReader, StateStore, trim_output
 
 log = logging.getLogger(__name__)
 
 Observer = Callable[[ImportReport], None]
+AnySource = Source | RecordsSource
 #: Rows of the first chunk cleaned and sent before the rest of it.
 FIRST_PIECE_ROWS = 1_000
 
@@ -56,9 +63,11 @@ def import_file(
     ``path`` is a CSV, JSONL (either optionally gzipped) or Parquet file: a
     local path, a URL (``s3://``, ``gs://``, ``az://``, ``https://``,
     ``http://``, ``file://``) or ``-`` for stdin.
-    ``observer`` is called with the live report as batches complete (for
-    progress displays); setting ``stop`` makes the run stop reading, finish
-    the requests in flight and return (``report.stopped`` says so).
+    Called inside a running event loop (a notebook), it runs in a worker
+    thread with a loop of its own. ``observer`` is called with the live
+    report as batches complete (for progress displays); setting ``stop``
+    makes the run stop reading, finish the requests in flight and return
+    (``report.stopped`` says so).
 
     Raises :class:`~importer.errors.UsageError` or
     :class:`~importer.errors.InputUnreadable` before anything is sent, and
@@ -67,7 +76,66 @@ def import_file(
     :class:`~importer.errors.AccountingMismatch`.
     """
     options = options or ImportOptions()
-    return asyncio.run(_run(path, options, observer, stop or threading.Event()))
+    return _in_own_loop(lambda: aimport_file(path, options, observer=observer, stop=stop))
+
+
+def import_records(
+    records: Records,
+    options: ImportOptions | None = None,
+    *,
+    observer: Observer | None = None,
+    stop: threading.Event | None = None,
+) -> ImportReport:
+    """Import customers held in memory and return the report, as :func:`import_file` does.
+
+    ``records`` is an iterable of dicts (read a chunk at a time: a generator
+    is never held whole) or a pandas DataFrame; they go through the same
+    mapping, cleaning and accounting as the lines of a JSONL file. ``resume``
+    is refused (records cannot be read again); raises as :func:`import_file`.
+    """
+    options = options or ImportOptions()
+    return _in_own_loop(lambda: aimport_records(records, options, observer=observer, stop=stop))
+
+
+async def aimport_file(
+    path: str | Path,
+    options: ImportOptions | None = None,
+    *,
+    observer: Observer | None = None,
+    stop: threading.Event | None = None,
+) -> ImportReport:
+    """:func:`import_file` for code already inside an event loop (an async service)."""
+    options = options or ImportOptions()
+    return await _run(path, lambda o: Source(path, o), options, observer, stop)
+
+
+async def aimport_records(
+    records: Records,
+    options: ImportOptions | None = None,
+    *,
+    observer: Observer | None = None,
+    stop: threading.Event | None = None,
+) -> ImportReport:
+    """:func:`import_records` for code already inside an event loop (an async service)."""
+    options = options or ImportOptions()
+    if options.resume:
+        raise UsageError("resume needs a file: records in memory cannot be read again", "resume")
+    return await _run(RECORDS_NAME, lambda o: RecordsSource(records, o), options, observer, stop)
+
+
+def _in_own_loop(make: Callable[[], Coroutine[Any, Any, ImportReport]]) -> ImportReport:
+    """Run the coroutine ``make`` returns in an event loop of its own.
+
+    Called inside a running loop (a notebook, an async service), that loop
+    cannot be blocked into running another: the import runs in a worker
+    thread with its own loop, and this call waits for it.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 class _Run:
@@ -75,6 +143,9 @@ class _Run:
 
     def __init__(self, path: str | Path, options: ImportOptions):
         self.path = str(local_path(path))
+        #: The options as given; ``options`` adds the --output-dir file names to them.
+        self.given = options
+        self.run_dir: Path | None = None
         #: How the input is named in the report and output files (a URL without its query).
         self.name = display_name(self.path)
         self.options = options
@@ -84,6 +155,8 @@ class _Run:
             self.report.shared_limit = redacted(options.shared_limit)
         self.stopping = threading.Event()
         self.rejects: RejectsWriter | None = None
+        #: --rejects, else a new file beside the report (or the resumed run's file).
+        self.rejects_path: Path | None = options.rejects_path
         self.dead_letter: DeadLetterWriter | None = None
         self.store: StateStore | None = None
         self.reader: StateReader | None = None
@@ -93,45 +166,83 @@ class _Run:
         self.completed = False
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
+    def use_run_dir(self, run_dir: Path) -> None:
+        """Name the files not given their own path after ``run_dir`` (--output-dir)."""
+        o = self.given
+        self.run_dir = run_dir
+        self.options = o.replace(
+            report_path=o.report_path or run_dir / "report.json",
+            dead_letter_path=o.dead_letter_path or run_dir / "dead-letter.jsonl",
+        )
+
     def open_state(self, input: SourceInfo) -> None:
-        """Lock the state store and begin (or resume) the run of ``input`` in it."""
+        """Lock the state store and begin (or resume) the run of ``input`` in it.
+
+        With --output-dir, the run's files go to a new run directory, or to the
+        interrupted run's when this one resumes it.
+        """
+        if self.given.output_dir is not None:
+            self.use_run_dir(stamped_dir(self.given.output_dir))
         o = self.options
+        if self.rejects_path is None:
+            self.rejects_path = default_rejects_path(input.name, input.format, o.report_path)
         if o.state_path is None or o.dry_run:
             return
-        self.store = StateStore(o.state_path)
+        self.store = StateStore(o.state_path, resume=o.resume)
         info = self.store.begin_run(
             Fingerprint(input.name, input.size, input.mtime_ns),
             fingerprint(o),
             resume=o.resume,
             force=o.force,
-            rejects_path=o.rejects_path,
+            rejects_path=self.rejects_path,
             dead_letter_path=o.dead_letter_path,
         )
-        target = target_tag(o.resolved_base_url, o.api_key)
-        self.reader = StateReader(self.store, info, target)
-        self.writer = ConfirmationWriter(self.store, info, target)
+        account = Account(o.resolved_base_url, o.api_key)
+        self.reader = StateReader(self.store, info, account)
+        # Payload hashes are kept once --changed-only is used with this state: a run that
+        # sent new payloads without recording them would leave hashes a later
+        # --changed-only run trusts, skipping customers whose last payload was another.
+        keep = o.changed_only or self.store.holds_payloads()
+        self.writer = ConfirmationWriter(self.store, info, account if keep else None)
+        if info.resumed and self.run_dir is not None and info.dead_letter_path:
+            # The interrupted run's own run directory (not a --dead-letter path of its own).
+            earlier = Path(info.dead_letter_path).parent
+            ours = earlier.parent == self.run_dir.parent.resolve() and earlier.is_dir()
+            if ours and earlier != self.run_dir.resolve():
+                self.run_dir.rmdir()  # still empty
+                self.use_run_dir(earlier)
+                o = self.options
         if info.resumed:
             self.hasher_checkpoint = (info.checkpoint_bytes, info.checkpoint_hash)
-            trim_output(o.rejects_path, info.rejects_path, info.rejects_offset)
+            if o.rejects_path is None and info.rejects_path is not None:
+                # The default name is new each run: the resumed run goes on in its own.
+                self.rejects_path = Path(info.rejects_path)
+            trim_output(self.rejects_path, info.rejects_path, info.rejects_offset)
             trim_output(o.dead_letter_path, info.dead_letter_path, info.dead_letter_offset)
             log.info("resuming run %d of %s", info.run_id, info.source)
         self.report.files["state"] = str(o.state_path)
 
-    def open_outputs(self) -> None:
+    def open_outputs(self, input: SourceInfo) -> None:
         o = self.options
+        if self.run_dir is not None:
+            point_latest(self.run_dir)
         # A resumed run adds to the interrupted run's files (trimmed to what it recorded).
         append = o.resume and not o.overwrite
         if o.report_path:
             refuse_existing(o.report_path, overwrite=o.overwrite or o.resume)
-        if o.rejects_path:
+        if self.rejects_path is not None:
+            if self.rejects_path.resolve() == Path(self.path).resolve():
+                raise UsageError(
+                    f"{self.rejects_path} is the input; give the new rejects file another name"
+                )
             self.rejects = RejectsWriter(
-                o.rejects_path, self.name, overwrite=o.overwrite, append=append
+                self.rejects_path, input.format, overwrite=o.overwrite, append=append
             )
-            self.report.files["rejects"] = str(o.rejects_path)
         if o.dead_letter_path and not o.dry_run:
             if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
                 raise UsageError(
-                    f"{o.dead_letter_path} is the input; give the new dead-letter file another name"
+                    f"{o.dead_letter_path} is the input; give dead_letter_path another name",
+                    "dead_letter_path",
                 )
             self.dead_letter = DeadLetterWriter(
                 o.dead_letter_path, self.name, overwrite=o.overwrite, append=append
@@ -163,10 +274,12 @@ class _Run:
         for closable in (self.rejects, self.dead_letter, self.writer, self.store):
             if closable is not None:
                 closable.close()
+        if self.rejects is not None and self.rejects.created:
+            self.report.files["rejects"] = str(self.rejects.path)
 
 
 def _produce(
-    run: _Run, source: Source, put: Callable[[Batch], bool], notify: Callable[..., object]
+    run: _Run, source: AnySource, put: Callable[[Batch], bool], notify: Callable[..., object]
 ) -> None:
     """Read, clean and pack the input (in a worker thread), handing batches to ``put``.
 
@@ -187,7 +300,7 @@ def _produce(
     date_orders: dict[tuple[str, ...], dict[str, DateOrder]] = {}
     report.bytes_total = source.info.size
     hasher: InputHasher | None = None
-    if writer is not None and source.info.name != "-":
+    if writer is not None and source.info.name not in ("-", RECORDS_NAME):
         hasher = InputHasher(run.path, run.hasher_checkpoint, dict(o.storage_options))
     # On resume, batches wait here until the re-read input is verified against the checkpoint.
     held: list[Batch] = []
@@ -205,13 +318,20 @@ def _produce(
 
     def handle(chunk: Chunk, key: tuple[str, ...]) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
-        result = clean_chunk(chunk, mappings[key], o, column_types[key], date_orders[key])
+        # A chunk of no parsed rows (unparseable, or a rejects file's notes) decides no types.
+        types, orders = column_types.get(key, {}), date_orders.get(key, {})
+        result = clean_chunk(chunk, mappings[key], o, types, orders)
         customers, merged, conflicts = merge_repeats(result.customers)
         report.merged_duplicates += merged
         rejects = [*result.rejects, *conflicts]
         report.count_rejects(rejects)
         if run.rejects is not None:
-            run.rejects.write(rejects if reader is None else reader.new_rejects(rejects))
+            read_as = {
+                "types": types,
+                "date_orders": {c: d._asdict() for c, d in orders.items()},
+            }
+            new = rejects if reader is None else reader.new_rejects(rejects)
+            run.rejects.write(new, chunk, read_as)
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
         if reader is not None:
@@ -233,7 +353,7 @@ def _produce(
         return True
 
     try:
-        for number, chunk in enumerate(source.chunks()):
+        for number, chunk in enumerate(first_rows(source.chunks(), o.limit)):
             report.rows_read += chunk.rows_read
             report.bytes_read = source.bytes_read
             if hasher is not None and writer is not None:
@@ -243,6 +363,13 @@ def _produce(
             payloads = unwrap_dead_letter(chunk.frame) if source.info.format == "jsonl" else None
             if payloads is not None:
                 chunk = Chunk(payloads, chunk.records, chunk.lines, chunk.rejects)
+            # A rejects file is re-imported as its rows; the rows it lists as sent already
+            # (dropped fields, conflicts) are left out.
+            read_as: dict[str, Any] = {}
+            unwrapped = unwrap_rejects(chunk, guarded=source.info.format == "csv")
+            if unwrapped is not None:
+                chunk, sent, read_as = unwrapped
+                report.already_done += sent
             key = tuple(chunk.column_names)
             if key not in mappings:
                 if not preset_decided:
@@ -266,8 +393,10 @@ def _produce(
                     if source.info.format == "csv"
                     else {}
                 )
-                column_types[key] = types
-                date_orders[key] = decide_date_orders(chunk, mappings[key], types, o.date_order)
+                orders = decide_date_orders(chunk, mappings[key], types, o.date_order)
+                # A rejects file's few rows are read as the whole file they came from was.
+                types, orders = _as_read(read_as, types, orders, o.date_order)
+                column_types[key], date_orders[key] = types, orders
                 if not report.date_orders:
                     report.date_orders = {c: d._asdict() for c, d in date_orders[key].items()}
             pieces = [chunk]
@@ -290,12 +419,34 @@ def _produce(
             report.requests += len(packer.flush())
         else:
             emit(packer.flush())
-        run.completed = not run.stopping.is_set()
+        # A run cut short by ``limit`` did not import the whole input: not completed.
+        cut = o.limit is not None and report.rows_read >= o.limit
+        run.completed = not run.stopping.is_set() and not cut
     finally:
         if hasher is not None:
             hasher.close()
         if reader is not None:
             reader.close()
+
+
+def _as_read(
+    read_as: dict[str, Any], types: dict[str, str], orders: dict[str, DateOrder], option: str
+) -> tuple[dict[str, str], dict[str, DateOrder]]:
+    """``types`` and ``orders`` with those a rejects file recorded (``_read_as``) instead.
+
+    Only columns inferred here take a recorded type (a mapping file's types
+    win), and recorded date orders only where ``--date-order`` is ``auto``.
+    """
+    recorded = read_as.get("types")
+    if isinstance(recorded, dict):
+        types = {**types, **{t: str(v) for t, v in recorded.items() if t in types}}
+    dates = read_as.get("date_orders")
+    if option == "auto" and isinstance(dates, dict):
+        orders = dict(orders)
+        for column, how in dates.items():
+            if isinstance(how, dict) and how.get("order") in ("month-first", "day-first"):
+                orders[column] = DateOrder(how["order"], str(how.get("decided_by", "file")))
+    return types, orders
 
 
 def _last_record(chunk: Chunk) -> int:
@@ -305,8 +456,13 @@ def _last_record(chunk: Chunk) -> int:
 
 
 async def _run(
-    path: str | Path, options: ImportOptions, observer: Observer | None, stop: threading.Event
+    path: str | Path,
+    open_source: Callable[[ImportOptions], AnySource],
+    options: ImportOptions,
+    observer: Observer | None,
+    stop: threading.Event | None,
 ) -> ImportReport:
+    stop = stop or threading.Event()
     run = _Run(path, options)
     report = run.report
     loop = asyncio.get_running_loop()
@@ -324,13 +480,15 @@ async def _run(
                 return True
         return False
 
-    with Source(path, options) as source:
+    # With a limit, the source reads no more rows than it may import.
+    chunk_rows = min(options.chunk_rows, options.limit or options.chunk_rows)
+    with open_source(options.replace(chunk_rows=chunk_rows)) as source:
         # The shared limit's Redis is reached first: out of reach, the run stops
         # before it touches the state or the output files.
         async with Sender(options) as sender:
             try:
                 run.open_state(source.info)
-                run.open_outputs()
+                run.open_outputs(source.info)
 
                 async def worker() -> None:
                     try:
@@ -387,9 +545,11 @@ async def _run(
     elif stop.is_set():
         report.stopped = "interrupted"
     report.finish()
-    if options.report_path:
-        report.files["report"] = str(options.report_path)
-        report.write(options.report_path)
+    # Files a run had nothing to write are never created.
+    report.files = {k: v for k, v in report.files.items() if k == "state" or Path(v).exists()}
+    if run.options.report_path:
+        report.files["report"] = str(run.options.report_path)
+        report.write(run.options.report_path)
     if observer is not None:
         observer(report)
     if failure:

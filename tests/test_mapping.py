@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import csv
 
 import pytest
 
@@ -235,7 +235,7 @@ def test_cli_validate_shows_mapping_counts_and_payloads(cli, tmp_path):
         "--show",
         "1",
         "--rejects",
-        str(tmp_path / "rejects.jsonl"),
+        str(tmp_path / "rejects.csv"),
     )
     assert result.exit_code == 1, result.output  # rows were rejected
     out = result.stdout
@@ -249,8 +249,8 @@ def test_cli_validate_shows_mapping_counts_and_payloads(cli, tmp_path):
     payloads = [line.strip() for line in out.splitlines() if line.startswith("  {")]
     assert payloads == ['{"city":"Oslo","email":"a@x.io","joined_at":"2024-01-02","points":10}']
     assert "secret" not in out
-    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
-    assert sorted((r["record"], r["line"]) for r in rejects) == [(3, 4), (4, 5)]
+    with (tmp_path / "rejects.csv").open(newline="") as f:
+        assert sorted(r["_line"] for r in csv.DictReader(f)) == ["4", "5"]
 
 
 def test_cli_validate_all_valid_exit_0_and_matches_dry_run(cli, tmp_path):

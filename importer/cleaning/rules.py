@@ -236,11 +236,12 @@ def clean_phone(value: Any, region: str = "US") -> Cleaned:
 
 
 def phone_region(region: str) -> str:
-    """``--phone-region`` in upper case; raises :class:`UsageError` if phonenumbers lacks it."""
+    """``phone_region`` in upper case; raises :class:`UsageError` if phonenumbers lacks it."""
     code = region.strip().upper()
     if code not in phonenumbers.SUPPORTED_REGIONS:
         raise UsageError(
-            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+            f"phone_region must be a two-letter region code such as US or GB, got {region!r}",
+            "phone_region",
         )
     return code
 
