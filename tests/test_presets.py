@@ -64,7 +64,7 @@ def test_crm_record_id_stays_an_attribute_and_the_reject_names_the_map(cli, fake
     assert {str(c["hubspot_record_id"]) for c in fake_api.state.applied} <= record_ids
     assert all("customer_id" not in c for c in fake_api.state.applied)
     with rejects.open() as f:
-        reasons = [row["reason"] for row in csv.DictReader(f) if row["outcome"] == "rejected"]
+        reasons = [r["_reason"] for r in csv.DictReader(f) if r["_outcome"] == "rejected"]
     assert reasons and all('--map "Record ID=customer_id"' in r for r in reasons)
 
 
@@ -220,3 +220,23 @@ def test_translated_rule_on_json_values_lists_and_inverted_non_booleans():
     assert translated(keep_value, invert=True)("abc") == (
         None, "invalid boolean: invert needs true or false",
     )  # fmt: skip
+
+
+def test_a_fixed_rejects_file_of_a_platform_export_is_read_with_the_same_preset(fake_api, tmp_path):
+    export = platform_exports.hubspot(80)
+    rejects = tmp_path / "rejects.csv"
+    import_file(export.write(tmp_path), fast_options(fake_api, rejects_path=rejects))
+    with rejects.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["_outcome"] == "rejected"]
+    assert rows
+    for i, row in enumerate(rows):  # the fix: an e-mail for each
+        row["Email"] = f"fixed{i}@example.com"
+    fixed = write_csv(tmp_path / "fixed.csv", rows)
+    before = len(fake_api.state.applied)
+    report = import_file(fixed, fast_options(fake_api))
+    assert report.preset == "hubspot" and report.rejected == 0
+    sent = fake_api.state.applied[before:]
+    assert sorted(c["email"] for c in sent) == sorted(r["Email"] for r in rows)
+    by_email = {r["Email"]: r for r in rows}
+    for c in sent:
+        assert c["joined_at"][:16] == by_email[c["email"]]["Create Date"].replace(" ", "T")
