@@ -601,8 +601,10 @@ def figures(directory: Path) -> list[dict[str, Any]]:
         export = make()
         path = export.write(directory)
         with FakeApiServer(FakeApiConfig(api_key="figures")) as server:
+            # The report, and the rejects file beside it, stay in ``directory``.
+            report_path = Path(directory) / f"{name}.report.json"
             options = ImportOptions(
-                api_key="figures", base_url=server.url, rate=1000.0, state_path=None
+                api_key="figures", base_url=server.url, rate=1000.0, report_path=report_path
             )
             report = import_file(path, options)
             counts = audit(export, server.state.applied)
