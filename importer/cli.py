@@ -536,6 +536,54 @@ def fake_api(host: str, port: int, api_key: str, **settings: Any) -> None:
     serve_forever(config, host, port)
 
 
+# -- presets ------------------------------------------------------------------
+
+
+@main.group("presets")
+def presets_group() -> None:
+    """The mapping files for platform exports (Shopify, HubSpot, Braze, ...).
+
+    `run` and `validate` pick the preset whose headers the file has, unless
+    --preset names one (or none). A preset is a mapping file: copy one, edit
+    it, and pass it with --mapping.
+
+    \b
+    Examples:
+      blueshift-import presets list
+      blueshift-import presets show hubspot > mapping.toml
+    """
+
+
+@presets_group.command("list")
+def presets_list() -> None:
+    """List the presets: name, export, and the headers that identify it.
+
+    \b
+    Example:
+      blueshift-import presets list
+    """
+    from .presets import load_preset, preset_names
+
+    for name in preset_names():
+        preset = load_preset(name)
+        click.echo(f"{name:<24} {preset.description}; detected by: {', '.join(preset.detect)}")
+
+
+@presets_group.command("show")
+@click.argument("name")
+def presets_show(name: str) -> None:
+    """Print the preset NAME as a mapping file, to copy and adapt.
+
+    \b
+    Example:
+      blueshift-import presets show shopify > mapping.toml
+      blueshift-import run customers_export.csv --preset none --mapping mapping.toml
+    """
+    from .presets import load_preset
+
+    click.echo(load_preset(name).text, nl=False)
+
+
 # -- state: resume and incremental imports ------------------------------------
 _STATE_OPTION = _table_options(only=("state_path",), exists=True)
 

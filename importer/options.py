@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .errors import UsageError
 from .mapping import parse_map_option
+from .presets import AUTO, NONE, preset_names
 
 #: Blueshift's hard limit of customers per bulk call; more is answered with 413.
 MAX_BATCH_SIZE = 50
@@ -167,8 +168,12 @@ class ImportOptions:
 
     # -- mapping and cleaning --
     mapping_file: Path | None = _cleaning(
-        None, 'TOML mapping file: [columns."Name"] tables with target, type, drop.',
+        None, 'TOML mapping file of [columns."Name"] tables.',
         flag="--mapping", metavar="FILE", path=True,
+    )  # fmt: skip
+    preset: str = _cleaning(
+        AUTO, "Platform preset: auto, none or a name.",
+        metavar="NAME",
     )  # fmt: skip
     column_map: tuple[tuple[str, str], ...] = _cleaning(
         (), "Map an input column to a Blueshift field (repeatable).", flag="--map",
@@ -278,6 +283,12 @@ class ImportOptions:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}", name)
+        if self.preset not in (AUTO, NONE, *preset_names()):
+            raise UsageError(
+                f"preset must be auto, none or one of {', '.join(preset_names())}, "
+                f"got {self.preset!r}",
+                "preset",
+            )
         for name in ("timeout", "max_backoff", "give_up_after"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name} must be above 0", name)

@@ -464,6 +464,8 @@ class ImportReport:
     stopped: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)
+    #: The platform preset applied (see :mod:`importer.presets`), None: none.
+    preset: str | None = None
     #: Day and month order of each date column holding dates like 3/4/2021:
     #: column → ``{"order": ..., "decided_by": "file" | "default" | "option"}``.
     date_orders: dict[str, dict[str, str]] = field(default_factory=dict)

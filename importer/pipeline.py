@@ -34,6 +34,7 @@ from .outcomes import (
     unwrap_rejects,
 )
 from .pacing import redacted
+from .presets import Preset, choose_preset
 from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
@@ -291,6 +292,8 @@ def _produce(
     reader, writer = run.reader, run.writer
     packer = BatchPacker(o.batch_size, o.max_batch_bytes)
     mappings: dict[tuple[str, ...], ColumnMapping] = {}
+    preset: Preset | None = None
+    preset_decided = False
     # One type per CSV column and one order per date column for the whole file,
     # decided from its first chunk.
     column_types: dict[tuple[str, ...], dict[str, str]] = {}
@@ -369,8 +372,18 @@ def _produce(
                 report.already_done += sent
             key = tuple(chunk.column_names)
             if key not in mappings:
+                if not preset_decided:
+                    # One preset for the whole input, from its first header (or JSON keys).
+                    preset, preset_decided = choose_preset(o.preset, key), True
+                    report.preset = preset.name if preset else None
+                specs = {**(preset.columns if preset else {}), **run.column_specs}
                 mappings[key] = resolve_mapping(
-                    key, o.column_map, o.drop_columns, o.drop_unmapped, run.column_specs
+                    key,
+                    o.column_map,
+                    o.drop_columns,
+                    o.drop_unmapped,
+                    specs,
+                    preset.record_id if preset else None,
                 )
                 if not report.mapping:
                     report.mapping = mappings[key].describe()

@@ -287,6 +287,8 @@ def summary_lines(
     if report.stopped:
         title = f"import stopped: {report.stopped}"
     lines = [f"{title} in {format_duration(report.duration_s)} ({report.duration_s:.1f} s)"]
+    if report.preset:
+        lines.append(f"preset: {report.preset} (blueshift-import presets show {report.preset})")
     if report.mapping:
         lines.append("mapping: " + ", ".join(f"{s} -> {t}" for s, t in report.mapping))
     lines.append(f"  {'rows read':<16} {report.rows_read}")
@@ -378,7 +380,10 @@ def _concurrency_lines(report: ImportReport) -> list[str]:
 
 def validation_lines(report: ImportReport) -> list[str]:
     """What ``validate`` prints: the mapping as a table, the verdict, the first payloads."""
-    lines = [f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s", "mapping:"]
+    lines = [f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s"]
+    if report.preset:
+        lines.append(f"preset: {report.preset} (blueshift-import presets show {report.preset})")
+    lines.append("mapping:")
     width = max((len(source) for source, _ in report.mapping), default=0)
     for source, target in report.mapping:
         lines.append(f"  {source:<{width}}  {target if target[0] == '(' else '-> ' + target}")

@@ -199,9 +199,10 @@ def test_salesforce_contacts_with_three_phone_columns_never_stop_the_run(cli, fa
                 assert sent[key] == _e164(row[column[header]], code)
             else:
                 assert key not in sent
-        # Salesforce's own time format, zone and all, arrives as UTC.
-        assert sent["created_date"] == row[column["CreatedDate"]][:19] + "Z"
-        assert sent["has_opted_out_of_email"] is (row[column["HasOptedOutOfEmail"]] == "true")
+        # The salesforce-contact preset: Salesforce's own time format, zone and all,
+        # arrives as UTC in joined_at; opted out of e-mail is unsubscribed.
+        assert sent["joined_at"] == row[column["CreatedDate"]][:19] + "Z"
+        assert sent["unsubscribed"] is (row[column["HasOptedOutOfEmail"]] == "true")
 
 
 def test_rejects_file_lists_each_dropped_field(fake_api, tmp_path):
