@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from importer import ImportOptions, import_file
-from importer.errors import ApiKeyRejected
+from importer.errors import ApiKeyRejected, ApiUnavailable
 from importer.outcomes import neutralise_formula
 
 from .conftest import API_KEY, fast_options, write_csv
@@ -291,14 +291,18 @@ def test_security_tls_certificate_is_verified(tmp_path):
             backoff_base=0.001,
             max_backoff=0.01,
             timeout=5.0,
+            give_up_after=0.5,
         )
         path = write_csv(tmp_path / "c.csv", [["a@example.com"]], ["email"])
-        report = import_file(path, options)
+        # No call ever succeeds: the customer stays pending (not dead-lettered) and the run stops.
+        with pytest.raises(ApiUnavailable) as info:
+            import_file(path, options)
+        report = info.value.report
     finally:
         done.set()
         thread.join(5)
         listener.close()
-    assert report.succeeded == 0 and report.dead_lettered == 1
+    assert report.succeeded == 0 and report.dead_lettered == 0 and report.not_sent == 1
     assert received == [] and refused, "the client sent a request over an unverified connection"
 
 

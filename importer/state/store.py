@@ -314,7 +314,7 @@ class StateStore:
             ).fetchone()
             unfinished = prev is not None and prev[1] != "completed"
             if resume and unfinished and not force:
-                _check_same_input(fingerprint, settings, *prev[2:5])
+                _check_same_input(fingerprint, settings, *prev[2:6])
                 conn.execute(
                     "UPDATE runs SET status = 'running', pid = ?, attempts = attempts + 1, "
                     "updated_at = ? WHERE id = ?",
@@ -375,9 +375,17 @@ def _resolved(path: Path | None) -> str | None:
 
 
 def _check_same_input(
-    fp: Fingerprint, settings: dict[str, Any], size: int | None, mtime_ns: int | None, old: str
+    fp: Fingerprint,
+    settings: dict[str, Any],
+    size: int | None,
+    mtime_ns: int | None,
+    old: str,
+    checkpoint_bytes: int | None = None,
 ) -> None:
-    if (fp.size, fp.mtime_ns) != (size, mtime_ns):
+    # An input that grew (a damaged file repaired, a truncated download completed) may be
+    # resumed when its part already read is known by hash: re-reading verifies it.
+    grown = bool(checkpoint_bytes) and None not in (fp.size, size) and fp.size > size  # type: ignore[operator]
+    if (fp.size, fp.mtime_ns) != (size, mtime_ns) and not grown:
         raise InputChanged(
             f"{fp.source} changed since the interrupted run (size {size} → {fp.size} bytes, "
             "or a new modification time); refusing to resume. "
