@@ -432,6 +432,10 @@ def _print_summary(report: ImportReport, display: _Display) -> None:
     resume = display.resume_command if report.stopped else None
     for line in summary_lines(report, rerun):
         click.echo(line)
+    unread = (report.bytes_total or 0) - report.bytes_read
+    if report.stopped and unread > 0:
+        # Rows never read cannot be counted; not sent counts only rows read.
+        click.echo(f"  not read         {unread} of {report.bytes_total} input bytes")
     if resume:
         click.echo(f"  resume with: {resume}")
     if display.log_format == "json":

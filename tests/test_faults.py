@@ -295,3 +295,15 @@ def test_a_stop_prints_the_command_that_resumes_it_in_the_json_summary(cli, tmp_
         f"blueshift-import run {tmp_path / 'customers.csv'} --mock --log-format json --resume"
     )
     assert "secret-key" not in summary["resume_command"]
+
+
+def test_a_stop_before_the_end_says_how_much_of_the_input_was_not_read(cli, tmp_path):
+    write_csv(tmp_path / "customers.csv", _rows(60_000, bad_emails=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Sender, "send", _after(1, Sender.send, _send_boom))
+        result = cli("run", str(tmp_path / "customers.csv"), "--mock", "--rate", "1000")
+    assert result.exit_code == 4, result.output
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("  not read"))
+    unread, total = (int(w) for w in line.split() if w.isdigit())
+    assert 0 < unread < total == (tmp_path / "customers.csv").stat().st_size
+    assert "(balanced)" in result.stdout
