@@ -3,7 +3,9 @@
 No parsing, retry or HTTP logic lives here: each command is one call into
 the library. Exit codes: 0 everything delivered; 1 finished but rows were
 rejected or dead-lettered beyond ``--max-error-rate``; 2 usage or input error;
-3 stopped early (key rejected, API down); 130 / 143 interrupted.
+3 stopped early (key rejected, API down); 4 stopped by a local fault (a disk
+full, a file that cannot be written, an input damaged mid-file); 130 / 143
+interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -30,7 +33,10 @@ from .logs import LOG_FORMATS, secret_filter, setup_logging
 from .options import SECTIONS, ImportOptions, cli_default, cli_fields, flag_name, spec_of
 from .outcomes import ImportReport
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED, EXIT_FAULT = 0, 1, 2, 3, 4
+#: Left out of the command that resumes a stopped run: the key is never printed, and
+#: a resumed run must append to its files, not replace them or start over.
+_NOT_IN_RESUME = ("--api-key", "--overwrite", "--force", "--resume")
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 _EXIT_ON_SIGNAL: dict[int, int] = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 
@@ -50,6 +56,11 @@ def _options(*decorators: Decorator) -> Decorator:
 
 class _Group(click.Group):
     """Turns our errors into one line on stderr and exit 2, never a traceback."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Kept to print the command that resumes a stopped run.
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -251,6 +262,8 @@ class _Display:
     rerun_args: tuple[str, ...]
     #: What importing the fixed rejects file repeats: the API's address and the cleaning options.
     fix_args: tuple[str, ...] = ()
+    #: The command that resumes this run if it stops (None: it cannot be resumed).
+    resume_command: str | None = None
 
 
 _DISPLAY_OPTIONS = _options(
@@ -340,6 +353,7 @@ def run(
         key_on_command_line=ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE,
         rerun_args=_rerun_args(options, config, mock),
         fix_args=_rerun_args(options, config, mock) + _cleaning_args(options, ctx),
+        resume_command=_resume_command(ctx.meta.get("argv"), options, input_path),
     )
     if not mock:
         sys.exit(_run_import(input_path, options, display))
@@ -386,6 +400,11 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
             if isinstance(exc, RunStopped):
                 exc.report.stopped = cli_message(exc)  # the summary names flags too
             _print_summary(exc.report, display)
+        if isinstance(exc, RunStopped) and exc.report_unwritten and exc.report is not None:
+            click.echo(
+                f"error: cannot write the report {exc.report_unwritten}; here it is:", err=True
+            )
+            click.echo(json.dumps(exc.report.to_dict(), ensure_ascii=False, default=str), err=True)
         click.echo(f"error: {cli_message(exc)}", err=True)
         return exc.exit_code
     finally:
@@ -434,9 +453,29 @@ def _cleaning_args(options: ImportOptions, ctx: click.Context) -> tuple[str, ...
     return tuple(args)
 
 
+def _resume_command(argv: list[str] | None, options: ImportOptions, input_path: str) -> str | None:
+    """The command line of this run with ``--resume``, or None if it cannot be resumed.
+
+    The API key, ``--overwrite`` and ``--force`` are left out (see ``_NOT_IN_RESUME``).
+    """
+    if argv is None or options.state_path is None or options.dry_run or input_path == "-":
+        return None
+    words: list[str] = []
+    skip = False
+    for word in argv:
+        name = word.split("=", 1)[0]
+        if skip or name in _NOT_IN_RESUME:
+            # The key's value follows its flag unless given as --api-key=KEY.
+            skip = not skip and word == "--api-key"
+            continue
+        words.append(word)
+    return shlex.join(["blueshift-import", *words, "--resume"])
+
+
 def _print_summary(report: ImportReport, display: _Display) -> None:
     from .progress import fix_command, rerun_command, summary_lines
 
+    resume = display.resume_command if report.stopped else None
     if display.quiet:
         click.echo(f"accounting: {report.accounting_line()}")
         return
@@ -444,6 +483,12 @@ def _print_summary(report: ImportReport, display: _Display) -> None:
     fix = fix_command(report, display.fix_args)
     for line in summary_lines(report, rerun, fix):
         click.echo(line)
+    unread = (report.bytes_total or 0) - report.bytes_read
+    if report.stopped and unread > 0:
+        # Rows never read cannot be counted; not sent counts only rows read.
+        click.echo(f"  not read         {unread} of {report.bytes_total} input bytes")
+    if resume:
+        click.echo(f"  resume with: {resume}")
     if display.log_format == "json":
         # One machine-readable line for log collectors, next to the human summary.
         summary = {"event": "summary", **report.to_dict()}
@@ -451,6 +496,8 @@ def _print_summary(report: ImportReport, display: _Display) -> None:
             summary["rerun_command"] = rerun
         if fix:
             summary["fix_command"] = fix
+        if resume:
+            summary["resume_command"] = resume
         click.echo(json.dumps(summary, ensure_ascii=False, default=str), err=True)
     if display.key_on_command_line:
         click.echo(

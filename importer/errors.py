@@ -14,7 +14,9 @@ stops a whole run raises. The tree, and when each is raised::
     ├── RunStopped                           the run stopped early            exit 3
     │   ├── ApiKeyRejected                   HTTP 401 or 403
     │   ├── ApiUnavailable                   nothing succeeded for too long
-    │   └── ApiUnreachable                   wrong host, port or certificate  exit 2
+    │   ├── ApiUnreachable                   wrong host, port or certificate  exit 2
+    │   └── LocalFault                       a write failed here, or the input  exit 4
+    │                                        is damaged mid-file
     └── AccountingMismatch                   the outcome counts do not add up (a bug)
 
 Messages speak of options by their :class:`~importer.options.ImportOptions`
@@ -83,7 +85,8 @@ class RunStopped(ImporterError):
     """The run stopped before the end of the input; a report is still written.
 
     ``report`` is the run's report (set by the pipeline); ``outcomes`` those of
-    the part of the batch in hand that was settled before the stop.
+    the part of the batch in hand that was settled before the stop;
+    ``report_unwritten`` why the report file could not be written, if it could not.
     """
 
     exit_code = 3
@@ -92,6 +95,7 @@ class RunStopped(ImporterError):
         super().__init__(message, *options)
         self.report: ImportReport | None = None
         self.outcomes: list[Outcome] = []
+        self.report_unwritten: str | None = None
 
 
 class ApiKeyRejected(RunStopped):
@@ -108,6 +112,18 @@ class ApiUnreachable(RunStopped):
     base URL (or the network) needs fixing, so it exits like a usage error."""
 
     exit_code = 2
+
+
+class LocalFault(RunStopped):
+    """The run stopped on a fault of this machine, not of the API: a disk full or a
+    file that cannot be written (dead-letter, rejects, state, report), a stage that
+    failed unexpectedly, or an input found damaged after customers were sent.
+
+    Calls in flight finish and are counted; ``--resume`` after the fault is fixed
+    finishes the job.
+    """
+
+    exit_code = 4
 
 
 class AccountingMismatch(ImporterError):

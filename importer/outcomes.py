@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import itertools
 import math
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -117,6 +119,32 @@ def point_latest(run_dir: Path) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_dir.name, target_is_directory=True)
     os.replace(tmp, link)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Raise :class:`UsageError` unless a file can be created at ``path`` (the ``what``).
+
+    Checked before a run, so a run never does its work and then fails to record
+    it. The nearest existing directory on the way to ``path`` is probed by
+    creating (and at once removing) an unnamed file in it: it is what the
+    writes will need, also for root and on a read-only mount. Creates nothing.
+    """
+    path = Path(path).absolute()
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        if not directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied", str(path))
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        where = exc.filename or directory
+        raise UsageError(
+            f"cannot write the {what} {path}: {exc.strerror or exc} ({where})"
+        ) from None
 
 
 def neutralise_formula(value: Any) -> Any:
@@ -551,9 +579,14 @@ class ImportReport:
         """Write the JSON report atomically (temp file, then rename), mode 0600."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open_private(tmp, overwrite=True) as f:
-            f.write(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
-        os.replace(tmp, path)
+        try:
+            with open_private(tmp, overwrite=True) as f:
+                f.write(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+            os.replace(tmp, path)
+        except BaseException:
+            # No half-written report left behind (a full disk, a read-only directory).
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _tally(counts: dict[str, int], reason: str) -> None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -20,13 +23,21 @@ from typing import Any
 from .batching import BatchPacker
 from .cleaning import DateOrder, clean_chunk, decide_date_orders, infer_column_types
 from .dedupe import merge_repeats
-from .errors import AccountingMismatch, RunStopped, UsageError
+from .errors import (
+    AccountingMismatch,
+    ImporterError,
+    InputUnreadable,
+    LocalFault,
+    RunStopped,
+    UsageError,
+)
 from .mapping import ColumnMapping, load_mapping_file, resolve_mapping
 from .options import ImportOptions, fingerprint
 from .outcomes import (
     DeadLetterWriter,
     ImportReport,
     RejectsWriter,
+    check_writable,
     default_rejects_path,
     point_latest,
     refuse_existing,
@@ -39,7 +50,7 @@ from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
 from .source.chunk import first_rows
-from .source.location import display_name, local_path
+from .source.location import describe_error, display_name, local_path
 from .source.records_rows import RECORDS_NAME, Records, RecordsSource
 from .state import Account, ConfirmationWriter, Fingerprint, StateReader, StateStore, trim_output
 
@@ -164,6 +175,13 @@ class _Run:
         self.hasher_checkpoint: tuple[int, str | None] | None = None
         self.content_hash: str | None = None
         self.completed = False
+        #: Why the run stopped early; the first one is reported.
+        self.failure: list[RunStopped] = []
+        self.dead_letter_fault: OSError | None = None
+        self.state_fault = False
+        #: Batches handed to the workers: a damaged input found after the first one
+        #: stops the run like any fault instead of being a usage error.
+        self.batches_put = 0
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
     def use_run_dir(self, run_dir: Path) -> None:
@@ -255,27 +273,77 @@ class _Run:
                 dead_letter_offset=None if self.dead_letter is None else self.dead_letter.size,
             )
 
+    def fail(self, exc: RunStopped) -> None:
+        """Stop the run for ``exc`` (the first reason given is the one reported)."""
+        if not self.failure:
+            self.failure.append(exc)
+        self.stopping.set()
+
     def settle(self, batch: Batch, outcomes: list[Outcome]) -> None:
-        """Count a sent batch's outcomes, dead-letter its failures and commit it to the state."""
+        """Count a sent batch's outcomes, dead-letter its failures and commit it to the state.
+
+        A failed write stops the run (:class:`LocalFault`) and is never fatal here:
+        what could not be written is counted as not sent and left out of the state,
+        so ``--resume`` sends it again.
+        """
         # After a stop, customers whose delivery did not finish are not in ``outcomes``.
         self.report.not_sent += len(batch) - len(outcomes)
-        self.report.count_outcomes(outcomes)
         offset = None
-        if self.dead_letter is not None:
-            self.dead_letter.write(outcomes)
-            if not all(o.delivered for o in outcomes):
-                offset = self.dead_letter.size
-        if self.writer is not None:
+        if not all(o.delivered for o in outcomes):
+            try:
+                if self.dead_letter_fault is not None:
+                    raise self.dead_letter_fault
+                if self.dead_letter is not None:
+                    self.dead_letter.write(outcomes)
+                    offset = self.dead_letter.size
+            except OSError as exc:
+                # After one failed write the file may end in a partial line: write no more
+                # to it (a resumed run trims it back to what the state recorded).
+                self.dead_letter_fault = exc
+                undelivered = [o for o in outcomes if not o.delivered]
+                self.report.not_sent += len(undelivered)
+                outcomes = [o for o in outcomes if o.delivered]
+                self.fail(LocalFault(f"cannot write the dead-letter file: {_describe(exc)}"))
+        self.report.count_outcomes(outcomes)
+        if self.writer is None or self.state_fault:
+            return
+        try:
             # Committed before the next batch: a crash re-sends those in flight.
             self.writer.record(outcomes, offset)
+        except (OSError, sqlite3.Error) as exc:
+            # Recording nothing more keeps the state consistent with the output files:
+            # a resumed run re-sends what was not recorded.
+            self.state_fault = True
+            self.fail(LocalFault(f"cannot record progress in the state: {_describe(exc)}"))
+
+    def finish_state(self, done: bool) -> None:
+        """Mark the run completed, stopped or interrupted in the state (if it still works)."""
+        if self.writer is None or self.state_fault:
+            return
+        status = "completed" if done else ("stopped" if self.failure else "interrupted")
+        try:
+            self.writer.finish(status, self.content_hash if done else None)
+        except (OSError, sqlite3.Error) as exc:
+            self.fail(
+                LocalFault(f"cannot record the end of the run in the state: {_describe(exc)}")
+            )
 
     def close(self) -> None:
         """Close the output files, then the state (whatever of them was opened)."""
         for closable in (self.rejects, self.dead_letter, self.writer, self.store):
             if closable is not None:
-                closable.close()
-        if self.rejects is not None and self.rejects.created:
-            self.report.files["rejects"] = str(self.rejects.path)
+                try:
+                    closable.close()
+                except (OSError, sqlite3.Error) as exc:
+                    self.fail(LocalFault(f"cannot close a file: {_describe(exc)}"))
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, in one line: the OS's words for an OSError, else type and message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return describe_error(exc)
 
 
 def _produce(
@@ -315,6 +383,12 @@ def _produce(
             if not put(batch):
                 report.not_sent += sum(len(b) for b in pending[i:])
                 return
+            run.batches_put += 1
+
+    def abandon() -> None:
+        """Count the customers cleaned but not handed to a worker as not sent."""
+        report.not_sent += sum(len(b) for b in (*held, *packer.flush()))
+        held.clear()
 
     def handle(chunk: Chunk, key: tuple[str, ...]) -> bool:
         """Clean, filter and pack one piece of the input; False once the run is stopping."""
@@ -322,24 +396,35 @@ def _produce(
         types, orders = column_types.get(key, {}), date_orders.get(key, {})
         result = clean_chunk(chunk, mappings[key], o, types, orders)
         customers, merged, conflicts = merge_repeats(result.customers)
-        report.merged_duplicates += merged
         rejects = [*result.rejects, *conflicts]
-        report.count_rejects(rejects)
+        done = unchanged = 0
+        if reader is not None:
+            customers, done = reader.skip_done(customers)
+            if o.changed_only:
+                customers, unchanged = reader.skip_unchanged(customers)
         if run.rejects is not None:
             read_as = {
                 "types": types,
                 "date_orders": {c: d._asdict() for c, d in orders.items()},
             }
-            new = rejects if reader is None else reader.new_rejects(rejects)
-            run.rejects.write(new, chunk, read_as)
+            try:
+                run.rejects.write(
+                    rejects if reader is None else reader.new_rejects(rejects), chunk, read_as
+                )
+            except OSError as exc:
+                # Nothing of this piece is counted yet: all its rows are not sent, and the
+                # state does not record its rejects, so a resumed run reads them again.
+                report.not_sent += chunk.rows_read
+                run.fail(LocalFault(f"cannot write the rejects file: {_describe(exc)}"))
+                abandon()
+                return False
             if writer is not None:
                 notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
-        if reader is not None:
-            customers, done = reader.skip_done(customers)
-            report.already_done += done
-            if o.changed_only:
-                customers, unchanged = reader.skip_unchanged(customers)
-                report.unchanged_skipped += unchanged
+        # Counted only once nothing above can fail: a piece is counted whole or not at all.
+        report.merged_duplicates += merged
+        report.count_rejects(rejects)
+        report.already_done += done
+        report.unchanged_skipped += unchanged
         if o.dry_run:
             room = o.preview_size - len(report.preview)
             report.preview.extend(c.payload for c in customers[:room])
@@ -348,7 +433,7 @@ def _produce(
             return True
         emit(packer.add(customers))
         if run.stopping.is_set():
-            report.not_sent += sum(len(b) for b in (*held, *packer.flush()))
+            abandon()
             return False
         return True
 
@@ -406,7 +491,13 @@ def _produce(
                 # for a full chunk to be cleaned.
                 pieces = list(chunk.split(FIRST_PIECE_ROWS))
             for i, piece in enumerate(pieces):
-                if not handle(piece, key):
+                try:
+                    handled = handle(piece, key)
+                except BaseException:
+                    # The pieces not handled were read but never sent.
+                    report.not_sent += sum(p.rows_read for p in pieces[i:])
+                    raise
+                if not handled:
                     # Rows read but never cleaned (the rest of a split chunk) were not sent either.
                     report.not_sent += sum(p.rows_read for p in pieces[i + 1 :])
                     return
@@ -422,6 +513,9 @@ def _produce(
         # A run cut short by ``limit`` did not import the whole input: not completed.
         cut = o.limit is not None and report.rows_read >= o.limit
         run.completed = not run.stopping.is_set() and not cut
+    except BaseException:
+        abandon()
+        raise
     finally:
         if hasher is not None:
             hasher.close()
@@ -465,12 +559,13 @@ async def _run(
     stop = stop or threading.Event()
     run = _Run(path, options)
     report = run.report
+    check_outputs(run.path, options)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
     # The queue is bounded by these slots, taken by the producer and given back by the
     # workers: a thread semaphore, so a producer waiting for room still sees a stop.
     slots = threading.Semaphore(options.in_flight_ceiling * 2)
-    failure: list[RunStopped] = []
+    failure = run.failure
 
     def put(batch: Batch) -> bool:
         """Queue ``batch`` (producer thread) once there is room; False once stopping."""
@@ -491,31 +586,34 @@ async def _run(
                 run.open_outputs(source.info)
 
                 async def worker() -> None:
-                    try:
-                        while (batch := await queue.get()) is not None:
-                            slots.release()
-                            if run.stopping.is_set():
-                                report.not_sent += len(batch)
-                                continue
+                    # A worker never dies: whatever fails stops the run, and the worker
+                    # goes on draining the queue (counting it as not sent) so the
+                    # producer never waits for room that will not come.
+                    while (batch := await queue.get()) is not None:
+                        slots.release()
+                        if run.stopping.is_set():
+                            report.not_sent += len(batch)
+                            continue
+                        try:
+                            outcomes = await sender.send(batch)
+                        except RunStopped as exc:
+                            # The part of the batch settled before the stop still counts.
+                            outcomes = exc.outcomes
+                            run.fail(exc)
+                        except Exception as exc:
+                            log.debug("sending batch %d failed", batch.seq, exc_info=True)
+                            outcomes = []
+                            run.fail(LocalFault(f"sending failed: {_describe(exc)}"))
+                        run.settle(batch, outcomes)
+                        if observer is not None:
+                            _sync_stats(report, sender)
                             try:
-                                outcomes = await sender.send(batch)
-                            except RunStopped as exc:
-                                # The part of the batch settled before the stop still counts.
-                                outcomes = exc.outcomes
-                                if not failure:
-                                    failure.append(exc)
-                                run.stopping.set()
-                            run.settle(batch, outcomes)
-                            if observer is not None:
-                                _sync_stats(report, sender)
                                 observer(report)
-                    except BaseException:
-                        # A dead worker frees no more slots: the producer must not wait for it.
-                        run.stopping.set()
-                        raise
+                            except Exception as exc:
+                                run.fail(LocalFault(f"the progress display failed: {exc}"))
 
                 async def watch_stop() -> None:
-                    while not stop.is_set():
+                    while not stop.is_set() and not any(isinstance(f, LocalFault) for f in failure):
                         await asyncio.sleep(0.05)
                     # Stop reading and start no new attempt; requests in flight finish.
                     run.stopping.set()
@@ -524,8 +622,22 @@ async def _run(
                 # One worker per call that may be in flight; the pacer decides how many are.
                 workers = [asyncio.create_task(worker()) for _ in range(options.in_flight_ceiling)]
                 watcher = asyncio.create_task(watch_stop())
+                # True while an error escapes the run (no report is written then).
+                aborted = True
                 try:
                     await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
+                    aborted = False
+                except InputUnreadable as exc:
+                    if not run.batches_put:
+                        raise  # nothing was sent: a usage error, as before the first request
+                    run.fail(LocalFault(f"input damaged after row {report.rows_read}: {exc}"))
+                    aborted = False
+                except (ImporterError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:
+                    log.debug("reading the input failed", exc_info=True)
+                    run.fail(LocalFault(f"reading the input failed: {_describe(exc)}"))
+                    aborted = False
                 finally:
                     # Workers drain what is queued (counting it as not sent when stopping).
                     for _ in workers:
@@ -534,34 +646,72 @@ async def _run(
                     watcher.cancel()
                     if not options.dry_run:
                         _sync_stats(report, sender)
-                    if run.writer is not None:
-                        done = run.completed and not failure and not run.stopping.is_set()
-                        status = "completed" if done else ("stopped" if failure else "interrupted")
-                        run.writer.finish(status, run.content_hash if done else None)
+                    # The report is written before the state says "completed": a run
+                    # whose report could not be written is resumed, not started over.
+                    if not aborted:
+                        _write_report(run, stop)
+                    run.finish_state(run.completed and not failure and not run.stopping.is_set())
             finally:
                 run.close()
-    if failure:
-        report.stopped = str(failure[0])
-    elif stop.is_set():
-        report.stopped = "interrupted"
-    report.finish()
-    # Files a run had nothing to write are never created.
-    report.files = {k: v for k, v in report.files.items() if k == "state" or Path(v).exists()}
-    if run.options.report_path:
-        report.files["report"] = str(run.options.report_path)
-        report.write(run.options.report_path)
     if observer is not None:
         observer(report)
     if failure:
-        exc = failure[0]
-        exc.report = report
-        raise exc
+        failure[0].report = report
+        raise failure[0]
     if not report.accounting_ok:
         raise AccountingMismatch(
             f"accounting does not balance (a bug, please report it): {report.accounting_line()}",
             report,
         )
     return report
+
+
+def _write_report(run: _Run, stop: threading.Event) -> None:
+    """Finish the report and write it; a failed write stops the run (a :class:`LocalFault`)."""
+    report, failure, path = run.report, run.failure, run.options.report_path
+    if failure:
+        report.stopped = str(failure[0])
+    elif stop.is_set():
+        report.stopped = "interrupted"
+    report.finish()
+    if run.rejects is not None and run.rejects.created:
+        report.files["rejects"] = str(run.rejects.path)
+    # Files a run had nothing to write are never created.
+    report.files = {k: v for k, v in report.files.items() if k == "state" or Path(v).exists()}
+    if path is None:
+        return
+    report.files["report"] = str(path)
+    try:
+        report.write(path)
+    except (OSError, UsageError) as exc:
+        del report.files["report"]
+        run.fail(LocalFault(f"cannot write the report: {_describe(exc)}"))
+        failure[0].report_unwritten = f"{path}: {_describe(exc)}"
+        report.stopped = report.stopped or str(failure[0])
+
+
+def check_outputs(path: str, options: ImportOptions) -> None:
+    """Refuse, before anything is read or sent, a run whose files could not be written.
+
+    Raises :class:`UsageError` for a report, rejects, dead-letter or state path in a
+    directory that cannot be written, and for ``--resume`` of an input read only once
+    (stdin, a named pipe): a stopped run of it could never be finished.
+    """
+    o = options
+    outputs = [("report", o.report_path), ("rejects file", o.rejects_path)]
+    if o.output_dir is not None:
+        outputs.append(("output directory", Path(o.output_dir) / "latest"))
+    if not o.dry_run:
+        outputs += [("dead-letter file", o.dead_letter_path), ("state", o.state_path)]
+    for what, output in outputs:
+        if output is not None:
+            check_writable(Path(output), what)
+    once = path == "-" or (Path(path).exists() and stat.S_ISFIFO(os.stat(path).st_mode))
+    if once and o.resume and not o.dry_run and o.state_path is not None:
+        raise UsageError(
+            f"{display_name(path)} is read only once (stdin or a pipe): it cannot be "
+            "resumed; import it from a file"
+        )
 
 
 def _sync_stats(report: ImportReport, sender: Sender) -> None:

@@ -270,6 +270,8 @@ class Sender:
         self.pacer = Pacer(options)
         self._session: aiohttp.ClientSession | None = None
         self._fatal: RunStopped | None = None
+        #: When the latest call that succeeded had started (the API was up then).
+        self._ok_started = float("-inf")
         self._interrupted = asyncio.Event()
 
     async def __aenter__(self) -> Sender:
@@ -299,6 +301,8 @@ class Sender:
     def _halt(self, exc: RunStopped) -> RunStopped:
         if self._fatal is None:
             self._fatal = exc
+        # Calls waiting to retry end now, with their batches pending, not in a minute.
+        self._interrupted.set()
         return exc
 
     async def _post(self, batch: Batch) -> tuple[int, bytes, float | None]:
@@ -364,6 +368,8 @@ class Sender:
         """
         waits = retry_waits(self.options.backoff_base, self.options.max_backoff)
         attempts = prior
+        #: When this batch's first failed attempt started (None: none failed yet).
+        failing_since: float | None = None
         while True:
             retry_after: float | None = None
             try:
@@ -376,10 +382,12 @@ class Sender:
                         return
                     attempts += 1
                     used += 1
+                    started = time.monotonic()
                     code, body, retry_after = await self._post(batch)
                 action = classify_status(code)
                 if action == OK:
                     self.stats.last_success = time.monotonic()
+                    self._ok_started = max(self._ok_started, started)
                     self.pacer.governor.on_success()
                     retry = await self._confirmed(batch, body, attempts, done)
                     if retry is None:
@@ -400,10 +408,15 @@ class Sender:
                     await self.pacer.throttled()
                 raise failure
             except TransientApiError as failure:
+                if failing_since is None:
+                    failing_since = started
                 status = failure.status
                 few = status is not None and classify_status(status) == RETRY_FEW
                 limit = MAX_ATTEMPTS_ON_500 if few else self.options.max_retries + 1
-                if used >= limit:
+                # Retries run out only while the API is otherwise healthy (a call started
+                # after this batch first failed has succeeded): in an outage the batch
+                # waits for the API, and the run stops with it pending (--give-up-after).
+                if used >= limit and self._ok_started > failing_since:
                     log.warning(
                         "batch %d: giving up on %d record(s) after %d attempts (%s)",
                         batch.seq,

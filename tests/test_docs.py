@@ -82,7 +82,7 @@ def test_docs_every_command_is_in_the_readme(path):
 def test_docs_readme_lists_every_exit_code():
     table = _section("Exit codes")
     codes = sorted({value for name, value in vars(cli_module).items() if name.startswith("EXIT_")})
-    assert codes == [0, 1, 2, 3, 130, 143]
+    assert codes == [0, 1, 2, 3, 4, 130, 143]
     for code in codes:
         assert re.search(rf"^\| [^|]*\b{code}\b[^|]* \|", table, re.M), f"exit code {code}"
 

@@ -291,6 +291,7 @@ def test_security_tls_certificate_is_verified(tmp_path):
             backoff_base=0.001,
             max_backoff=0.01,
             timeout=5.0,
+            give_up_after=0.5,
         )
         path = write_csv(tmp_path / "c.csv", [["a@example.com"]], ["email"])
         # Stopped at once, naming host and cause: retrying cannot make a certificate trusted.

@@ -180,7 +180,10 @@ async def scripted() -> AsyncIterator[Callable[..., Scripted]]:
         server = Scripted(list(script))
 
         async def bulk(request: web.Request) -> web.Response:
-            server.bodies.append(orjson.loads(await request.read())["customers"])
+            customers = orjson.loads(await request.read())["customers"]
+            if customers[0].get("customer_id") == HEALTHY:
+                return web.json_response({"status": "ok"})  # not in the script, not counted
+            server.bodies.append(customers)
             i = min(len(server.bodies), len(server.script)) - 1
             return server.script[i]()
 
@@ -226,6 +229,27 @@ async def _send(options: ImportOptions, batch: Batch):
     return sender, outcomes
 
 
+#: A customer the scripted server always accepts, outside its script.
+HEALTHY = "healthy"
+
+
+async def _send_while_healthy(options: ImportOptions, batch: Batch):
+    """Send ``batch`` while other calls keep succeeding: the API is up, so its failures
+    are about this batch."""
+    other = next(pack_batches([Customer({"customer_id": HEALTHY}, 1, 2)], size=50))
+    async with Sender(options) as sender:
+
+        async def keep_succeeding() -> None:
+            while True:
+                await sender.send(other)
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(keep_succeeding())
+        outcomes = await sender.send(batch)
+        task.cancel()
+    return sender, outcomes
+
+
 async def test_sender_retries_html_502_then_delivers(scripted):
     server = await scripted(status(502, "<html>Bad Gateway</html>"), status(504, ""), ok())
     sender, outcomes = await _send(_options(server.url), _batch(5))
@@ -236,7 +260,7 @@ async def test_sender_retries_html_502_then_delivers(scripted):
 
 async def test_sender_dead_letters_after_max_retries_with_message(scripted):
     server = await scripted(status(503, '{"message": "maintenance"}'))
-    _, outcomes = await _send(_options(server.url, max_retries=3), _batch(2))
+    _, outcomes = await _send_while_healthy(_options(server.url, max_retries=3), _batch(2))
     assert len(server.bodies) == 4
     assert {(o.delivered, o.status, o.error, o.attempts) for o in outcomes} == {
         (False, 503, "HTTP 503: maintenance", 4)
@@ -245,7 +269,7 @@ async def test_sender_dead_letters_after_max_retries_with_message(scripted):
 
 async def test_sender_500_is_tried_three_times(scripted):
     server = await scripted(status(500, "boom"))
-    _, outcomes = await _send(_options(server.url, max_retries=8), _batch(2))
+    _, outcomes = await _send_while_healthy(_options(server.url, max_retries=8), _batch(2))
     assert len(server.bodies) == 3
     assert all(o.status == 500 and o.error == "HTTP 500: boom" for o in outcomes)
 
@@ -342,6 +366,18 @@ async def test_sender_gives_up_when_nothing_succeeds(scripted):
             await sender.send(_batch(2))
     assert info.value.outcomes == []  # type: ignore[attr-defined]
     assert 1 <= len(server.bodies) < 1000
+
+
+async def test_sender_in_an_outage_keeps_the_batch_pending_until_it_gives_up(scripted):
+    # Nothing succeeds since the batch's first try: an outage, not a bad batch. It is
+    # not dead-lettered after its retries but waits; the stop leaves it pending.
+    server = await scripted(status(503))
+    options = _options(server.url, give_up_after=0.3, max_backoff=0.02, max_retries=1)
+    async with Sender(options) as sender:
+        with pytest.raises(ApiUnavailable) as info:
+            await sender.send(_batch(2))
+    assert info.value.outcomes == []  # type: ignore[attr-defined]
+    assert len(server.bodies) > 2  # retried past max_retries, waiting for the API
 
 
 async def test_sender_interrupt_leaves_unfinished_records_out(scripted):

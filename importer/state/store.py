@@ -401,7 +401,7 @@ class StateStore:
             ).fetchone()
             unfinished = prev is not None and prev[1] != "completed"
             if resume and unfinished and not force:
-                _check_same_input(fingerprint, settings, *prev[2:5])
+                _check_same_input(fingerprint, settings, *prev[2:6], stopped=prev[1] == "stopped")
                 conn.execute(
                     "UPDATE runs SET status = 'running', pid = ?, attempts = attempts + 1, "
                     "updated_at = ? WHERE id = ?",
@@ -473,9 +473,26 @@ def _resolved(path: Path | None) -> str | None:
 
 
 def _check_same_input(
-    fp: Fingerprint, settings: dict[str, Any], size: int | None, mtime_ns: int | None, old: str
+    fp: Fingerprint,
+    settings: dict[str, Any],
+    size: int | None,
+    mtime_ns: int | None,
+    old: str,
+    checkpoint_bytes: int | None = None,
+    *,
+    stopped: bool = False,
 ) -> None:
-    if (fp.size, fp.mtime_ns) != (size, mtime_ns):
+    # A run stopped by a fault (e.g. a damaged input) may be resumed on the input grown
+    # since (repaired, its download completed) when the part already read is known by
+    # hash: re-reading verifies it. An interrupted run's input must be unchanged.
+    grown = (
+        stopped
+        and bool(checkpoint_bytes)
+        and fp.size is not None
+        and size is not None
+        and fp.size > size
+    )
+    if (fp.size, fp.mtime_ns) != (size, mtime_ns) and not grown:
         raise InputChanged(
             f"{fp.source} changed since the interrupted run (size {size} → {fp.size} bytes, "
             "or a new modification time); refusing to resume. "
