@@ -111,7 +111,7 @@ class _RecordFile:
 class RejectsWriter(_RecordFile):
     """Appends rejects to a CSV or JSONL file (chosen by the file's extension)."""
 
-    COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "outcome")
+    COLUMNS = ("record", "line", "identifier", "column", "value", "reason", "outcome", "source")
 
     def __init__(self, path: Path, source: str, *, overwrite: bool = False, append: bool = False):
         super().__init__(path, source, overwrite=overwrite, append=append)
@@ -138,6 +138,7 @@ class RejectsWriter(_RecordFile):
                         neutralise_formula("" if r.value is None else _as_text(r.value)),
                         r.reason,
                         r.outcome,
+                        neutralise_formula(self.source),
                     ]
                     for r in rejects
                 ]
@@ -232,6 +233,10 @@ class ImportReport:
     shared_processes: int | None = None
     shared_limit_fallback: str | None = None
     stopped: str | None = None
+    #: One section per input file, in the order read: ``source``, ``status``
+    #: (``completed``, ``interrupted``, ``stopped``, ``skipped: …``, ``not read``)
+    #: and, for a file read, its share of the counts above.
+    inputs: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)
     #: Day and month order of each date column holding dates like 3/4/2021:

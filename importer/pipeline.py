@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .batching import BatchPacker
 from .cleaning import DateOrder, clean_chunk, decide_date_orders, infer_column_types
@@ -26,6 +27,7 @@ from .pacing import redacted
 from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
+from .source.inputs import InputFile, expand_inputs
 from .source.location import display_name, local_path
 from .state import (
     ConfirmationWriter,
@@ -41,20 +43,35 @@ log = logging.getLogger(__name__)
 Observer = Callable[[ImportReport], None]
 #: Rows of the first chunk cleaned and sent before the rest of it.
 FIRST_PIECE_ROWS = 1_000
+#: The report's counts that each file's section of it (``inputs``) gives too.
+FILE_COUNTS = (
+    "rows_read",
+    "bytes_read",
+    "succeeded",
+    "rejected",
+    "dead_lettered",
+    "merged_duplicates",
+    "unchanged_skipped",
+    "already_done",
+    "not_sent",
+)
 
 
 def import_file(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     options: ImportOptions | None = None,
     *,
     observer: Observer | None = None,
     stop: threading.Event | None = None,
 ) -> ImportReport:
-    """Import one customer file into Blueshift and return the report.
+    """Import a customer file, or a set of them, into Blueshift and return the report.
 
     ``path`` is a CSV, JSONL (either optionally gzipped) or Parquet file: a
     local path, a URL (``s3://``, ``gs://``, ``az://``, ``https://``,
-    ``http://``, ``file://``) or ``-`` for stdin.
+    ``http://``, ``file://``) or ``-`` for stdin; or a glob, a directory or a
+    list of those (see :func:`~importer.source.inputs.expand_inputs`), read one
+    file after the other in one run with one report (a section per file in
+    ``report.inputs``). A batch never holds rows of two files.
     ``observer`` is called with the live report as batches complete (for
     progress displays); setting ``stop`` makes the run stop reading, finish
     the requests in flight and return (``report.stopped`` says so).
@@ -70,14 +87,19 @@ def import_file(
 
 
 class _Run:
-    """The mutable state of one run, shared by the producer thread and the workers."""
+    """The mutable state of one run, shared by the producer thread and the workers.
 
-    def __init__(self, path: str | Path, options: ImportOptions):
-        self.path = str(local_path(path))
+    The report, the output files, the state store and the sender serve the
+    whole run; the input, its state reader and writer, one file at a time.
+    """
+
+    def __init__(self, inputs: list[InputFile], options: ImportOptions, label: str):
+        self.inputs = inputs
+        self.path = str(local_path(inputs[0].path))
         #: How the input is named in the report and output files (a URL without its query).
         self.name = display_name(self.path)
         self.options = options
-        self.report = ImportReport(source=self.name, dry_run=options.dry_run)
+        self.report = ImportReport(source=label, dry_run=options.dry_run)
         self.report.rate_limit = options.rate
         if options.shared_limit:
             self.report.shared_limit = redacted(options.shared_limit)
@@ -90,16 +112,69 @@ class _Run:
         self.hasher_checkpoint: tuple[int, str | None] | None = None
         self.content_hash: str | None = None
         self.completed = False
+        #: Bytes read from the files before this one (the report counts the whole run's).
+        self.bytes_before = 0
+        self._counts_before: dict[str, int] = {}
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
-    def open_state(self, input: SourceInfo) -> None:
-        """Lock the state store and begin (or resume) the run of ``input`` in it."""
+    def begin_file(self, index: int, source: Source) -> bool:
+        """Make ``source`` (the ``index``-th input) the one being read, and begin its run
+        in the state; False when ``--resume`` finds it finished (it is skipped)."""
+        self.path = str(local_path(self.inputs[index].path))
+        self.name = display_name(self.path)
+        self.hasher_checkpoint = self.content_hash = None
+        self.completed = False
+        for output in (self.rejects, self.dead_letter):
+            if output is not None:
+                output.source = self.name
+        sizes = [source.info.size, *(i.size for i in self.inputs[index + 1 :])]
+        if all(size is not None for size in sizes):
+            self.report.bytes_total = self.bytes_before + sum(s or 0 for s in sizes)
+        else:
+            self.report.bytes_total = None
+        self._counts_before = {k: getattr(self.report, k) for k in FILE_COUNTS}
+        finished = self.open_state(source.info)
+        if finished is not None:
+            self.report.inputs.append(
+                {"source": self.name, "status": f"skipped: finished by run {finished}"}
+            )
+            return False
+        if self.writer is not None:
+            # Where the output files end now: a resumed run trims them back to this.
+            self.writer.start(
+                rejects_offset=None if self.rejects is None else self.rejects.size,
+                dead_letter_offset=None if self.dead_letter is None else self.dead_letter.size,
+            )
+        return True
+
+    def end_file(self, status: str) -> None:
+        """Finish the current file's run in the state and add its section to the report."""
+        if self.writer is not None:
+            self.writer.finish(status, self.content_hash if status == "completed" else None)
+            self.writer.close()
+            self.writer = self.reader = None
+        section: dict[str, Any] = {"source": self.name, "status": status}
+        section |= {k: getattr(self.report, k) - self._counts_before[k] for k in FILE_COUNTS}
+        self.report.inputs.append(section)
+        self.bytes_before = self.report.bytes_read
+
+    def open_state(self, input: SourceInfo) -> int | None:
+        """Lock the state store (once) and begin (or resume) the run of ``input`` in it.
+
+        Returns the id of the run that finished ``input`` when ``--resume``
+        skips it (see :meth:`StateStore.finished_run`), else None.
+        """
         o = self.options
         if o.state_path is None or o.dry_run:
-            return
-        self.store = StateStore(o.state_path)
+            return None
+        if self.store is None:
+            self.store = StateStore(o.state_path)
+        fp = Fingerprint(input.name, input.size, input.mtime_ns)
+        if o.resume and not o.force and (finished := self.store.finished_run(fp)) is not None:
+            log.info("%s was finished by run %d; skipping it", input.name, finished)
+            return finished
         info = self.store.begin_run(
-            Fingerprint(input.name, input.size, input.mtime_ns),
+            fp,
             fingerprint(o),
             resume=o.resume,
             force=o.force,
@@ -115,6 +190,7 @@ class _Run:
             trim_output(o.dead_letter_path, info.dead_letter_path, info.dead_letter_offset)
             log.info("resuming run %d of %s", info.run_id, info.source)
         self.report.files["state"] = str(o.state_path)
+        return None
 
     def open_outputs(self) -> None:
         o = self.options
@@ -128,20 +204,15 @@ class _Run:
             )
             self.report.files["rejects"] = str(o.rejects_path)
         if o.dead_letter_path and not o.dry_run:
-            if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
+            inputs = (Path(local_path(i.path)).resolve() for i in self.inputs)
+            if Path(o.dead_letter_path).resolve() in inputs:
                 raise UsageError(
-                    f"{o.dead_letter_path} is the input; give the new dead-letter file another name"
+                    f"{o.dead_letter_path} is an input; give the new dead-letter file another name"
                 )
             self.dead_letter = DeadLetterWriter(
                 o.dead_letter_path, self.name, overwrite=o.overwrite, append=append
             )
             self.report.files["dead_letter"] = str(o.dead_letter_path)
-        if self.writer is not None:
-            # Where the output files end now: a resumed run trims them back to this.
-            self.writer.start(
-                rejects_offset=None if self.rejects is None else self.rejects.size,
-                dead_letter_offset=None if self.dead_letter is None else self.dead_letter.size,
-            )
 
     def settle(self, batch: Batch, outcomes: list[Outcome]) -> None:
         """Count a sent batch's outcomes, dead-letter its failures and commit it to the state."""
@@ -182,7 +253,6 @@ def _produce(
     # decided from its first chunk.
     column_types: dict[tuple[str, ...], dict[str, str]] = {}
     date_orders: dict[tuple[str, ...], dict[str, DateOrder]] = {}
-    report.bytes_total = source.info.size
     hasher: InputHasher | None = None
     if writer is not None and source.info.name != "-":
         hasher = InputHasher(run.path, run.hasher_checkpoint, dict(o.storage_options))
@@ -232,7 +302,7 @@ def _produce(
     try:
         for number, chunk in enumerate(source.chunks()):
             report.rows_read += chunk.rows_read
-            report.bytes_read = source.bytes_read
+            report.bytes_read = run.bytes_before + source.bytes_read
             if hasher is not None and writer is not None:
                 notify(writer.note_input, hasher.advance(source.bytes_read))
             # A dead-letter file (JSONL: CSV cells are never payload objects) is re-imported
@@ -268,7 +338,7 @@ def _produce(
                     # Rows read but never cleaned (the rest of a split chunk) were not sent either.
                     report.not_sent += sum(p.rows_read for p in pieces[i + 1 :])
                     return
-        report.bytes_read = source.bytes_read
+        report.bytes_read = run.bytes_before + source.bytes_read
         if hasher is not None and writer is not None:
             checkpoint = hasher.finish()
             notify(writer.note_input, checkpoint)
@@ -292,9 +362,15 @@ def _last_record(chunk: Chunk) -> int:
 
 
 async def _run(
-    path: str | Path, options: ImportOptions, observer: Observer | None, stop: threading.Event
+    path: str | Path | Sequence[str | Path],
+    options: ImportOptions,
+    observer: Observer | None,
+    stop: threading.Event,
 ) -> ImportReport:
-    run = _Run(path, options)
+    inputs = expand_inputs(path, dict(options.storage_options))
+    args = [path] if isinstance(path, str | Path) else path
+    label = display_name(inputs[0].path) if len(inputs) == 1 else " ".join(map(str, args))
+    run = _Run(inputs, options, display_name(label))
     report = run.report
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
@@ -311,48 +387,48 @@ async def _run(
                 return True
         return False
 
-    with Source(path, options) as source:
-        # The shared limit's Redis is reached first: out of reach, the run stops
-        # before it touches the state or the output files.
+    # The first input is opened first, then the shared limit's Redis is reached: either
+    # failing, the run stops before it touches the state or the output files.
+    source: Source | None = Source(inputs[0].path, options)
+    try:
         async with Sender(options) as sender:
-            try:
-                run.open_state(source.info)
-                run.open_outputs()
 
-                async def worker() -> None:
-                    try:
-                        while (batch := await queue.get()) is not None:
-                            slots.release()
-                            if run.stopping.is_set():
-                                report.not_sent += len(batch)
-                                continue
-                            try:
-                                outcomes = await sender.send(batch)
-                            except RunStopped as exc:
-                                # The part of the batch settled before the stop still counts.
-                                outcomes = exc.outcomes
-                                if not failure:
-                                    failure.append(exc)
-                                run.stopping.set()
-                            run.settle(batch, outcomes)
-                            if observer is not None:
-                                _sync_stats(report, sender)
-                                observer(report)
-                    except BaseException:
-                        # A dead worker frees no more slots: the producer must not wait for it.
-                        run.stopping.set()
-                        raise
-
-                async def watch_stop() -> None:
-                    while not stop.is_set():
-                        await asyncio.sleep(0.05)
-                    # Stop reading and start no new attempt; requests in flight finish.
+            async def worker() -> None:
+                try:
+                    while (batch := await queue.get()) is not None:
+                        slots.release()
+                        if run.stopping.is_set():
+                            report.not_sent += len(batch)
+                            continue
+                        try:
+                            outcomes = await sender.send(batch)
+                        except RunStopped as exc:
+                            # The part of the batch settled before the stop still counts.
+                            outcomes = exc.outcomes
+                            if not failure:
+                                failure.append(exc)
+                            run.stopping.set()
+                        run.settle(batch, outcomes)
+                        if observer is not None:
+                            _sync_stats(report, sender)
+                            observer(report)
+                except BaseException:
+                    # A dead worker frees no more slots: the producer must not wait for it.
                     run.stopping.set()
-                    sender.interrupt()
+                    raise
 
+            async def watch_stop() -> None:
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+                # Stop reading and start no new attempt; requests in flight finish.
+                run.stopping.set()
+                sender.interrupt()
+
+            async def read_file(source: Source) -> None:
+                """Send one input; its batches are all answered before the next file starts,
+                so each file's run in the state is settled by its own writer."""
                 # One worker per call that may be in flight; the pacer decides how many are.
                 workers = [asyncio.create_task(worker()) for _ in range(options.in_flight_ceiling)]
-                watcher = asyncio.create_task(watch_stop())
                 try:
                     await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
                 finally:
@@ -360,15 +436,31 @@ async def _run(
                     for _ in workers:
                         queue.put_nowait(None)
                     await asyncio.gather(*workers)
-                    watcher.cancel()
                     if not options.dry_run:
                         _sync_stats(report, sender)
-                    if run.writer is not None:
-                        done = run.completed and not failure and not run.stopping.is_set()
-                        status = "completed" if done else ("stopped" if failure else "interrupted")
-                        run.writer.finish(status, run.content_hash if done else None)
+                    done = run.completed and not failure and not run.stopping.is_set()
+                    run.end_file("completed" if done else ("stopped" if failure else "interrupted"))
+
+            watcher = asyncio.create_task(watch_stop())
+            try:
+                run.open_outputs()
+                for index, item in enumerate(inputs):
+                    if run.stopping.is_set():
+                        report.inputs.append(
+                            {"source": display_name(item.path), "status": "not read"}
+                        )
+                        continue
+                    source = source or Source(item.path, options)
+                    with source:
+                        if run.begin_file(index, source):
+                            await read_file(source)
+                    source = None
             finally:
+                watcher.cancel()
                 run.close()
+    finally:
+        if source is not None:
+            source.close()
     if failure:
         report.stopped = str(failure[0])
     elif stop.is_set():

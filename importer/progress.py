@@ -12,6 +12,7 @@ import os
 import shlex
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
@@ -250,6 +251,12 @@ def rerun_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
     return shlex.join(words)
 
 
+def _files_line(inputs: list[dict[str, Any]]) -> str:
+    """How many of a run's files ended how: ``10 (3 skipped, 7 completed)``."""
+    statuses = Counter(str(s["status"]).split(":", 1)[0] for s in inputs)
+    return f"{len(inputs)} (" + ", ".join(f"{n} {status}" for status, n in statuses.items()) + ")"
+
+
 def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
     """The end-of-run summary as plain lines (no colour, no control characters)."""
     title = "dry run (nothing sent)" if report.dry_run else "import finished"
@@ -258,6 +265,8 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
     lines = [f"{title} in {format_duration(report.duration_s)} ({report.duration_s:.1f} s)"]
     if report.mapping:
         lines.append("mapping: " + ", ".join(f"{s} -> {t}" for s, t in report.mapping))
+    if len(report.inputs) > 1:
+        lines.append(f"  {'files':<16} {_files_line(report.inputs)}")
     lines.append(f"  {'rows read':<16} {report.rows_read}")
     for label, n in report.accounting_terms():
         lines.append(f"  {'merged repeats' if label == 'merged' else label:<16} {n}")
