@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from importer import import_file
@@ -144,4 +146,5 @@ def test_stripe_like_export_sends_every_customer_id_and_reports_the_conflict(fak
     assert report.identifier_conflicts == 2 and report.accounting_ok
     lines = (tmp_path / "rejects.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
-    assert all(line.endswith(",conflict") for line in lines[1:])
+    rows = list(csv.DictReader(lines))
+    assert [row["outcome"] for row in rows] == ["conflict", "conflict"]
