@@ -114,6 +114,8 @@ class _Run:
         self.completed = False
         #: Bytes read from the files before this one (the report counts the whole run's).
         self.bytes_before = 0
+        #: Whether a file has been read yet: only the first one read may resume a run.
+        self.read_any = False
         self._counts_before: dict[str, int] = {}
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
@@ -139,6 +141,7 @@ class _Run:
                 {"source": self.name, "status": f"skipped: finished by run {finished}"}
             )
             return False
+        self.read_any = True
         if self.writer is not None:
             # Where the output files end now: a resumed run trims them back to this.
             self.writer.start(
@@ -170,13 +173,18 @@ class _Run:
         if self.store is None:
             self.store = StateStore(o.state_path)
         fp = Fingerprint(input.name, input.size, input.mtime_ns)
-        if o.resume and not o.force and (finished := self.store.finished_run(fp)) is not None:
+        # Files are read in order, so the files an interrupted set finished all come before
+        # the one it stopped in: the first one this run reads. An unfinished run of a later
+        # file, or one it finished, is an older attempt's, whose lines in the output files
+        # may since have been replaced; those files are read afresh.
+        resume = o.resume and not self.read_any
+        if resume and not o.force and (finished := self.store.finished_run(fp)) is not None:
             log.info("%s was finished by run %d; skipping it", input.name, finished)
             return finished
         info = self.store.begin_run(
             fp,
             fingerprint(o),
-            resume=o.resume,
+            resume=resume,
             force=o.force,
             rejects_path=o.rejects_path,
             dead_letter_path=o.dead_letter_path,
@@ -369,8 +377,9 @@ async def _run(
 ) -> ImportReport:
     inputs = expand_inputs(path, dict(options.storage_options))
     args = [path] if isinstance(path, str | Path) else path
-    label = display_name(inputs[0].path) if len(inputs) == 1 else " ".join(map(str, args))
-    run = _Run(inputs, options, display_name(label))
+    names = [display_name(str(a)) for a in args]
+    label = display_name(inputs[0].path) if len(inputs) == 1 else " ".join(names)
+    run = _Run(inputs, options, label)
     report = run.report
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()

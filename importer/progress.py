@@ -265,7 +265,7 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
     lines = [f"{title} in {format_duration(report.duration_s)} ({report.duration_s:.1f} s)"]
     if report.mapping:
         lines.append("mapping: " + ", ".join(f"{s} -> {t}" for s, t in report.mapping))
-    if len(report.inputs) > 1:
+    if len(report.inputs) > 1 or any("skipped" in str(s["status"]) for s in report.inputs):
         lines.append(f"  {'files':<16} {_files_line(report.inputs)}")
     lines.append(f"  {'rows read':<16} {report.rows_read}")
     for label, n in report.accounting_terms():

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fsspec
@@ -27,6 +27,7 @@ import pytest
 from importer import import_file
 from importer.errors import InputChanged, InputUnreadable, UsageError
 from importer.fake_api import FakeApiServer
+from importer.outcomes import ImportReport
 from importer.source.inputs import InputFile, expand_inputs
 
 from .conftest import API_KEY, fast_options, write_csv
@@ -90,7 +91,7 @@ def test_expand_inputs_directory_glob_and_list(tmp_path):
     assert [Path(i.path).name for i in deep] == ["part-00009.csv.gz", *(p.name for p in parts)]
     listed = expand_inputs([names[2], str(tmp_path / "out" / "part-*"), names[0]])
     assert [i.path for i in listed] == [names[2], names[0], names[1]]
-    assert expand_inputs(names[0]) == [InputFile(names[0])]
+    assert expand_inputs(names[0]) == [InputFile(names[0], parts[0].stat().st_size)]
     assert [i.size for i in expand_inputs(tmp_path / "out")] == [p.stat().st_size for p in parts]
     with pytest.raises(InputUnreadable, match="matches no file"):
         expand_inputs(str(tmp_path / "out" / "*.parquet"))
@@ -290,6 +291,51 @@ def test_resume_of_a_set_refuses_a_changed_file(make_fake_api, tmp_path):
     _part(parts[1], 101, 90)  # the interrupted file changes
     with pytest.raises(InputChanged, match="changed since the interrupted run"):
         import_file(tmp_path / "in", options.replace(resume=True))
+
+
+def test_resume_continues_only_the_set_it_stopped_not_an_older_attempt(make_fake_api, tmp_path):
+    _parts(tmp_path / "in", 3, 100)
+    server = make_fake_api(bad_field=POISON)
+    dead = tmp_path / "dead.jsonl"
+    options = fast_options(
+        server,
+        state_path=tmp_path / "state.sqlite",
+        dead_letter_path=dead,
+        rate=200.0,
+        batch_size=10,
+        concurrency=1,
+    )
+
+    def stop_after(succeeded: int) -> tuple[threading.Event, Callable[[ImportReport], None]]:
+        stop = threading.Event()
+
+        def observe(report: ImportReport) -> None:
+            if report.succeeded >= succeeded:
+                stop.set()
+
+        return stop, observe
+
+    # Stopped in the third file, then started over (replacing the output files) and
+    # stopped in the first: the third file's unfinished run is the older attempt's.
+    stop, observe = stop_after(230)
+    first = import_file(tmp_path / "in", options, observer=observe, stop=stop)
+    assert [s["status"] for s in first.inputs] == ["completed", "completed", "interrupted"]
+    stop, observe = stop_after(30)
+    second = import_file(
+        tmp_path / "in", options.replace(overwrite=True), observer=observe, stop=stop
+    )
+    assert [s["status"] for s in second.inputs] == ["interrupted", "not read", "not read"]
+    third = import_file(tmp_path / "in", options.replace(resume=True))
+    assert [s["status"] for s in third.inputs] == ["completed"] * 3
+    assert third.inputs[0]["already_done"] > 0 and third.inputs[2]["already_done"] == 0
+    lines = [orjson.loads(x) for x in dead.read_bytes().splitlines()]
+    assert sorted((Path(d["source"]).name, d["record"]) for d in lines) == [
+        ("part-00000.csv.gz", 71),
+        ("part-00001.csv.gz", 42),
+        ("part-00002.csv.gz", 13),
+        ("part-00002.csv.gz", 84),
+    ]
+    assert set(_ids(server)) == _expected(3, 100)
 
 
 # -- object store and HTTPS ----------------------------------------------------------------

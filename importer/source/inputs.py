@@ -93,7 +93,7 @@ def _expand_local(path: str, arg: str) -> list[InputFile]:
         return files
     if _GLOB_CHARS.isdisjoint(path) or Path(path).exists():
         # A single file, opened (and refused if missing) as always.
-        return [InputFile(arg)]
+        return [InputFile(arg, os.stat(path).st_size if Path(path).is_file() else None)]
     names = sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
     if not names:
         raise InputUnreadable(f"{arg}: matches no file")
