@@ -162,16 +162,14 @@ class _Run:
         self.bytes_before = self.report.bytes_read
 
     def open_state(self, input: SourceInfo) -> int | None:
-        """Lock the state store (once) and begin (or resume) the run of ``input`` in it.
+        """Begin (or resume) the run of ``input`` in the state, if there is one.
 
         Returns the id of the run that finished ``input`` when ``--resume``
         skips it (see :meth:`StateStore.finished_run`), else None.
         """
         o = self.options
-        if o.state_path is None or o.dry_run:
-            return None
         if self.store is None:
-            self.store = StateStore(o.state_path)
+            return None
         fp = Fingerprint(input.name, input.size, input.mtime_ns)
         # Files are read in order, so the files an interrupted set finished all come before
         # the one it stopped in: the first one this run reads. An unfinished run of a later
@@ -199,6 +197,11 @@ class _Run:
             log.info("resuming run %d of %s", info.run_id, info.source)
         self.report.files["state"] = str(o.state_path)
         return None
+
+    def lock_state(self) -> None:
+        """Open and lock the state store for the whole run (before any output file is made)."""
+        if self.options.state_path is not None and not self.options.dry_run:
+            self.store = StateStore(self.options.state_path)
 
     def open_outputs(self) -> None:
         o = self.options
@@ -401,71 +404,78 @@ async def _run(
     source: Source | None = Source(inputs[0].path, options)
     try:
         async with Sender(options) as sender:
-
-            async def worker() -> None:
-                try:
-                    while (batch := await queue.get()) is not None:
-                        slots.release()
-                        if run.stopping.is_set():
-                            report.not_sent += len(batch)
-                            continue
-                        try:
-                            outcomes = await sender.send(batch)
-                        except RunStopped as exc:
-                            # The part of the batch settled before the stop still counts.
-                            outcomes = exc.outcomes
-                            if not failure:
-                                failure.append(exc)
-                            run.stopping.set()
-                        run.settle(batch, outcomes)
-                        if observer is not None:
-                            _sync_stats(report, sender)
-                            observer(report)
-                except BaseException:
-                    # A dead worker frees no more slots: the producer must not wait for it.
-                    run.stopping.set()
-                    raise
-
-            async def watch_stop() -> None:
-                while not stop.is_set():
-                    await asyncio.sleep(0.05)
-                # Stop reading and start no new attempt; requests in flight finish.
-                run.stopping.set()
-                sender.interrupt()
-
-            async def read_file(source: Source) -> None:
-                """Send one input; its batches are all answered before the next file starts,
-                so each file's run in the state is settled by its own writer."""
-                # One worker per call that may be in flight; the pacer decides how many are.
-                workers = [asyncio.create_task(worker()) for _ in range(options.in_flight_ceiling)]
-                try:
-                    await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
-                finally:
-                    # Workers drain what is queued (counting it as not sent when stopping).
-                    for _ in workers:
-                        queue.put_nowait(None)
-                    await asyncio.gather(*workers)
-                    if not options.dry_run:
-                        _sync_stats(report, sender)
-                    done = run.completed and not failure and not run.stopping.is_set()
-                    run.end_file("completed" if done else ("stopped" if failure else "interrupted"))
-
-            watcher = asyncio.create_task(watch_stop())
             try:
+                run.lock_state()
                 run.open_outputs()
-                for index, item in enumerate(inputs):
-                    if run.stopping.is_set():
-                        report.inputs.append(
-                            {"source": display_name(item.path), "status": "not read"}
+
+                async def worker() -> None:
+                    try:
+                        while (batch := await queue.get()) is not None:
+                            slots.release()
+                            if run.stopping.is_set():
+                                report.not_sent += len(batch)
+                                continue
+                            try:
+                                outcomes = await sender.send(batch)
+                            except RunStopped as exc:
+                                # The part of the batch settled before the stop still counts.
+                                outcomes = exc.outcomes
+                                if not failure:
+                                    failure.append(exc)
+                                run.stopping.set()
+                            run.settle(batch, outcomes)
+                            if observer is not None:
+                                _sync_stats(report, sender)
+                                observer(report)
+                    except BaseException:
+                        # A dead worker frees no more slots: the producer must not wait for it.
+                        run.stopping.set()
+                        raise
+
+                async def watch_stop() -> None:
+                    while not stop.is_set():
+                        await asyncio.sleep(0.05)
+                    # Stop reading and start no new attempt; requests in flight finish.
+                    run.stopping.set()
+                    sender.interrupt()
+
+                async def read_file(source: Source) -> None:
+                    """Send one input. Its batches are all answered before the next file
+                    starts, so each file's run in the state is settled by its own writer."""
+                    # One worker per call that may be in flight; the pacer decides how many are.
+                    workers = [
+                        asyncio.create_task(worker()) for _ in range(options.in_flight_ceiling)
+                    ]
+                    try:
+                        await asyncio.to_thread(
+                            _produce, run, source, put, loop.call_soon_threadsafe
                         )
-                        continue
-                    source = source or Source(item.path, options)
-                    with source:
-                        if run.begin_file(index, source):
-                            await read_file(source)
-                    source = None
+                    finally:
+                        # Workers drain what is queued (counting it as not sent when stopping).
+                        for _ in workers:
+                            queue.put_nowait(None)
+                        await asyncio.gather(*workers)
+                        if not options.dry_run:
+                            _sync_stats(report, sender)
+                        done = run.completed and not failure and not run.stopping.is_set()
+                        status = "completed" if done else ("stopped" if failure else "interrupted")
+                        run.end_file(status)
+
+                watcher = asyncio.create_task(watch_stop())
+                try:
+                    for index, item in enumerate(inputs):
+                        if run.stopping.is_set():
+                            name = display_name(item.path)
+                            report.inputs.append({"source": name, "status": "not read"})
+                            continue
+                        source = source or Source(item.path, options)
+                        with source:
+                            if run.begin_file(index, source):
+                                await read_file(source)
+                        source = None
+                finally:
+                    watcher.cancel()
             finally:
-                watcher.cancel()
                 run.close()
     finally:
         if source is not None:
