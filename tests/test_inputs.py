@@ -200,6 +200,21 @@ def test_cli_reads_a_directory_and_a_list(fake_api, cli, tmp_path):
     assert result.exit_code == 1
 
 
+def test_resume_of_a_finished_file_sends_nothing_and_says_so(fake_api, cli, tmp_path):
+    path = _part(tmp_path / "c.csv", 1, 30)
+    env = {"BLUESHIFT_API_KEY": API_KEY}
+    args = ("run", str(path), "--base-url", fake_api.url, "--rate", "1000", "--resume")
+    assert cli(*args, env=env).exit_code == 0
+    sent = len(fake_api.state.requests)
+    again = cli(*args, env=env)
+    assert again.exit_code == 0 and len(fake_api.state.requests) == sent
+    assert "files            1 (1 skipped)" in again.output
+    # Changed since, it is read again.
+    _part(path, 1, 31)
+    assert cli(*args, env=env).exit_code == 0
+    assert len(fake_api.state.requests) > sent
+
+
 # -- resume of a set after kill -9 -------------------------------------------------------
 
 
