@@ -1,7 +1,8 @@
 """blueshift-import: bulk-import customer files into Blueshift's customers API.
 
 The library does the work; the ``blueshift-import`` command is a thin layer
-over :func:`import_file`.
+over :func:`import_file`. :func:`import_records` takes dicts or a DataFrame;
+:func:`aimport_file` and :func:`aimport_records` are their awaitable twins.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .errors import (
     AccountingMismatch,
     ApiKeyRejected,
     ApiUnavailable,
+    ApiUnreachable,
     ImporterError,
     InputChanged,
     InputUnreadable,
@@ -27,21 +29,26 @@ from .options import ImportOptions
 from .outcomes import ImportReport
 
 if TYPE_CHECKING:
-    from .pipeline import import_file
+    from .pipeline import aimport_file, aimport_records, import_file, import_records
 
     __version__: str
 
 
+_PIPELINE = ("import_file", "import_records", "aimport_file", "aimport_records")
+
+
 def __getattr__(name: str) -> Any:
-    """``import_file`` and ``__version__``, loaded on first use.
+    """The import functions and ``__version__``, loaded on first use.
 
     The pipeline brings pandas and aiohttp (most of a second), and the version
     importlib.metadata: commands that need neither (``--help``, the fake API,
     the state commands) and ``import importer`` itself start without them.
     """
     found: Any
-    if name == "import_file":
-        from .pipeline import import_file as found
+    if name in _PIPELINE:
+        from . import pipeline
+
+        found = getattr(pipeline, name)
     elif name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -56,7 +63,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "import_file", "__version__"})
+    return sorted({*globals(), *_PIPELINE, "__version__"})
 
 
 # A library prints nothing unless asked: without this, Python's last-resort
@@ -67,6 +74,7 @@ __all__ = [
     "AccountingMismatch",
     "ApiKeyRejected",
     "ApiUnavailable",
+    "ApiUnreachable",
     "ImportOptions",
     "ImportReport",
     "ImporterError",
@@ -79,5 +87,8 @@ __all__ = [
     "StateLocked",
     "UsageError",
     "__version__",
+    "aimport_file",
+    "aimport_records",
     "import_file",
+    "import_records",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ import click
 from click.core import ParameterSource
 
 from .config import ConfigFile, default_map, load_config
-from .errors import AccountingMismatch, ImporterError, RunStopped, UsageError
+from .errors import AccountingMismatch, ImporterError, RunStopped, StateError, UsageError
 from .logs import LOG_FORMATS, secret_filter, setup_logging
 from .options import SECTIONS, ImportOptions, cli_default, cli_fields, flag_name, spec_of
 from .outcomes import ImportReport
@@ -54,8 +55,18 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ImporterError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {cli_message(exc)}", err=True)
             sys.exit(exc.exit_code)
+
+
+def cli_message(exc: ImporterError) -> str:
+    """``exc``'s message with the option names it speaks of shown as flags (``--batch-size``)."""
+    text = str(exc)
+    flags = {f.name: flag_name(f) for f in dataclasses.fields(ImportOptions)}
+    for name in exc.options:
+        if name in flags:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], text)
+    return text
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -187,7 +198,9 @@ def _table_options(*sections: str, only: tuple[str, ...] = (), exists: bool = Fa
         if m.choices:
             kind = click.Choice(m.choices)
         elif m.path:
-            kind = click.Path(exists=exists, dir_okay=False, path_type=Path)
+            kind = click.Path(
+                exists=exists, dir_okay=m.directory, file_okay=not m.directory, path_type=Path
+            )
         elif m.kind is not None:
             kind = m.kind
         elif not isinstance(default, bool | tuple) and default is not None:
@@ -236,6 +249,8 @@ class _Display:
     log_format: str
     key_on_command_line: bool
     rerun_args: tuple[str, ...]
+    #: What importing the fixed rejects file repeats: the API's address and the cleaning options.
+    fix_args: tuple[str, ...] = ()
 
 
 _DISPLAY_OPTIONS = _options(
@@ -244,14 +259,14 @@ _DISPLAY_OPTIONS = _options(
         "-q",
         "--quiet",
         is_flag=True,
-        help="No live display: plain status lines (see --status-every).",
+        help="Print only errors and the final accounting line.",
     ),
     click.option(
         "--status-every",
         type=click.FloatRange(min=0),
         default=10.0,
         show_default=True,
-        help="Seconds between status lines when not on a terminal or --quiet (0: none).",
+        help="Seconds between status lines when not on a terminal (0: none).",
     ),
     click.option(
         "--log-format",
@@ -304,15 +319,25 @@ def run(
       blueshift-import run nightly.csv --changed-only
     """
     ctx = click.get_current_context()
-    setup_logging(verbose + ctx.ensure_object(dict).get("verbose", 0), log_format)
-    for warning in config.warnings() if config is not None else ():
+    verbosity = verbose + ctx.ensure_object(dict).get("verbose", 0)
+    setup_logging(-1 if quiet else verbosity, log_format)
+    for warning in config.warnings() if config is not None and not quiet else ():
         click.echo(f"warning: {warning}", err=True)
     fixed: dict[str, Any] = {"state_path": None} if no_state else {}
+    default_state = not no_state and kw.get("state_path") is None
+    if default_state:
+        fixed["state_path"] = Path("state.sqlite")  # replaced below, once the account is known
     if mock:
         from .fake_api import DEFAULT_KEY
 
         fixed["api_key"] = DEFAULT_KEY
     options = _options_from(kw, config, **fixed)
+    if default_state:
+        from .state import default_state_path
+
+        # One state per account, wherever the command runs from (--mock: one for all).
+        account_url = "mock" if mock else options.resolved_base_url
+        options = options.replace(state_path=default_state_path(account_url, options.api_key))
     display = _Display(
         quiet,
         status_every,
@@ -321,6 +346,7 @@ def run(
         # error), where it is not scrolled away by the progress display.
         key_on_command_line=ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE,
         rerun_args=_rerun_args(options, config, mock),
+        fix_args=_rerun_args(options, config, mock) + _cleaning_args(options, ctx),
     )
     if not mock:
         sys.exit(_run_import(input_paths, options, display))
@@ -328,9 +354,11 @@ def run(
     from .fake_api import FakeApiServer
 
     with FakeApiServer(_fake_config(kw, str(options.api_key))) as server:
-        click.echo(f"fake API listening on {server.url}", err=True)
+        if not quiet:
+            click.echo(f"fake API listening on {server.url}", err=True)
         code = _run_import(input_paths, options.replace(base_url=server.url), display)
-        click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
+        if not quiet:
+            click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
     sys.exit(code)
 
 
@@ -362,8 +390,10 @@ def _run_import(input_paths: tuple[str, ...], options: ImportOptions, display: _
             report = import_file(input_paths, options, observer=progress.observe, stop=stop)
     except (RunStopped, AccountingMismatch) as exc:
         if exc.report is not None:
+            if isinstance(exc, RunStopped):
+                exc.report.stopped = cli_message(exc)  # the summary names flags too
             _print_summary(exc.report, display)
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {cli_message(exc)}", err=True)
         return exc.exit_code
     finally:
         for s, handler in previous.items():
@@ -394,17 +424,40 @@ def _rerun_args(options: ImportOptions, config: ConfigFile | None, mock: bool) -
     return tuple(args)
 
 
-def _print_summary(report: ImportReport, display: _Display) -> None:
-    from .progress import rerun_command, summary_lines
+def _cleaning_args(options: ImportOptions, ctx: click.Context) -> tuple[str, ...]:
+    """The mapping and cleaning flags given on the command line, to repeat them."""
+    args: list[str] = []
+    for f in cli_fields("cleaning"):
+        if ctx.get_parameter_source(f.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value, flag = getattr(options, f.name), flag_name(f)
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        elif isinstance(value, tuple):
+            for item in value:
+                args += [flag, "=".join(item) if isinstance(item, tuple) else str(item)]
+        elif value is not None:
+            args += [flag, str(value)]
+    return tuple(args)
 
+
+def _print_summary(report: ImportReport, display: _Display) -> None:
+    from .progress import fix_command, rerun_command, summary_lines
+
+    if display.quiet:
+        click.echo(f"accounting: {report.accounting_line()}")
+        return
     rerun = rerun_command(report, display.rerun_args)
-    for line in summary_lines(report, rerun):
+    fix = fix_command(report, display.fix_args)
+    for line in summary_lines(report, rerun, fix):
         click.echo(line)
     if display.log_format == "json":
         # One machine-readable line for log collectors, next to the human summary.
         summary = {"event": "summary", **report.to_dict()}
         if rerun:
             summary["rerun_command"] = rerun
+        if fix:
+            summary["fix_command"] = fix
         click.echo(json.dumps(summary, ensure_ascii=False, default=str), err=True)
     if display.key_on_command_line:
         click.echo(
@@ -490,62 +543,127 @@ def fake_api(host: str, port: int, api_key: str, **settings: Any) -> None:
     serve_forever(config, host, port)
 
 
+# -- presets ------------------------------------------------------------------
+
+
+@main.group("presets")
+def presets_group() -> None:
+    """The mapping files for platform exports (Shopify, HubSpot, Braze, ...).
+
+    `run` and `validate` pick the preset whose headers the file has, unless
+    --preset names one (or none). A preset is a mapping file: copy one, edit
+    it, and pass it with --mapping.
+
+    \b
+    Examples:
+      blueshift-import presets list
+      blueshift-import presets show hubspot > mapping.toml
+    """
+
+
+@presets_group.command("list")
+def presets_list() -> None:
+    """List the presets: name, export, and the headers that identify it.
+
+    \b
+    Example:
+      blueshift-import presets list
+    """
+    from .presets import load_preset, preset_names
+
+    for name in preset_names():
+        preset = load_preset(name)
+        click.echo(f"{name:<24} {preset.description}; detected by: {', '.join(preset.detect)}")
+
+
+@presets_group.command("show")
+@click.argument("name")
+def presets_show(name: str) -> None:
+    """Print the preset NAME as a mapping file, to copy and adapt.
+
+    \b
+    Example:
+      blueshift-import presets show shopify > mapping.toml
+      blueshift-import run customers_export.csv --preset none --mapping mapping.toml
+    """
+    from .presets import load_preset
+
+    click.echo(load_preset(name).text, nl=False)
+
+
 # -- state: resume and incremental imports ------------------------------------
 _STATE_OPTION = _table_options(only=("state_path",), exists=True)
 
 
+def _state_paths(state_path: Path | None) -> list[Path]:
+    """The state named by --state, else every state in the user's state directory."""
+    from .state import state_dir
+
+    if state_path is not None:
+        return [state_path]
+    paths = sorted(state_dir().glob("*.sqlite"))
+    if not paths:
+        raise StateError(f"no state in {state_dir()} (nothing was imported yet); see --state")
+    return paths
+
+
 @main.group("state")
 def state_group() -> None:
-    """Inspect and manage the state kept for --resume and --changed-only.
+    """Inspect and manage the states kept for --resume and --changed-only.
+
+    Without --state, each command acts on every state in the user's state
+    directory (one per destination account).
 
     \b
     Examples:
-      blueshift-import state show
-      blueshift-import state prune --older-than 90d
+      blueshift-import state info
+      blueshift-import state prune --older-than 30d
       blueshift-import state reset --yes --state /var/lib/imports/state.sqlite
     """
 
 
-@state_group.command("show")
+@state_group.command("info")
 @_STATE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def state_show(state_path: Path, as_json: bool) -> None:
-    """Show the runs and payload hashes a state holds (safe while a run uses it).
+def state_info(state_path: Path | None, as_json: bool) -> None:
+    """Show each state's size, runs and last success per input (safe while a run uses it).
 
     \b
     Example:
-      blueshift-import state show --state .blueshift-import/state.sqlite
+      blueshift-import state info --state /var/lib/imports/state.sqlite
     """
-    from datetime import datetime
-
     from .state import open_summary
 
-    summary = open_summary(state_path)
+    summaries = [open_summary(path) for path in _state_paths(state_path)]
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summaries, indent=2))
         return
-    click.echo(f"state {summary['path']} ({summary['size_bytes']} bytes)")
-    if summary["locked_by"]:
-        click.echo(f"  in use by the run with PID {summary['locked_by']}")
-    hashes = summary["payload_hashes"]
-    click.echo(
-        f"  confirmed payload hashes: {sum(hashes.values())}"
-        + (f" across {len(hashes)} destinations" if len(hashes) > 1 else "")
-    )
-    click.echo(f"  runs: {summary['run_count']} (latest first)")
-    for r in summary["runs"]:
-        when = datetime.fromtimestamp(r["updated_at"]).isoformat(sep=" ", timespec="seconds")
-        click.echo(
-            f"  #{r['id']:<4} {r['status']:<11} {when}  "
-            f"confirmed {r['confirmed']}, dead-lettered {r['dead_lettered']}, "
-            f"attempts {r['attempts']}  {r['source']}"
-        )
+    for summary in summaries:
+        click.echo(f"state {summary['path']} ({summary['size_bytes']} bytes)")
+        if summary["locked_by"]:
+            click.echo(f"  in use by the run with PID {summary['locked_by']}")
+        click.echo(f"  customers with a payload hash: {summary['payload_hashes']}")
+        for source, at in summary["last_success"].items():
+            click.echo(f"  last success {_when(at)}  {source}")
+        click.echo(f"  runs: {summary['run_count']} (latest first)")
+        for r in summary["runs"]:
+            click.echo(
+                f"  #{r['id']:<4} {r['status']:<11} {_when(r['updated_at'])}  "
+                f"confirmed {r['confirmed']}, dead-lettered {r['dead_lettered']}, "
+                f"attempts {r['attempts']}  {r['source']}"
+            )
+
+
+def _when(timestamp: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
 
 
 @state_group.command("reset")
 @_STATE_OPTION
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def state_reset(state_path: Path, yes: bool) -> None:
+def state_reset(state_path: Path | None, yes: bool) -> None:
     """Forget every run and payload hash (the next --changed-only run sends everything).
 
     \b
@@ -554,11 +672,12 @@ def state_reset(state_path: Path, yes: bool) -> None:
     """
     from .state import StateStore
 
-    if not yes:
-        click.confirm(f"forget everything recorded in {state_path}?", abort=True)
-    with StateStore(state_path) as store:
-        store.reset()
-    click.echo(f"state {state_path} reset")
+    for path in _state_paths(state_path):
+        if not yes:
+            click.confirm(f"forget everything recorded in {path}?", abort=True)
+        with StateStore(path) as store:
+            store.reset()
+        click.echo(f"state {path} reset")
 
 
 @state_group.command("prune")
@@ -567,21 +686,22 @@ def state_reset(state_path: Path, yes: bool) -> None:
     "--older-than",
     required=True,
     metavar="AGE",
-    help="Forget runs and payload hashes untouched for this long: 90d, 12h, 2w.",
+    help="Forget runs and payload hashes untouched for this long: 30d, 12h, 2w.",
 )
-def state_prune(state_path: Path, older_than: str) -> None:
-    """Forget runs and payload hashes older than AGE, keeping the state small.
+def state_prune(state_path: Path | None, older_than: str) -> None:
+    """Forget runs and payload hashes older than AGE, and shrink the file.
 
     \b
     Example:
-      blueshift-import state prune --older-than 90d
+      blueshift-import state prune --older-than 30d
     """
     from .state import StateStore, parse_age
 
     seconds = parse_age(older_than)
-    with StateStore(state_path) as store:
-        removed = store.prune(seconds)
-    click.echo(
-        f"pruned {removed['runs']} run(s) and {removed['payloads']} payload hash(es) "
-        f"older than {older_than} from {state_path}"
-    )
+    for path in _state_paths(state_path):
+        with StateStore(path) as store:
+            removed = store.prune(seconds)
+        click.echo(
+            f"pruned {removed['runs']} run(s) and {removed['payloads']} payload hash(es) "
+            f"older than {older_than} from {path}"
+        )

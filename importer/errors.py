@@ -13,8 +13,13 @@ stops a whole run raises. The tree, and when each is raised::
     ├── SharedLimitUnavailable               no Redis for --shared-limit      exit 2
     ├── RunStopped                           the run stopped early            exit 3
     │   ├── ApiKeyRejected                   HTTP 401 or 403
-    │   └── ApiUnavailable                   nothing succeeded for too long
+    │   ├── ApiUnavailable                   nothing succeeded for too long
+    │   └── ApiUnreachable                   wrong host, port or certificate  exit 2
     └── AccountingMismatch                   the outcome counts do not add up (a bug)
+
+Messages speak of options by their :class:`~importer.options.ImportOptions`
+names (``batch_size``); ``options`` lists the names a message uses, and the
+command line shows each as its flag (``--batch-size``).
 
 aiohttp exceptions never leave :mod:`importer.sending`; a failed attempt
 becomes a :class:`TransientApiError` there, caught by the retry loop (it is
@@ -34,6 +39,11 @@ class ImporterError(Exception):
     """Root of every exception raised by blueshift-import."""
 
     exit_code: int = 2
+
+    def __init__(self, message: str, *options: str) -> None:
+        super().__init__(message)
+        #: The option names (``ImportOptions`` fields) the message speaks of.
+        self.options: tuple[str, ...] = options
 
 
 class UsageError(ImporterError, ValueError):
@@ -78,8 +88,8 @@ class RunStopped(ImporterError):
 
     exit_code = 3
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *options: str) -> None:
+        super().__init__(message, *options)
         self.report: ImportReport | None = None
         self.outcomes: list[Outcome] = []
 
@@ -90,6 +100,14 @@ class ApiKeyRejected(RunStopped):
 
 class ApiUnavailable(RunStopped):
     """No request succeeded for longer than ``give_up_after`` seconds."""
+
+
+class ApiUnreachable(RunStopped):
+    """The API's host was never reached: its name does not resolve, nothing listens on
+    its port, or its TLS certificate is not trusted. Retrying cannot help: the
+    base URL (or the network) needs fixing, so it exits like a usage error."""
+
+    exit_code = 2
 
 
 class AccountingMismatch(ImporterError):

@@ -64,12 +64,27 @@ class SecretFilter(logging.Filter):
         return True
 
 
+def _iso_time(record: logging.LogRecord) -> str:
+    """When ``record`` was made, in ISO 8601 UTC to the millisecond."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-12-04T02:30:00.123+00:00 WARNING importer.sending: message``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return _iso_time(record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any ``extra=`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _iso_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -98,7 +113,8 @@ def setup_logging(
     verbosity: int = 0, log_format: str = "text", stream: IO[str] | None = None
 ) -> logging.Handler:
     """Send the ``importer`` loggers' records through :data:`secret_filter` to stderr (or
-    ``stream``) as text or JSON lines: warnings, and with ``verbosity`` 1 info, 2 debug.
+    ``stream``) as text or JSON lines: warnings, and with ``verbosity`` 1 info, 2 debug,
+    -1 errors only (``--quiet``).
 
     Calling it again replaces the handler it installed before, so the group's
     and a command's options can both set it.
@@ -109,9 +125,9 @@ def setup_logging(
         logger.removeHandler(_handler)
     _handler = logging.StreamHandler(stream) if stream else _StderrHandler()
     _handler.addFilter(secret_filter)
-    text = logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    _handler.setFormatter(JsonFormatter() if log_format == "json" else text)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[max(0, min(verbosity, 2))]
+    _handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    levels = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
+    level = levels[max(-1, min(verbosity, 2)) + 1]
     _handler.setLevel(level)
     logger.addHandler(_handler)
     # Lower the logger's threshold only when asked; otherwise leave it to the

@@ -2,7 +2,8 @@
 
 Owns: header matching (case, spaces, punctuation, synonyms), explicit
 ``--map`` / ``--drop`` choices, the TOML mapping file (per-column target,
-type or drop), which of several phone columns is ``phone_number``, the
+type, drop, value translation), refusing a target that looks like a
+misspelt standard field, which of several phone columns is ``phone_number``, the
 country column phones are read in, and the names of pass-through custom
 attributes. Pure functions over column names: no cell data; the only I/O is
 reading the mapping file.
@@ -12,6 +13,7 @@ Must not: look at cell values or clean them (that is :mod:`importer.cleaning`).
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -25,6 +27,8 @@ from .fields import COLUMN_TYPES, PHONE_COUNTRY_HEADERS, STANDARD_FIELDS
 _SYNONYMS = {syn: target for target, syns in STANDARD_FIELDS.items() for syn in syns}
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
+#: Shorter targets are compared to the field spellings exactly, never by likeness.
+_FUZZY_MIN = 5
 
 
 def header_key(name: str) -> str:
@@ -52,6 +56,12 @@ class ColumnMapping:
     #: The column holding each row's country, in which national phone numbers are
     #: read (sent or not, it is read all the same); None: ``--phone-region`` only.
     phone_country: str | None = None
+    #: Columns whose values a mapping file translates (``values``, ``invert``,
+    #: ``split``), by source column.
+    translations: dict[str, ColumnSpec] = field(default_factory=dict)
+    #: Said in the reject of a row without identifier: how to use a record id
+    #: column as ``customer_id`` (e.g. ``--map "Record ID=customer_id"``).
+    identifier_hint: str | None = None
 
     def describe(self) -> list[tuple[str, str]]:
         """``(source, target)`` pairs, then ``(source, "(dropped)")`` ones and the phone
@@ -71,6 +81,22 @@ class ColumnSpec:
     target: str | None = None
     type: str | None = None
     drop: bool = False
+    #: Cell value (trimmed, compared case-insensitively; ``"*"``: any other
+    #: value) → the value the field's rule is given instead.
+    values: dict[str, Any] | None = None
+    #: Send the opposite of a true/false value.
+    invert: bool = False
+    #: Split text on this separator into a list (a custom attribute).
+    split: str | None = None
+
+    @property
+    def translates(self) -> bool:
+        """Whether this column's values are changed before they are sent."""
+        return bool(self.values) or self.invert or self.split is not None
+
+
+#: The keys a ``[columns."Name"]`` table may hold.
+SPEC_KEYS = ("target", "type", "drop", "values", "invert", "split")
 
 
 def load_mapping_file(path: str | Path) -> dict[str, ColumnSpec]:
@@ -100,7 +126,12 @@ def load_mapping_file(path: str | Path) -> dict[str, ColumnSpec]:
 
 
 def parse_column_specs(columns: Any, origin: str = "the mapping") -> dict[str, ColumnSpec]:
-    """Validate the ``columns`` table of a mapping file (already parsed TOML)."""
+    """Validate the ``columns`` table of a mapping file (already parsed TOML).
+
+    Raises :class:`MappingError` for a key not in :data:`SPEC_KEYS`, a value
+    of the wrong kind, or a target that looks like a misspelt standard field
+    (see :func:`check_target`).
+    """
     if not isinstance(columns, dict):
         raise MappingError(f"{origin}: 'columns' must be a table of column tables")
     specs: dict[str, ColumnSpec] = {}
@@ -108,19 +139,68 @@ def parse_column_specs(columns: Any, origin: str = "the mapping") -> dict[str, C
         where = f"{origin}: [columns.{_toml_key(name)}]"
         if not isinstance(table, dict):
             raise MappingError(f'{where} must be a table (e.g. target = "email")')
+        for key in table:
+            if key not in SPEC_KEYS:
+                near = difflib.get_close_matches(key, SPEC_KEYS, n=1)
+                hint = f"did you mean {near[0]}?" if near else f"use {', '.join(SPEC_KEYS)}"
+                raise MappingError(f"{where}: unknown key {key!r}; {hint}")
         target, kind, drop = table.get("target"), table.get("type"), table.get("drop", False)
+        values, invert, split = table.get("values"), table.get("invert", False), table.get("split")
         if target is not None and (not isinstance(target, str) or not target.strip()):
             raise MappingError(f"{where}: target must be a non-empty string")
         if kind is not None and kind not in COLUMN_TYPES:
             raise MappingError(
                 f"{where}: type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}"
             )
-        if not isinstance(drop, bool):
-            raise MappingError(f"{where}: drop must be true or false")
+        for key, flag in (("drop", drop), ("invert", invert)):
+            if not isinstance(flag, bool):
+                raise MappingError(f"{where}: {key} must be true or false")
         if drop and (target is not None or kind is not None):
             raise MappingError(f"{where}: a dropped column cannot also have a target or type")
-        specs[name.strip()] = ColumnSpec(target.strip() if target else None, kind, drop)
+        if values is not None and (
+            not isinstance(values, dict) or any(isinstance(v, dict | list) for v in values.values())
+        ):
+            raise MappingError(f"{where}: values must be a table like {{ yes = false, no = true }}")
+        if split is not None and (not isinstance(split, str) or not split):
+            raise MappingError(f'{where}: split must be a separator such as ","')
+        if target is not None and target.strip() != header_key(name):
+            # The name automatic matching gives the column is never refused.
+            check_target(target.strip(), where)
+        folded = {str(k).strip().casefold(): v for k, v in values.items()} if values else None
+        specs[name.strip()] = ColumnSpec(
+            target.strip() if target else None, kind, drop, folded, invert, split
+        )
     return specs
+
+
+def check_target(target: str, where: str) -> None:
+    """Refuse a target that is not a standard field but looks like one.
+
+    ``joined_on``, ``firstName`` or ``e_mail`` would otherwise become custom
+    attributes silently. A target means a field when its folded form is one of
+    the field's header spellings, or, from five letters on, when it is at
+    least 75 % alike (:mod:`difflib`) to one of them and at most four
+    characters differ; any other name (``name``, ``customer_type``) is a
+    custom attribute. Raises :class:`MappingError` naming the field.
+    """
+    if target in STANDARD_FIELDS:
+        return
+    field_name = match_standard_field(target)
+    squashed = header_key(target).replace("_", "")
+    if field_name is None and len(squashed) >= _FUZZY_MIN:
+        best = 0.0
+        for spelling, candidate in _SYNONYMS.items():
+            other = spelling.replace("_", "")
+            matcher = difflib.SequenceMatcher(None, squashed, other)
+            same = sum(block.size for block in matcher.get_matching_blocks())
+            ratio = matcher.ratio()
+            if ratio >= 0.75 and len(squashed) + len(other) - 2 * same <= 4 and ratio > best:
+                field_name, best = candidate, ratio
+    if field_name is not None:
+        raise MappingError(
+            f"{where}: target {target!r} is not a Blueshift field; did you mean {field_name}? "
+            "(a custom attribute needs a name unlike the standard fields)"
+        )
 
 
 def _toml_key(name: str) -> str:
@@ -133,6 +213,7 @@ def resolve_mapping(
     drop: Iterable[str] = (),
     drop_unmapped: bool = False,
     specs: Mapping[str, ColumnSpec] | None = None,
+    record_id: str | None = None,
 ) -> ColumnMapping:
     """Map input ``columns`` to Blueshift fields.
 
@@ -145,9 +226,13 @@ def resolve_mapping(
     another column is mapped to it; the others stay custom attributes of type
     ``phone`` (``other_phone_number`` for one headed ``Phone Number``). A
     column that ``specs`` names but the input lacks is ignored, so one mapping
-    file can serve files with optional columns. Raises :class:`MappingError` when two
-    columns would feed one field, or when a ``--map``/``--drop`` column is not
-    in the input.
+    file can serve files with optional columns. A spec's ``values``,
+    ``invert`` and ``split`` apply unless ``--map`` names the column.
+    ``record_id`` is a column holding a platform's record id: while it is not
+    ``customer_id``, the mapping carries the ``--map`` that would make it one.
+    Raises :class:`MappingError` when two columns would feed one field, when a
+    ``--map``/``--drop`` column is not in the input, or when a ``--map`` target
+    looks like a misspelt field (:func:`check_target`).
     """
     cols = list(columns)
     specs = specs or {}
@@ -163,6 +248,7 @@ def resolve_mapping(
     dropped: list[str] = []
     claimed: dict[str, str] = {}
     types: dict[str, str] = {}
+    translations: dict[str, ColumnSpec] = {}
     phone = _preferred_phone(cols, explicit_map, drop_set, specs)
     for col in cols:
         spec = specs.get(col.strip())
@@ -173,6 +259,7 @@ def resolve_mapping(
             target = explicit_map[col].strip()
             if not target:
                 raise MappingError(f"--map {col!r}= needs a target field name")
+            check_target(target, f"--map {col!r}")
         elif spec is not None and spec.target:
             target = spec.target
         else:
@@ -196,9 +283,14 @@ def resolve_mapping(
         targets[col] = target
         if spec is not None and spec.type:
             types[target] = spec.type
+        if spec is not None and spec.translates and col not in explicit_map:
+            translations[col] = spec
     keys = {header_key(col): col for col in reversed(cols)}
     country = next((keys[k] for k in PHONE_COUNTRY_HEADERS if k in keys), None)
-    return ColumnMapping(targets, tuple(dropped), types, country)
+    hint = None
+    if record_id in targets and "customer_id" not in claimed:
+        hint = f'--map "{record_id}=customer_id"'
+    return ColumnMapping(targets, tuple(dropped), types, country, translations, hint)
 
 
 def _preferred_phone(

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .errors import UsageError
 from .mapping import parse_map_option
+from .presets import AUTO, NONE, preset_names
 
 #: Blueshift's hard limit of customers per bulk call; more is answered with 413.
 MAX_BATCH_SIZE = 50
@@ -48,7 +49,8 @@ class OptionSpec:
     type where a None default does not tell it; ``secret`` keeps the value out
     of the options' ``repr`` (a key, a password); ``shapes`` marks options
     that decide what a row becomes (a resumed run must use the same ones);
-    ``cli=False`` keeps an option to the library; ``cli_default`` is the
+    ``directory`` marks a path that names a directory; ``cli=False`` keeps an option
+    to the library; ``cli_default`` is the
     command line's default where it differs from the library's; ``alias`` is
     ``(flag, value)``, a flag that is short for the option set to that value.
     """
@@ -62,6 +64,7 @@ class OptionSpec:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     path: bool = False
+    directory: bool = False
     multiple: bool = False
     shapes: bool = False
     cli: bool = True
@@ -150,6 +153,13 @@ class ImportOptions:
         flag="--storage-option", metavar="KEY=VALUE", multiple=True,
         shapes=False,
     )  # fmt: skip
+    limit: int | None = _input(
+        None,
+        "Import only the first N rows (--resume sends the rest).",
+        kind=int,
+        metavar="N",
+        shapes=False,
+    )
     chunk_rows: int = _input(20_000, "Rows read and cleaned at a time.", shapes=False, cli=False)
     max_field_bytes: int = _input(1_000_000, "Reject a row with a CSV cell longer than this.")
     max_columns: int = _input(1_000, "Refuse a file with more columns (or JSONL keys) than this.")
@@ -158,8 +168,12 @@ class ImportOptions:
 
     # -- mapping and cleaning --
     mapping_file: Path | None = _cleaning(
-        None, 'TOML mapping file: [columns."Name"] tables with target, type, drop.',
+        None, 'TOML mapping file of [columns."Name"] tables.',
         flag="--mapping", metavar="FILE", path=True,
+    )  # fmt: skip
+    preset: str = _cleaning(
+        AUTO, "Platform preset: auto, none or a name.",
+        metavar="NAME",
     )  # fmt: skip
     column_map: tuple[tuple[str, str], ...] = _cleaning(
         (), "Map an input column to a Blueshift field (repeatable).", flag="--map",
@@ -193,11 +207,10 @@ class ImportOptions:
     # -- state: resume and incremental imports --
     state_path: Path | None = _state(
         None,
-        "SQLite file of confirmed rows and payload hashes (for --resume, --changed-only).",
+        "State for --resume and --changed-only (default: one per account in the user's state dir).",
         flag="--state",
         env="BLUESHIFT_IMPORT_STATE",
         path=True,
-        cli_default=Path(".blueshift-import") / "state.sqlite",
     )
     resume: bool = _state(
         False,
@@ -219,7 +232,18 @@ class ImportOptions:
         path=True,
     )
     rejects_path: Path | None = _outputs(
-        None, "CSV or JSONL file for rows that failed validation.", flag="--rejects", path=True
+        None,
+        "Rows that failed validation, in the input's format (default: a new file).",
+        flag="--rejects",
+        path=True,
+    )
+    output_dir: Path | None = _outputs(
+        None,
+        "Put each run's report, rejects and dead letters in DIR/<UTC time>/; "
+        "DIR/latest points there.",
+        metavar="DIR",
+        path=True,
+        directory=True,
     )
     overwrite: bool = _outputs(False, "Replace existing output files.")
     dry_run: bool = _outputs(False, "Read, clean and batch, but send nothing; show a preview.")
@@ -232,6 +256,9 @@ class ImportOptions:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if isinstance(self.api_key, str):
+            # A key pasted with a trailing newline or space would be refused with a 401.
+            set_(self, "api_key", self.api_key.strip() or None)
         set_(self, "column_map", _pairs(self.column_map))
         set_(self, "drop_columns", tuple(self.drop_columns))
         set_(self, "storage_options", _storage_options(self.storage_options))
@@ -244,51 +271,68 @@ class ImportOptions:
     def _check(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise UsageError(
-                f"--batch-size must be between 1 and {MAX_BATCH_SIZE} "
+                f"batch_size must be between 1 and {MAX_BATCH_SIZE} "
                 f"(Blueshift accepts at most {MAX_BATCH_SIZE} customers per call), "
-                f"got {self.batch_size}"
+                f"got {self.batch_size}",
+                "batch_size",
             )
         if not self.rate > 0:
-            raise UsageError(f"--rate must be above 0 requests per second, got {self.rate}")
+            raise UsageError(f"rate must be above 0 requests per second, got {self.rate}", "rate")
         for name in ("region", "format", "on_invalid", "date_order"):
             choices = spec_of(_field(name)).choices or ()
             value = getattr(self, name)
             if value is not None and value not in choices:
-                raise UsageError(
-                    f"--{_dashed(name)} must be one of {', '.join(choices)}, got {value!r}"
-                )
+                raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}", name)
+        if self.preset not in (AUTO, NONE, *preset_names()):
+            raise UsageError(
+                f"preset must be auto, none or one of {', '.join(preset_names())}, "
+                f"got {self.preset!r}",
+                "preset",
+            )
         for name in ("timeout", "max_backoff", "give_up_after"):
             if not getattr(self, name) > 0:
-                raise UsageError(f"--{_dashed(name)} must be above 0")
+                raise UsageError(f"{name} must be above 0", name)
         for name in ("max_retries", "backoff_base", "preview_size"):
             if getattr(self, name) < 0:
-                raise UsageError(f"--{_dashed(name)} must be 0 or more")
+                raise UsageError(f"{name} must be 0 or more", name)
         counts = ("max_concurrency", "chunk_rows", "max_batch_bytes", "max_field_bytes")
         for name in (*counts, "max_columns", "max_json_depth", "max_line_bytes"):
             if getattr(self, name) < 1:
-                raise UsageError(f"--{_dashed(name)} must be at least 1")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise UsageError("--concurrency must be at least 1")
+                raise UsageError(f"{name} must be at least 1", name)
+        for name in ("concurrency", "limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1", name)
         if (
             self.shared_limit is not None
             and urlsplit(self.shared_limit).scheme not in REDIS_SCHEMES
         ):
             raise UsageError(
-                "--shared-limit must be a Redis URL (redis://host:port/db, rediss:// or unix://)"
+                "shared_limit must be a Redis URL (redis://host:port/db, rediss:// or unix://)",
+                "shared_limit",
             )
         if not 0 <= self.max_error_rate <= 1:
-            raise UsageError(f"--max-error-rate must be between 0 and 1, got {self.max_error_rate}")
+            raise UsageError(
+                f"max_error_rate must be between 0 and 1, got {self.max_error_rate}",
+                "max_error_rate",
+            )
         if self.delimiter is not None and len(self.delimiter) != 1:
-            raise UsageError(f"--delimiter must be one character, got {self.delimiter!r}")
+            message = f"delimiter must be one character, got {self.delimiter!r}"
+            raise UsageError(message, "delimiter")
         if (self.resume or self.changed_only) and self.state_path is None and not self.dry_run:
-            raise UsageError("--resume and --changed-only need a state store (--state PATH)")
+            raise UsageError(
+                "resume and changed_only need a state store (state_path)",
+                "resume", "changed_only", "state_path",
+            )  # fmt: skip
         if self.force and not self.resume:
-            raise UsageError("--force only goes with --resume (to start an interrupted run over)")
+            raise UsageError(
+                "force only goes with resume (to start an interrupted run over)", "force", "resume"
+            )
         if self.resume and self.overwrite and not self.force:
             raise UsageError(
-                "--resume appends to the output files; drop --overwrite "
-                "(or pass --resume --force to start over)"
-            )
+                "resume appends to the output files; drop overwrite "
+                "(or pass resume with force to start over)",
+                "resume", "overwrite", "force",
+            )  # fmt: skip
         check_base_url(self.resolved_base_url, self.insecure_http)
 
     @property
@@ -308,11 +352,6 @@ class ImportOptions:
 
 def _field(name: str) -> dataclasses.Field[Any]:
     return next(f for f in dataclasses.fields(ImportOptions) if f.name == name)
-
-
-def _dashed(name: str) -> str:
-    flag = spec_of(_field(name)).flag
-    return flag[2:] if flag else name.replace("_", "-")
 
 
 def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
@@ -341,7 +380,9 @@ def _storage_options(value: Any) -> tuple[tuple[str, Any], ...]:
         if isinstance(item, str):
             key, sep, text = item.partition("=")
             if not sep or not key.strip():
-                raise UsageError(f"--storage-option expects KEY=VALUE, got {item!r}")
+                raise UsageError(
+                    f"storage_options expects KEY=VALUE, got {item!r}", "storage_options"
+                )
             lowered = text.strip().lower()
             parsed: Any = {"true": True, "false": False}.get(lowered, text.strip())
             if re.fullmatch(r"-?[0-9]+", lowered):
@@ -350,8 +391,9 @@ def _storage_options(value: Any) -> tuple[tuple[str, Any], ...]:
         key, parsed = str(item[0]).strip(), item[1]
         if _CREDENTIAL.search(key):
             raise UsageError(
-                f"--storage-option {key}: credentials are not taken from options; the store "
-                "reads them from its usual sources (environment, profile files, instance role)"
+                f"storage_options {key}: credentials are not taken from options; the store "
+                "reads them from its usual sources (environment, profile files, instance role)",
+                "storage_options",
             )
         pairs.append((key, parsed))
     return tuple(pairs)
@@ -404,11 +446,12 @@ def check_base_url(url: str, insecure_http: bool) -> None:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--base-url must be an http(s) URL with a host, got {url!r}")
+        raise UsageError(f"base_url must be an http(s) URL with a host, got {url!r}", "base_url")
     if parts.scheme == "http" and not insecure_http and not is_loopback(parts.hostname):
         raise UsageError(
             f"refusing plain http:// to {parts.hostname}: the API key would travel unencrypted "
-            "(use https://, or --insecure-http if you really mean it)"
+            "(use https://, or insecure_http if you really mean it)",
+            "insecure_http",
         )
 
 

@@ -41,18 +41,20 @@ def format_duration(seconds: float | None) -> str:
 
 
 class RunProgress:
-    """Shows a run's progress on ``stream``: a live display on a terminal, unless
-    ``quiet`` or ``as_json``; else (a pipe, a log file, cron) a status line every
-    ``every`` seconds (none when it is 0), plain text or JSON.
+    """Shows a run's progress on ``stream``: nothing when ``quiet``; a live display
+    on a terminal, unless ``as_json``; else (a pipe, a log file, cron) a status
+    line every ``every`` seconds (none when it is 0), plain text or JSON.
 
     Use as a context manager; :meth:`observe` is the pipeline's observer. The
-    figures come from two ``rich.progress`` tasks fed from the live report:
-    the file's bytes, of which the rows accounted for count pro rata (so the
-    total is known from the start, and percentage and ETA follow), and the
+    figures come from three ``rich.progress`` tasks fed from the live report:
+    the rows done (delivered, rejected, dead-lettered, merged, skipped) of the
+    rows the file holds (projected from the bytes read: the percentage); the
+    customers sent of those the file will need sent, whose speed gives the
+    ETA (rejected rows cost no call, so they do not speed it up); and the
     requests, whose speed over the last :data:`RATE_WINDOW_S` seconds is the
-    current request rate. Without a file size (stdin) there is no percentage
-    or ETA. Both displays refresh on a timer, so they keep moving while the
-    API makes the run wait.
+    current request rate (None until known). Without a file size (stdin,
+    records) there is no percentage or ETA. Both displays refresh on a timer,
+    so they keep moving while the API makes the run wait.
     """
 
     def __init__(
@@ -65,7 +67,7 @@ class RunProgress:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.live = not quiet and not as_json and _is_terminal(stream)
-        self.every, self.stream, self.as_json = every, stream, as_json
+        self.every, self.stream, self.as_json = 0 if quiet else every, stream, as_json
         self.report: ImportReport | None = None
         self.console = Console(file=stream, highlight=False)
         self.bar = Progress(
@@ -78,6 +80,7 @@ class RunProgress:
         )
         self._file = self.bar.add_task("", total=None)
         self._requests = self.bar.add_task("", total=None, visible=False)
+        self._sent = self.bar.add_task("", total=None, visible=False)
         self._done = threading.Event()
         self._worker: Live | threading.Thread | None = None
 
@@ -88,24 +91,34 @@ class RunProgress:
     def figures(self) -> dict[str, Any]:
         """The run's figures now, as the JSON status line holds them."""
         report = self.report
-        file_task, request_task = self.bar.tasks
+        file_task, request_task, sent_task = self.bar.tasks
         elapsed = file_task.elapsed or 0.0
         figures: dict[str, Any] = {"event": "status", "elapsed_s": round(elapsed, 1)}
         if report is None:
             return {**figures, "state": "starting"}
+        sent = report.succeeded + report.dead_lettered
+        done = report.accounted - report.not_sent
+        left_to_send = None
         if report.bytes_total and report.bytes_read and report.rows_read:
-            done = report.accounted * report.bytes_read / report.rows_read
-            self.bar.update(self._file, total=report.bytes_total, completed=done)
+            rows_total = report.rows_read * report.bytes_total / report.bytes_read
+            # The share of rows read that needed a call (not rejected, merged or skipped).
+            to_send = (report.rows_read - (done - sent)) / report.rows_read
+            left_to_send = max(0.0, rows_total * to_send - sent)
+            self.bar.update(self._file, total=rows_total, completed=done)
+        # No total for the speeds: rich forgets a task's samples when its total changes.
+        self.bar.update(self._sent, completed=sent)
         self.bar.update(self._requests, completed=report.requests)
+        rate = request_task.speed
         figures.update(
             rows_read=report.rows_read,
-            sent=report.succeeded + report.dead_lettered,
+            done=done,
+            sent=sent,
             succeeded=report.succeeded,
             rejected=report.rejected,
             dead_lettered=report.dead_lettered,
             retries=report.retries,
             requests=report.requests,
-            rate=round(request_task.speed or 0.0, 2),
+            rate=None if rate is None else round(rate, 2),
             rate_limit=report.rate_limit,
         )
         if report.concurrency_ceiling:
@@ -118,8 +131,8 @@ class RunProgress:
             )
         if file_task.total:
             figures["percent"] = round(file_task.percentage, 1)
-            if file_task.time_remaining is not None:
-                figures["eta_s"] = round(file_task.time_remaining)
+            if sent_task.speed and left_to_send is not None:
+                figures["eta_s"] = round(left_to_send / sent_task.speed)
         return figures
 
     def status_line(self) -> str:
@@ -138,7 +151,8 @@ class RunProgress:
         eta = format_duration(figures.get("eta_s"))
         self.bar.update(self._file, description=f"elapsed {elapsed}  ETA {eta}")
         counts = Text.from_markup(
-            f"rows read [bold]{report.rows_read:,}[/]  sent [bold]{figures['sent']:,}[/]"
+            f"rows read [bold]{report.rows_read:,}[/]  done [bold]{figures['done']:,}[/]"
+            f"  sent [bold]{figures['sent']:,}[/]"
             f"  succeeded [bold green]{report.succeeded:,}[/]"
             f"  rejected [bold yellow]{report.rejected:,}[/]"
             f"  dead-lettered [bold red]{report.dead_lettered:,}[/]"
@@ -146,7 +160,7 @@ class RunProgress:
         answers = ", ".join(f"{k}: {v}" for k, v in report.status_counts.items())
         pace = Text.from_markup(
             f"retries [bold]{report.retries:,}[/]"
-            f"  rate [bold]{figures['rate']:.1f}[/] of {report.rate_limit:g} req/s"
+            f"  rate [bold]{_rate(figures)}[/] of {report.rate_limit:g} req/s"
             + "".join(f"  {part}" for part in _pace_parts(figures))
             + (f"  API {answers}" if answers else "")
         )
@@ -196,12 +210,13 @@ def format_status(figures: dict[str, Any]) -> str:
         return f"status: starting, elapsed {elapsed}"
     parts = [
         f"read {figures['rows_read']}",
+        f"done {figures['done']}",
         f"sent {figures['sent']}",
         f"ok {figures['succeeded']}",
         f"rejected {figures['rejected']}",
         f"dead {figures['dead_lettered']}",
         f"retries {figures['retries']}",
-        f"rate {figures['rate']:.1f}/{figures['rate_limit']:g} req/s",
+        f"rate {_rate(figures)}/{figures['rate_limit']:g} req/s",
         *_pace_parts(figures),
         f"elapsed {elapsed}",
     ]
@@ -210,6 +225,11 @@ def format_status(figures: dict[str, Any]) -> str:
     if "eta_s" in figures:
         parts.append(f"eta {format_duration(figures['eta_s'])}")
     return "status: " + ", ".join(parts)
+
+
+def _rate(figures: dict[str, Any]) -> str:
+    """The current request rate, ``-`` until two requests have told it."""
+    return "-" if figures["rate"] is None else f"{figures['rate']:.1f}"
 
 
 def _pace_parts(figures: dict[str, Any]) -> list[str]:
@@ -257,12 +277,25 @@ def _files_line(inputs: list[dict[str, Any]]) -> str:
     return f"{len(inputs)} (" + ", ".join(f"{n} {status}" for status, n in statuses.items()) + ")"
 
 
-def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
+def fix_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
+    """The command that imports this run's rejected rows once the rejects file is fixed, or
+    None. ``args`` repeat the API's address and the mapping and cleaning options."""
+    path = report.files.get("rejects")
+    if not report.rejected or not path:
+        return None
+    return shlex.join(["blueshift-import", "run", path, *args])
+
+
+def summary_lines(
+    report: ImportReport, rerun: str | None = None, fix: str | None = None
+) -> list[str]:
     """The end-of-run summary as plain lines (no colour, no control characters)."""
     title = "dry run (nothing sent)" if report.dry_run else "import finished"
     if report.stopped:
         title = f"import stopped: {report.stopped}"
     lines = [f"{title} in {format_duration(report.duration_s)} ({report.duration_s:.1f} s)"]
+    if report.preset:
+        lines.append(f"preset: {report.preset} (blueshift-import presets show {report.preset})")
     if report.mapping:
         lines.append("mapping: " + ", ".join(f"{s} -> {t}" for s, t in report.mapping))
     if len(report.inputs) > 1 or any("skipped" in str(s["status"]) for s in report.inputs):
@@ -271,15 +304,22 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
     for label, n in report.accounting_terms():
         lines.append(f"  {'merged repeats' if label == 'merged' else label:<16} {n}")
     if report.dropped_fields:
-        lines.append(f"  fields dropped   {report.dropped_fields} (invalid values left out)")
+        # Fields, not rows: their rows were sent (and are counted once, above).
+        lines.append(
+            f"  fields dropped   {report.dropped_fields} (invalid values left out of rows sent)"
+        )
     if report.identifier_conflicts:
         lines.append(
             f"  id conflicts     {report.identifier_conflicts} "
             "(rows sharing an email with another customer_id: sent unmerged)"
         )
+    achieved = (
+        "" if report.achieved_rate is None
+        else f", achieved {report.achieved_rate:g}/s of {report.rate_limit:g}/s"
+    )  # fmt: skip
     lines.append(
         f"  requests         {report.requests} (retries {report.retries}, "
-        f"splits {report.splits}, achieved {report.achieved_rate:g}/s of {report.rate_limit:g}/s)"
+        f"splits {report.splits}{achieved})"
     )
     if (
         report.lowest_rate
@@ -307,8 +347,9 @@ def summary_lines(report: ImportReport, rerun: str | None = None) -> list[str]:
         lines.append(f"  re-run the failures: {rerun}")
     if report.rejected and "rejects" in report.files:
         lines.append(
-            f"  fix the rows listed in {report.files['rejects']} and import them again "
-            "(rejected rows were never sent)"
+            f"  {report.rejected} rows rejected (never sent) → rejects written to "
+            f"{report.files['rejects']}; fix them and run: "
+            + (fix or shlex.join(["blueshift-import", "run", report.files["rejects"]]))
         )
     return lines + _preview_lines(report)
 
@@ -348,7 +389,10 @@ def _concurrency_lines(report: ImportReport) -> list[str]:
 
 def validation_lines(report: ImportReport) -> list[str]:
     """What ``validate`` prints: the mapping as a table, the verdict, the first payloads."""
-    lines = [f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s", "mapping:"]
+    lines = [f"validated {report.source} (nothing sent) in {report.duration_s:.1f} s"]
+    if report.preset:
+        lines.append(f"preset: {report.preset} (blueshift-import presets show {report.preset})")
+    lines.append("mapping:")
     width = max((len(source) for source, _ in report.mapping), default=0)
     for source, target in report.mapping:
         lines.append(f"  {source:<{width}}  {target if target[0] == '(' else '-> ' + target}")

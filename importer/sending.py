@@ -22,12 +22,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
+from urllib.parse import urlsplit
 
 import aiohttp
 import backoff
 import orjson
 
-from .errors import ApiKeyRejected, ApiUnavailable, RunStopped, TransientApiError
+from .errors import ApiKeyRejected, ApiUnavailable, ApiUnreachable, RunStopped, TransientApiError
 from .options import ImportOptions
 from .pacing import Pacer
 from .records import Batch, Outcome
@@ -67,6 +68,35 @@ def classify_status(status: int) -> str:
     if status in (400, 422):
         return BISECT
     return FAIL
+
+
+def unreachable_cause(exc: aiohttp.ClientError) -> str | None:
+    """What says the API's address is wrong in a connection error, or None for any other.
+
+    A name that does not resolve, a certificate that is not trusted, a port
+    nothing listens on. Before the API has answered once in a run they stop
+    it at once (a typo in the base URL never heals); after, the host was
+    right, and a refusal (a restarting server) is retried like other
+    network errors.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"the name does not resolve ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate is not trusted ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return "connection refused (nothing listens on that port)"
+    return None
+
+
+def _label(failure: TransientApiError) -> str:
+    """A failed attempt in words that quote nothing from a record (for info logs)."""
+    if failure.kind in ("timeout", "connection"):
+        return str(failure)
+    if failure.kind == "http":
+        return f"HTTP {failure.status}"
+    return {"record": "per-record error", "unconfirmed": "unreadable 2xx answer"}[failure.kind]
 
 
 def is_transient_record_error(message: str) -> bool:
@@ -211,6 +241,8 @@ class SendStats:
     last_success: float = field(default_factory=time.monotonic)
     #: ``time.monotonic()`` when the first request left, or None before it.
     first_request_at: float | None = None
+    #: Whether the API has answered anything (any status) in this run.
+    answered: bool = False
 
 
 def retry_waits(base: float, max_wait: float) -> Iterator[float]:
@@ -280,7 +312,7 @@ class Sender:
         try:
             async with self._session.post(self.url, data=batch.body()) as resp:
                 body = await resp.read()
-                answered = True
+                answered = self.stats.answered = True
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 self.stats.status_counts[str(resp.status)] += 1
                 return resp.status, body, retry_after
@@ -291,6 +323,12 @@ class Sender:
             ) from exc
         except aiohttp.ClientError as exc:
             self.stats.status_counts["connection_error"] += 1
+            cause = unreachable_cause(exc)
+            if cause is not None and not self.stats.answered:
+                host = urlsplit(self.url).netloc
+                check = "base_url" if self.options.base_url else "region"
+                message = f"cannot reach the API at {host}: {cause}; check {check}"
+                raise self._halt(ApiUnreachable(message, check)) from exc
             raise TransientApiError(
                 f"connection error ({type(exc).__name__})", None, "connection"
             ) from exc
@@ -349,7 +387,7 @@ class Sender:
                     batch, failure = retry
                     raise failure
                 if action == STOP:
-                    raise self._halt(ApiKeyRejected(f"API key rejected (HTTP {code})"))
+                    raise self._halt(self._key_rejected(code))
                 failure = TransientApiError(error_message(code, body), code, "http")
                 if action in (SPLIT, BISECT):
                     await self._split(batch, done, attempts, failure)
@@ -378,10 +416,29 @@ class Sender:
                 wait = retry_wait(next(waits), retry_after, status, self.options.max_backoff)
                 self._check_alive(wait)
                 self.stats.retries += 1
-                log.debug("batch %d: %s; retry %d in %.3f s", batch.seq, failure, used, wait)
+                # Info (-v) names the status only: an error body may quote a record.
+                log.info(
+                    "batch %d (%d records): %s; retry %d in %.1f s",
+                    batch.seq, len(batch), _label(failure), used, wait,
+                )  # fmt: skip
+                log.debug("batch %d: %s", batch.seq, failure)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._interrupted.wait(), wait)
                     return  # interrupted while waiting
+
+    def _key_rejected(self, code: int) -> ApiKeyRejected:
+        """The stop for a 401 or 403, saying where the key was sent and what to check."""
+        o = self.options
+        if o.base_url:
+            where, hint = f"by {o.resolved_base_url}", "check the key and base_url"
+        else:
+            where = f"by {o.resolved_base_url} (region {o.region})"
+            other = "us" if o.region == "eu" else "eu"
+            an = "an" if other == "eu" else "a"
+            hint = f"check the key; {an} {other.upper()} account's key needs region {other}"
+        return ApiKeyRejected(
+            f"API key rejected (HTTP {code}) {where}: {hint}", "base_url", "region"
+        )
 
     def _failed(
         self, batch: Batch, status: int | None, error: str, attempts: int, kind: str
@@ -413,7 +470,10 @@ class Sender:
             return
         self.stats.splits += 1
         first, second = batch.split()
-        log.debug("batch %d: %s; splitting %d records in two", batch.seq, failure, len(batch))
+        log.info(
+            "batch %d: %s; splitting %d records in two", batch.seq, _label(failure), len(batch)
+        )
+        log.debug("batch %d: %s", batch.seq, failure)
         await self._deliver(first, done, attempts, 0)
         await self._deliver(second, done, attempts, 0)
 

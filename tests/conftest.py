@@ -24,6 +24,12 @@ from importer.options import ImportOptions
 API_KEY = DEFAULT_KEY
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each test in its temp dir: a run's default rejects file lands in the working one."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def fake_api() -> Iterator[FakeApiServer]:
     """A well-behaved fake API with no rate limit."""
@@ -124,10 +130,17 @@ def generated_rows(n: int, seed: int = 7, invalid_every: int = 0) -> list[list[s
     return list(generate_rows(n, seed, invalid_every))
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The user's state directory (the default state's home) is the test's temp dir,
+    so no test reads or writes the real one."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Result]:
     """Invoke ``blueshift-import`` in-process; returns click's Result (exit_code, output)."""
-    # The default state lives in the working directory: keep it in the test's temp dir.
+    # A state per test (tests of the default location unset it).
     monkeypatch.setenv("BLUESHIFT_IMPORT_STATE", str(tmp_path / "state" / "state.sqlite"))
     monkeypatch.delenv("BLUESHIFT_API_KEY", raising=False)
     monkeypatch.delenv("BLUESHIFT_REGION", raising=False)

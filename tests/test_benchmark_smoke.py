@@ -120,3 +120,14 @@ def test_pace_benchmark_shares_one_limit_between_imports(
     assert {r["shared_processes"] for r in rows} <= {1, 2} and rows[0]["fallback"] is None
     assert results["verdicts"][0].startswith("PASS  delivered: 400 customers in 2 files")
     assert "PASS  delivered" in capsys.readouterr().out
+
+
+def test_state_size_benchmark_meets_its_goals_on_a_small_state(tmp_path: Path) -> None:
+    from benchmarks.state_size import measure
+
+    n = 20_000
+    nights = measure(n, tmp_path)
+    assert [r["sent"] for r in nights] == [n, n // 10]  # night 2: one in ten changed
+    for r in nights:
+        assert r["at_rest"] / n <= 64 and r["peak"] / n <= 96, r
+    assert b"example.com" not in (tmp_path / "state.sqlite").read_bytes()

@@ -198,7 +198,7 @@ def test_phone_national_format_uses_region():
 
 
 def test_phone_region_unknown_is_usage_error():
-    with pytest.raises(UsageError, match="--phone-region"):
+    with pytest.raises(UsageError, match="phone_region"):
         one("phone_number", "2025550123", phone_region="XX")
 
 

@@ -48,7 +48,7 @@ def _run_sample(cli, fake_api, tmp_path: Path, name: str):
         "--rate",
         "500",
         "--rejects",
-        str(tmp_path / "rejects.csv"),
+        str(tmp_path / f"rejects.{sample.suffix[1:]}"),  # in the input's format
         "--dead-letter",
         str(tmp_path / "dead.jsonl"),
         "--report",
@@ -75,9 +75,14 @@ def test_cli_imports_sample_files_each_valid_customer_once(cli, fake_api, tmp_pa
             re.fullmatch(r"\+[1-9]\d{4,12}", c.get("phone_number", "+10000"))
             for c in fake_api.state.applied
         )
-        assert (out / "dead.jsonl").read_bytes() == b""
-        with (out / "rejects.csv").open(newline="") as f:
-            lines = {int(r["record"]): (r["outcome"], r["reason"]) for r in csv.DictReader(f)}
+        assert not (out / "dead.jsonl").exists()  # nothing dead-lettered: no empty file
+        if name.endswith(".csv"):
+            with (out / "rejects.csv").open(newline="") as f:
+                rejects = [(int(r["_line"]) - 1, r) for r in csv.DictReader(f)]
+        else:
+            rows = (out / "rejects.jsonl").read_bytes().splitlines()
+            rejects = [(r["_line"], r) for r in map(json.loads, rows)]
+        lines = {n: (r["_outcome"], r["_reason"]) for n, r in rejects}
         assert sorted(lines) == sorted(missing + bad_email)
         missing_line = ("rejected", "missing identifier: no email or customer_id")
         assert all(lines[n] == missing_line for n in missing)

@@ -203,7 +203,7 @@ def test_json_report_schema(cli, fake_api, tmp_path):
         "reject_reasons": dict,
         "dead_letter_reasons": dict,
         "rate_limit": float,
-        "achieved_rate": float,
+        "achieved_rate": float,  # null only for a dry run
         "final_rate": float,
         "files": dict,
         "mapping": list,
@@ -219,7 +219,9 @@ def test_json_report_schema(cli, fake_api, tmp_path):
     assert report["error_rate"] == pytest.approx(1 / 61, abs=1e-6)
     assert report["mapping"] == [["email", "email"], ["customer_id", "customer_id"]]
     assert report["files"]["report"] == str(report_path)
-    assert set(report["files"]) == {"report", "state"}
+    # The rejected row went to a rejects file beside the report, though none was asked for.
+    assert set(report["files"]) == {"report", "state", "rejects"}
+    assert Path(report["files"]["rejects"]).parent == tmp_path
     assert set(report["accounting"]) == {"balanced", "line"}
     assert "preview" not in report
 
@@ -238,11 +240,10 @@ def test_rerun_command_repeats_connection_options_but_never_the_key(tmp_path):
 # -- output without a terminal -------------------------------------------------------
 
 
-@pytest.mark.parametrize("quiet", [False, True])
-def test_non_tty_output_has_no_control_characters(cli, make_fake_api, tmp_path, quiet):
+def test_non_tty_output_has_no_control_characters(cli, make_fake_api, tmp_path):
     server = make_fake_api()
     path = write_csv(tmp_path / "c.csv", _rows(200, missing_id=2))
-    args = ["--rate", "20", "--status-every", "0.01"] + (["--quiet"] if quiet else [])
+    args = ["--rate", "20", "--status-every", "0.01"]
     result = cli(
         "run", str(path), "--base-url", server.url, *args, "--rejects", str(tmp_path / "r.csv"),
         env={"BLUESHIFT_API_KEY": API_KEY},
@@ -254,19 +255,38 @@ def test_non_tty_output_has_no_control_characters(cli, make_fake_api, tmp_path, 
     # Four requests at 20/s take at least 0.15 s: several 0.01 s ticks.
     assert status, result.stderr
     assert re.fullmatch(
-        r"status: read \d+, sent \d+, ok \d+, rejected \d+, dead \d+, retries \d+, "
-        r"rate [\d.]+/20 req/s, (concurrency \d+ of 32, )?(answers p50 [\d.]+ s p90 [\d.]+ s, )?"
+        r"status: read \d+, done \d+, sent \d+, ok \d+, rejected \d+, dead \d+, retries \d+, "
+        r"rate ([\d.]+|-)/20 req/s, (concurrency \d+ of 32, )?"
+        r"(answers p50 [\d.]+ s p90 [\d.]+ s, )?"
         r"elapsed \d+:\d\d(, \d+%)?(, eta \d+:\d\d)?",
         status[-1],
     ), status[-1]
     assert "accounting:" in result.stdout
 
 
-def test_status_every_zero_with_quiet_shows_no_status(cli, fake_api, tmp_path):
+def test_status_every_zero_shows_no_status(cli, fake_api, tmp_path):
     path = write_csv(tmp_path / "c.csv", _rows(100))
-    result = _run(cli, fake_api, path, "--quiet", "--status-every", "0")
+    result = _run(cli, fake_api, path, "--status-every", "0")
     assert result.exit_code == 0
     assert "status:" not in result.stderr
+
+
+def test_quiet_prints_only_errors_and_the_accounting_line(cli, make_fake_api, tmp_path):
+    server = make_fake_api(faults={503: 0.3}, seed=3)
+    path = write_csv(tmp_path / "c.csv", _rows(300, missing_id=2))
+    result = _run(cli, server, path, "-q", "--status-every", "0.01", "--max-backoff", "0.01")
+    assert result.exit_code == 1  # the rows without an identifier
+    assert result.stdout.splitlines() == [
+        "accounting: rows read 302 = succeeded 300 + rejected 2 + dead-lettered 0 + merged 0 "
+        "(balanced)"
+    ]
+    assert result.stderr == ""
+    stopped = _run(cli, server, path, "-q", "--base-url", "http://127.0.0.1:9")
+    assert stopped.exit_code == 2 and len(stopped.stdout.splitlines()) == 1
+    assert stopped.stderr.splitlines() == [
+        "error: cannot reach the API at 127.0.0.1:9: connection refused "
+        "(nothing listens on that port); check --base-url"
+    ]
 
 
 def test_json_log_format_writes_json_lines_on_stderr(cli, make_fake_api, tmp_path):
@@ -326,15 +346,16 @@ def test_status_line_rate_and_eta_from_bytes_read():
     # more requests: 5 requests/s, and the last 62.5 % of the file take 25 s more.
     counts = {"rows_read": 2_000, "bytes_read": 50_000, "succeeded": 1_490}
     _report_at(lines, clock, 120.0, **counts, requests=60)
+    # 1,490 sent in 10 s after 490: 100 a second, 2,490 of the file's 3,980 left to send.
     assert lines.status_line() == (
-        "status: read 2000, sent 1490, ok 1490, rejected 10, dead 0, retries 0, "
+        "status: read 2000, done 1500, sent 1490, ok 1490, rejected 10, dead 0, retries 0, "
         "rate 5.0/5 req/s, elapsed 0:20, 38%, eta 0:25"
     )
     # Once calls were answered: the concurrency in use and the answer times too.
     lines.report.concurrency, lines.report.concurrency_ceiling = 3, 32  # type: ignore[union-attr]
     lines.report.answer_time_s = {"mean": 0.5, "p50": 0.48, "p90": 0.7, "p99": 0.9}  # type: ignore[union-attr]
     assert lines.status_line() == (
-        "status: read 2000, sent 1490, ok 1490, rejected 10, dead 0, retries 0, "
+        "status: read 2000, done 1500, sent 1490, ok 1490, rejected 10, dead 0, retries 0, "
         "rate 5.0/5 req/s, concurrency 3 of 32, answers p50 0.48 s p90 0.70 s, "
         "elapsed 0:20, 38%, eta 0:25"
     )
@@ -362,8 +383,21 @@ def test_live_display_renders_counts_rate_and_eta():
     for part in ("rows read 200", "sent 160", "succeeded 150", "dead-lettered 10", "retries 1"):
         assert part in text
     assert "0.5 of 5 req/s  concurrency 2 of 32" in text and "API 200: 3, 429: 1" in text
-    # 160 of 200 rows in half of the file: 40 %, after 16 % 8 s ago: 60 % more take 0:20.
-    assert "40%" in text and "elapsed 0:16  ETA 0:20" in text
+    # 160 of 200 rows in half of the file: 40 %; 80 sent in 8 s: the 240 left take 0:24.
+    assert "40%" in text and "elapsed 0:16  ETA 0:24" in text
+
+
+def test_rejected_rows_do_not_speed_up_the_eta_and_no_rate_shows_before_it_is_known():
+    clock = _Clock(0.0)
+    lines = RunProgress(io.StringIO(), clock=clock)
+    # The whole file read at once: 680 of its 1,000 rows rejected, 50 sent in the first second.
+    counts = {"rows_read": 1_000, "bytes_read": 100_000, "rejected": 680, "succeeded": 50}
+    _report_at(lines, clock, 1.0, **counts, requests=1)
+    first = lines.status_line()
+    assert "rate -/5 req/s" in first and "eta" not in first
+    _report_at(lines, clock, 2.0, succeeded=100, requests=2)
+    # 78 % done, but the 220 customers left to send go at 50 a second: 4 s, not 0.
+    assert lines.status_line().endswith("78%, eta 0:04")
 
 
 def test_summary_lines_are_plain_text():
@@ -562,3 +596,77 @@ except UsageError:
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout, proc.stderr) == ("", "")
     assert [c["email"] for c in fake_api.state.applied] == ["zoe@example.com"]
+
+
+# -- honest progress: -v, timestamps, dry runs, counts that add up ------------------------
+
+ISO_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (INFO|WARNING|ERROR|DEBUG) ")
+
+
+def test_verbose_logs_one_timestamped_line_per_retry_and_split(cli, make_fake_api, tmp_path):
+    server = make_fake_api(faults={503: 0.3}, seed=11)
+    rows = _rows(400)
+    path = write_csv(tmp_path / "c.csv", rows)
+    report_path = tmp_path / "r.json"
+    result = _run(
+        cli, server, path, "-v", "--max-backoff", "0.01", "--status-every", "0",
+        "--report", str(report_path), "--batch-size", "50",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    retries = [line for line in result.stderr.splitlines() if "; retry " in line]
+    assert report["retries"] > 0 and len(retries) == report["retries"]
+    assert all(ISO_LINE.match(line) and "HTTP 503" in line for line in retries), retries[:3]
+    assert not any("@example.com" in line for line in result.stderr.splitlines())
+    # Without -v, none of them.
+    quiet_run = _run(cli, server, path, "--max-backoff", "0.01", "--status-every", "0")
+    assert "; retry " not in quiet_run.stderr
+
+
+def test_verbose_logs_a_line_per_split(caplog, make_fake_api, tmp_path):
+    from importer import import_file
+
+    from .conftest import fast_options
+
+    server = make_fake_api(max_customers=10)
+    path = write_csv(tmp_path / "c.csv", _rows(40))
+    with caplog.at_level(logging.INFO, logger="importer"):
+        report = import_file(path, fast_options(server, batch_size=40))
+    splits = [r.getMessage() for r in caplog.records if "splitting" in r.getMessage()]
+    assert report.splits > 0 and len(splits) == report.splits
+    assert splits[0].endswith("HTTP 413; splitting 40 records in two")
+
+
+def test_a_dry_run_reports_no_achieved_rate(cli, tmp_path):
+    path = write_csv(tmp_path / "c.csv", _rows(120))
+    report_path = tmp_path / "r.json"
+    result = cli("run", str(path), "--dry-run", "--no-state", "--report", str(report_path))
+    assert result.exit_code == 0, result.output
+    assert json.loads(report_path.read_text())["achieved_rate"] is None
+    requests_line = next(line for line in result.stdout.splitlines() if "requests" in line)
+    assert "achieved" not in requests_line
+
+
+def test_dropped_fields_and_rejected_rows_are_counted_apart(cli, fake_api, tmp_path):
+    rows = [
+        {"email": "a@example.com", "phone": "not a phone", "gender": "robot"},
+        {"email": "", "phone": "", "gender": ""},
+        {"email": "b@example.com", "phone": "", "gender": ""},
+    ]
+    path = write_csv(tmp_path / "c.csv", rows)
+    report_path, rejects = tmp_path / "r.json", tmp_path / "rejects.csv"
+    result = _run(
+        cli, fake_api, path, "--report", str(report_path), "--rejects", str(rejects),
+        "--max-error-rate", "0.5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert (report["succeeded"], report["rejected"], report["dropped_fields"]) == (2, 1, 2)
+    assert sum(report["reject_reasons"].values()) == report["rejected"]
+    reasons = report["dropped_field_reasons"].values()
+    dropped = sum(n for by_reason in reasons for n in by_reason.values())
+    assert dropped == report["dropped_fields"]
+    lines = rejects.read_text().splitlines()[1:]
+    assert len(lines) == report["rejected"] + report["dropped_fields"]
+    assert "  rejected         1" in result.stdout
+    assert "  fields dropped   2 (invalid values left out of rows sent)" in result.stdout

@@ -144,7 +144,7 @@ def test_stripe_like_export_sends_every_customer_id_and_reports_the_conflict(fak
     ]
     assert (report.succeeded, report.rejected, report.merged_duplicates) == (3, 0, 0)
     assert report.identifier_conflicts == 2 and report.accounting_ok
-    lines = (tmp_path / "rejects.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
-    rows = list(csv.DictReader(lines))
-    assert [row["outcome"] for row in rows] == ["conflict", "conflict"]
+    with (tmp_path / "rejects.csv").open(newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert [(line["id"], line["_line"]) for line in lines] == [(rows[0][0], "2"), (rows[1][0], "3")]
+    assert all(line["_outcome"] == "conflict" for line in lines)

@@ -267,14 +267,15 @@ def test_delivery_401_mid_run_stops_at_once(make_fake_api, tmp_path):
     dead = tmp_path / "dead.jsonl"
     report_path = tmp_path / "report.json"
     options = fast_options(server, concurrency=1, dead_letter_path=dead, report_path=report_path)
-    with pytest.raises(ApiKeyRejected, match=r"^API key rejected \(HTTP 401\)$") as info:
+    with pytest.raises(ApiKeyRejected, match=r"^API key rejected \(HTTP 401\) by http:") as info:
         import_file(_file(tmp_path, 2000), options)
     statuses = [r.status for r in server.state.requests]
     assert statuses == [200] * 5 + [401]  # no call after the 401
     report = info.value.report  # type: ignore[attr-defined]
     assert report.succeeded == 250 and report.dead_lettered == 0 and _dead(dead) == []
     assert report.not_sent == 1750 and report.accounting_ok
-    assert json.loads(report_path.read_text())["stopped"] == "API key rejected (HTTP 401)"
+    stopped = json.loads(report_path.read_text())["stopped"]
+    assert stopped == f"API key rejected (HTTP 401) by {server.url}: check the key and base_url"
 
 
 def test_delivery_401_with_requests_in_flight(make_fake_api, tmp_path, cli):
@@ -521,7 +522,7 @@ def test_signal_stops_cleanly_with_report(make_fake_api, tmp_path, signum, code)
     assert report["succeeded"] == len(server.state.applied) > 0
     assert report["not_sent"] > 0
     assert calls < 100  # it stopped reading instead of sending the whole file
-    assert (tmp_path / "dead.jsonl").exists()
+    assert not (tmp_path / "dead.jsonl").exists()  # nothing dead-lettered: no empty file
 
 
 def test_second_ctrl_c_exits_at_once(make_fake_api, tmp_path):

@@ -199,9 +199,10 @@ def test_salesforce_contacts_with_three_phone_columns_never_stop_the_run(cli, fa
                 assert sent[key] == _e164(row[column[header]], code)
             else:
                 assert key not in sent
-        # Salesforce's own time format, zone and all, arrives as UTC.
-        assert sent["created_date"] == row[column["CreatedDate"]][:19] + "Z"
-        assert sent["has_opted_out_of_email"] is (row[column["HasOptedOutOfEmail"]] == "true")
+        # The salesforce-contact preset: Salesforce's own time format, zone and all,
+        # arrives as UTC in joined_at; opted out of e-mail is unsubscribed.
+        assert sent["joined_at"] == row[column["CreatedDate"]][:19] + "Z"
+        assert sent["unsubscribed"] is (row[column["HasOptedOutOfEmail"]] == "true")
 
 
 def test_rejects_file_lists_each_dropped_field(fake_api, tmp_path):
@@ -212,11 +213,11 @@ def test_rejects_file_lists_each_dropped_field(fake_api, tmp_path):
     report = import_file(path, fast_options(fake_api, rejects_path=rejects))
     with rejects.open(newline="") as f:
         lines = list(csv.DictReader(f))
-    phone = [line for line in lines if line["column"] == "Phone"]
-    assert [(p["record"], p["value"], p["outcome"]) for p in phone] == [
-        ("2", "06 12", "field dropped")
+    phone = [line for line in lines if line["_column"] == "Phone"]
+    assert [(p["_line"], p["Phone"], p["_value"], p["_outcome"]) for p in phone] == [
+        ("3", "06 12", "06 12", "field dropped")
     ]
-    assert phone[0]["reason"].endswith("(read as a number of CA)")
+    assert phone[0]["_reason"].endswith("(read as a number of CA)")
     assert report.succeeded == 60 and report.dropped_fields == len(lines)
 
 

@@ -39,7 +39,8 @@ def _args(case: Case, path: Path, out: Path, url: str) -> list[str]:
         "--report",
         str(out / "report.json"),
         "--rejects",
-        str(out / "rejects.csv"),
+        # Rejects are written in the input's format.
+        str(out / ("rejects.jsonl" if ".jsonl" in case.file else "rejects.csv")),
         "--dead-letter",
         str(out / "dead.jsonl"),
         *case.options,
@@ -101,5 +102,5 @@ def test_hostile_rows_land_where_expected(cli, api, corpus, tmp_path):
     assert result.exit_code == 1
     assert len(api.state.applied) == 20
     rejects = (tmp_path / "rejects.csv").read_text().splitlines()
-    assert len(rejects) == 2 and rejects[1].startswith("1,2,")
+    assert len(rejects) == 2 and ",2,rejected," in rejects[1]
     assert "longer than" in rejects[1]

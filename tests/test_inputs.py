@@ -5,6 +5,7 @@ and an HTTPS file server on loopback with a certificate of its own."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime
 import gzip
 import ipaddress
@@ -22,9 +23,10 @@ from pathlib import Path
 
 import fsspec
 import orjson
+import pandas as pd
 import pytest
 
-from importer import import_file
+from importer import import_file, import_records
 from importer.errors import InputChanged, InputUnreadable, UsageError
 from importer.fake_api import FakeApiServer
 from importer.outcomes import ImportReport
@@ -145,16 +147,17 @@ def test_set_of_files_is_one_run_with_a_section_per_file(make_fake_api, tmp_path
     for request in server.state.requests:
         assert len({part_of[i] for i in request.ids if i in part_of}) == 1
     # Rejects and dead-letter lines name their file and its record.
-    rejects = (out / "rejects.csv").read_text().splitlines()
-    assert rejects[0].endswith(",source")
-    rejected = sorted((Path(x.split(",")[-1]).name, int(x.split(",")[0])) for x in rejects[1:])
+    with (out / "rejects.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rejected = sorted((Path(r["_source"]).name, int(r["_line"])) for r in rows)
+    # Records 53, 106 ... (a header line before them).
     assert rejected == [
-        ("part-00000.csv.gz", 53),
-        ("part-00000.csv.gz", 106),
-        ("part-00001.csv.gz", 39),
-        ("part-00001.csv.gz", 92),
-        ("part-00002.csv.gz", 25),
-        ("part-00002.csv.gz", 78),
+        ("part-00000.csv.gz", 54),
+        ("part-00000.csv.gz", 107),
+        ("part-00001.csv.gz", 40),
+        ("part-00001.csv.gz", 93),
+        ("part-00002.csv.gz", 26),
+        ("part-00002.csv.gz", 79),
     ]
     dead = [orjson.loads(line) for line in (out / "dead.jsonl").read_bytes().splitlines()]
     assert sorted((Path(d["source"]).name, d["record"]) for d in dead) == [
@@ -474,3 +477,121 @@ def test_https_url_with_a_private_ca_through_ssl_cert_file(https_root, fake_api,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr  # one row has no identifier
     assert sorted(_ids(fake_api)) == [f"C{i:07d}" for i in range(1, 81) if i % NO_ID]
+
+
+# -- main's features over a set ------------------------------------------------------
+
+
+def test_limit_counts_the_rows_of_the_whole_set_and_resume_finishes_it(make_fake_api, tmp_path):
+    _parts(tmp_path / "in", 3, 120)
+    pattern = str(tmp_path / "in" / "*.csv.gz")
+    server = make_fake_api(bad_field=POISON)
+    common = {"state_path": tmp_path / "s.sqlite", "rejects_path": tmp_path / "rejects.csv"}
+    trial = import_file(pattern, fast_options(server, limit=200, **common))
+    assert report_ok(trial) and trial.rows_read == 200
+    assert [s["status"] for s in trial.inputs] == ["completed", "interrupted", "not read"]
+    assert [s.get("rows_read") for s in trial.inputs] == [120, 80, None]
+    assert set(_ids(server)) == _expected(3, 120) & {f"C{i:07d}" for i in range(1, 201)}
+
+    rest = import_file(pattern, fast_options(server, resume=True, **common))
+    assert report_ok(rest)
+    assert [s["status"].split(":")[0] for s in rest.inputs] == ["skipped", "completed", "completed"]
+    # Rows 121-200 were settled (delivered, or 142 dead-lettered) but for 159, rejected again.
+    assert rest.inputs[1]["already_done"] == 79 and rest.inputs[1]["rejected"] == 2
+    ids = _ids(server)
+    assert set(ids) == _expected(3, 120) and len(ids) == len(set(ids))  # none sent twice
+    with (tmp_path / "rejects.csv").open(newline="") as f:
+        lines = [(Path(r["_source"]).name, r["_line"]) for r in csv.DictReader(f)]
+    assert len(lines) == len(set(lines)) == 360 // NO_ID
+
+
+def report_ok(report: ImportReport) -> bool:
+    return report.accounting_ok and report.stopped is None
+
+
+def test_set_mixing_csv_with_jsonl_is_refused_before_anything_is_sent(fake_api, tmp_path):
+    csv_part = _part(tmp_path / "a.csv", 1, 5)
+    (tmp_path / "b.jsonl").write_text('{"email": "b@example.com"}\n')
+    with pytest.raises(UsageError, match="a.csv is CSV but .*b.jsonl is not"):
+        import_file([csv_part, tmp_path / "b.jsonl"], fast_options(fake_api))
+    assert fake_api.state.requests == []
+    # JSONL and Parquet share the rejects file's format: one run reads both.
+    pd.DataFrame({"email": ["p@example.com", "bad"]}).to_parquet(tmp_path / "c.parquet")
+    report = import_file(
+        [tmp_path / "b.jsonl", tmp_path / "c.parquet"],
+        fast_options(fake_api, rejects_path=tmp_path / "r.jsonl"),
+    )
+    assert report.succeeded == 2 and report.rejected == 1
+    [line] = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    assert line["email"] == "bad" and Path(line["_source"]).name == "c.parquet"
+
+
+def test_default_rejects_file_of_a_set_is_named_after_its_first_input_and_reimports(
+    make_fake_api, tmp_path, monkeypatch
+):
+    _parts(tmp_path / "in", 2, 60)
+    monkeypatch.chdir(tmp_path)
+    server = make_fake_api()
+    report = import_file(str(tmp_path / "in"), fast_options(server, state_path=None))
+    [rejects] = list(tmp_path.glob("*.rejects-*.csv"))
+    assert rejects.name.startswith("part-00000.rejects-")
+    assert Path(report.files["rejects"]).resolve() == rejects
+    with rejects.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(Path(r["_source"]).name, r["_reason"].split(":")[0]) for r in rows] == [
+        ("part-00000.csv.gz", "missing identifier"),
+        ("part-00001.csv.gz", "missing identifier"),
+    ]
+    # Fixed, the file imports again; its _ columns (_source too) are not sent.
+    for r in rows:
+        r["email"] = f"fixed{r['_line']}@example.com"
+    fixed = write_csv(tmp_path / "fixed.csv", rows)
+    again = import_file(fixed, fast_options(server, state_path=None))
+    assert again.succeeded == 2 and again.rejected == 0
+    sent = server.state.applied[-2:]
+    assert {c["email"] for c in sent} == {f"fixed{r['_line']}@example.com" for r in rows}
+    assert not any(k.startswith("_") or k == "source" for c in sent for k in c)
+
+
+def test_import_records_is_a_set_of_one(fake_api):
+    report = import_records([{"email": "r@example.com"}], fast_options(fake_api))
+    assert [(s["source"], s["status"], s["succeeded"]) for s in report.inputs] == [
+        ("<records>", "completed", 1)
+    ]
+
+
+def test_resumed_set_goes_on_in_its_run_directory_and_default_rejects_file(make_fake_api, tmp_path):
+    _parts(tmp_path / "in", 3, 120)
+    server = make_fake_api(bad_field=POISON)
+    stop = threading.Event()
+
+    def observe(report):
+        if report.rows_read > 150:
+            stop.set()
+
+    runs = tmp_path / "runs"
+    options = fast_options(
+        server,
+        state_path=tmp_path / "s.sqlite",
+        output_dir=runs,
+        rate=50.0,
+        batch_size=10,
+        concurrency=1,
+    )
+    first = import_file(tmp_path / "in", options, observer=observe, stop=stop)
+    assert [s["status"] for s in first.inputs] == ["completed", "interrupted", "not read"]
+    [run_dir] = [p for p in runs.iterdir() if p.name != "latest"]
+    [rejects] = run_dir.glob("part-00000.rejects-*.csv")
+
+    rest = import_file(tmp_path / "in", options.replace(resume=True))
+    assert report_ok(rest) and Path(rest.files["rejects"]) == rejects
+    assert [p for p in runs.iterdir() if p.name != "latest"] == [run_dir]
+    assert (runs / "latest").resolve() == run_dir.resolve()
+    ids = _ids(server)
+    assert set(ids) == _expected(3, 120)
+    with rejects.open(newline="") as f:
+        lines = [(Path(r["_source"]).name, r["_line"]) for r in csv.DictReader(f)]
+    assert len(lines) == len(set(lines)) == 360 // NO_ID
+    dead = [orjson.loads(x) for x in (run_dir / "dead-letter.jsonl").read_bytes().splitlines()]
+    keys = [(Path(d["source"]).name, d["record"]) for d in dead]
+    assert len(keys) == len(set(keys)) == sum(1 for i in range(1, 361) if i % 71 == 0 and i % 53)

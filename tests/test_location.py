@@ -120,15 +120,15 @@ def test_import_from_s3_delivers_what_the_local_file_delivers(
         fast_options(
             remote_api,
             storage_options={"endpoint_url": s3_endpoint},
-            rejects_path=tmp_path / "rejects.jsonl",
+            rejects_path=tmp_path / "rejects.csv",
         ),
     )
     assert report.source == url
     assert report.bytes_total == report.bytes_read
     assert (report.succeeded, report.rejected) == (expected.succeeded, expected.rejected)
     assert _applied(remote_api) == _applied(local_api)
-    first = orjson.loads((tmp_path / "rejects.jsonl").read_bytes().splitlines()[0])
-    assert first["source"] == url
+    header = (tmp_path / "rejects.csv").read_text().splitlines()[0]
+    assert header.endswith(",_line,_outcome,_column,_value,_reason,_read_as,_source")
 
 
 def test_cli_reaches_s3_through_aws_endpoint_url_or_storage_option(

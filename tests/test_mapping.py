@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import csv
 
 import pytest
 
@@ -135,7 +135,6 @@ target = "email"
 [columns."Signup"]
 target = "joined_at"
 type = "date"
-format = "%d/%m/%Y"
 
 [columns."Points"]
 type = "int"
@@ -152,7 +151,7 @@ def test_mapping_file_targets_types_and_drops(tmp_path):
     path = tmp_path / "mapping.toml"
     path.write_text(MAPPING_TOML)
     specs = load_mapping_file(path)
-    assert specs["Signup"] == ColumnSpec("joined_at", "date", False)  # other keys are ignored
+    assert specs["Signup"] == ColumnSpec("joined_at", "date", False)
     m = resolve_mapping(
         ["Email Address", "Signup", "Points", "Internal Notes", "City"],
         specs=specs,
@@ -165,8 +164,8 @@ def test_mapping_file_targets_types_and_drops(tmp_path):
 
 def test_mapping_explicit_map_wins_over_mapping_file(tmp_path):
     specs = {"Signup": ColumnSpec(target="joined_at", type="date")}
-    m = resolve_mapping(["Email", "Signup"], {"Signup": "signed_up"}, specs=specs)
-    assert m.targets["Signup"] == "signed_up"
+    m = resolve_mapping(["Email", "Signup"], {"Signup": "signup_source"}, specs=specs)
+    assert m.targets["Signup"] == "signup_source"
 
 
 @pytest.mark.parametrize(
@@ -179,6 +178,17 @@ def test_mapping_explicit_map_wins_over_mapping_file(tmp_path):
         ("[columns.x]\ntarget = ''", "target must be a non-empty string"),
         ("[columns.x]\ndrop = 'yes'", "drop must be true or false"),
         ("[columns.x]\ndrop = true\ntarget = 'y'", "cannot also have a target"),
+        ("[columns.x]\ntarget = 'a'\nformat = '%d'", "unknown key 'format'; use target"),
+        ("[columns.x]\ntarget = 'a'\nvalue = {a = 1}", "unknown key 'value'; did you mean values"),
+        ("[columns.x]\ninvrt = true", "did you mean invert"),
+        ("[columns.x]\nvalues = 3", "values must be a table"),
+        ("[columns.x]\ninvert = 'yes'", "invert must be true or false"),
+        ("[columns.x]\nsplit = ''", "split must be a separator"),
+        (
+            "[columns.x]\ntarget = 'joined_on'",
+            "'joined_on' is not a Blueshift field; did you mean joined_at",
+        ),
+        ("[columns.x]\ntarget = 'firstName'", "did you mean firstname"),
     ],
 )
 def test_mapping_file_errors_are_one_line(tmp_path, text, message):
@@ -225,7 +235,7 @@ def test_cli_validate_shows_mapping_counts_and_payloads(cli, tmp_path):
         "--show",
         "1",
         "--rejects",
-        str(tmp_path / "rejects.jsonl"),
+        str(tmp_path / "rejects.csv"),
     )
     assert result.exit_code == 1, result.output  # rows were rejected
     out = result.stdout
@@ -239,8 +249,8 @@ def test_cli_validate_shows_mapping_counts_and_payloads(cli, tmp_path):
     payloads = [line.strip() for line in out.splitlines() if line.startswith("  {")]
     assert payloads == ['{"city":"Oslo","email":"a@x.io","joined_at":"2024-01-02","points":10}']
     assert "secret" not in out
-    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
-    assert sorted((r["record"], r["line"]) for r in rejects) == [(3, 4), (4, 5)]
+    with (tmp_path / "rejects.csv").open(newline="") as f:
+        assert sorted(r["_line"] for r in csv.DictReader(f)) == ["4", "5"]
 
 
 def test_cli_validate_all_valid_exit_0_and_matches_dry_run(cli, tmp_path):
@@ -288,3 +298,61 @@ def test_cli_ambiguous_columns_exit_2_naming_both(cli, tmp_path):
     result = cli("validate", str(path))
     assert result.exit_code == 2
     assert "'E-Mail' and 'Email Address' both map to 'email'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "field"),
+    [
+        ("joined_on", "joined_at"),
+        ("firstName", "firstname"),
+        ("e_mail", "email"),
+        ("emial", "email"),
+        ("Last_Nme", "lastname"),
+        ("opt_out", "unsubscribed"),
+        ("phone", "phone_number"),
+    ],
+)
+def test_map_target_that_looks_like_a_field_is_refused(target, field):
+    with pytest.raises(MappingError, match=f"did you mean {field}\\?"):
+        resolve_mapping(["Email", "X"], {"X": target})
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "loyalty_tier",
+        "customer_type",
+        "unsubscribe_reason",
+        "hubspot_record_id",
+        "tags",
+        "city",
+        "name",
+        "signup_source",
+        "birthdate",
+    ],
+)
+def test_custom_attribute_targets_unlike_any_field_stay_custom(target):
+    assert resolve_mapping(["Email", "X"], {"X": target}).targets["X"] == target
+
+
+def test_mapping_file_target_equal_to_the_automatic_name_is_kept(tmp_path):
+    # A starter config names every custom attribute as automatic matching does.
+    path = tmp_path / "m.toml"
+    path.write_text('[columns."Joined On"]\ntarget = "joined_on"\n')
+    assert load_mapping_file(path)["Joined On"].target == "joined_on"
+
+
+def test_values_and_invert_are_read_case_folded(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[columns.Consent]\ntarget = "unsubscribed"\nvalues = { " Yes " = false, NO = true }\n'
+        '[columns.Accepts]\ntarget = "accepts_marketing"\ninvert = true\n'
+    )
+    specs = load_mapping_file(path)
+    assert specs["Consent"].values == {"yes": False, "no": True}
+    assert specs["Accepts"].invert
+    m = resolve_mapping(["Email", "Consent", "Accepts"], specs=specs)
+    assert set(m.translations) == {"Consent", "Accepts"}
+    # --map names the column: its own target, no translation.
+    m = resolve_mapping(["Email", "Consent"], {"Consent": "consent_text"}, specs=specs)
+    assert m.translations == {}

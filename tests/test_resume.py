@@ -8,6 +8,7 @@ API, so what each attempt sent is known exactly.
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import signal
@@ -148,9 +149,8 @@ def _check_output_files(tmp: Path, n: int) -> None:
     """Each refused row is in the dead-letter file once, each rejected row in the rejects once."""
     dead = [orjson.loads(line)["record"] for line in (tmp / "dead.jsonl").read_bytes().splitlines()]
     assert sorted(dead) == [i for i in range(1, n + 1) if i % BAD_EMAIL == 0 and i % NO_ID]
-    lines = (tmp / "rejects.csv").read_text().splitlines()
-    assert lines[0].startswith("record,")
-    rejected = [int(line.split(",", 1)[0]) for line in lines[1:]]
+    with (tmp / "rejects.csv").open(newline="") as f:
+        rejected = [int(row["_line"]) - 1 for row in csv.DictReader(f)]
     assert sorted(rejected) == [i for i in range(1, n + 1) if i % NO_ID == 0]
 
 
@@ -308,7 +308,7 @@ def test_nightly_changed_only_sends_only_changed_and_new_customers(make_fake_api
 
     # One API throughout: payload hashes belong to the destination they were confirmed by.
     api = make_fake_api(bad_field=POISON)
-    assert night(a).exit_code == 1  # the rows without an identifier are rejected
+    assert night(a, "--changed-only").exit_code == 1  # rows without an identifier are rejected
     seen = len(api.state.applied), len(api.state.requests)
     result = night(a2, "--changed-only")
     assert result.exit_code == 1, result.output
@@ -334,7 +334,11 @@ def test_second_concurrent_run_on_one_state_exits_2_naming_the_first(make_fake_a
     proc = _start_run(path, first, state, tmp_path, "--rate", "20", "--max-error-rate", "0.1")
     _wait_for_requests(first, proc, 2)
     second = make_fake_api(bad_field=POISON)
-    result = cli("run", str(path), "--base-url", second.url, "--state", str(state))
+    # The same state under another name: the lock is taken on the file the link points to.
+    link = tmp_path / "elsewhere" / "state-link.sqlite"
+    link.parent.mkdir()
+    link.symlink_to(state)
+    result = cli("run", str(path), "--base-url", second.url, "--state", str(link))
     assert result.exit_code == 2
     assert f"PID {proc.pid}" in result.output
     assert second.state.requests == []
@@ -347,6 +351,7 @@ def test_second_concurrent_run_on_one_state_exits_2_naming_the_first(make_fake_a
         assert conn.execute("SELECT status, confirmed FROM runs").fetchall() == [
             ("completed", len(_expected_ids(n)))
         ]
-        assert conn.execute("SELECT count(*) FROM payloads").fetchone() == (len(_expected_ids(n)),)
+        # Without --changed-only no payload hash is kept.
+        assert conn.execute("SELECT count(*) FROM payloads").fetchone() == (0,)
     finally:
         conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -16,12 +17,11 @@ import time
 import traceback
 from pathlib import Path
 
-import orjson
 import pytest
 import requests
 
 from importer import ImportOptions, import_file
-from importer.errors import ApiKeyRejected
+from importer.errors import ApiKeyRejected, ApiUnreachable
 from importer.outcomes import neutralise_formula
 
 from .conftest import API_KEY, fast_options, write_csv
@@ -115,7 +115,7 @@ def test_security_library_and_fake_api_logs_hold_no_key(make_fake_api, tmp_path,
         server,
         api_key=SECRET,
         batch_size=5,
-        rejects_path=tmp_path / "r.jsonl",
+        rejects_path=tmp_path / "r.csv",
         dead_letter_path=tmp_path / "d.jsonl",
         report_path=tmp_path / "report.json",
     )
@@ -293,25 +293,29 @@ def test_security_tls_certificate_is_verified(tmp_path):
             timeout=5.0,
         )
         path = write_csv(tmp_path / "c.csv", [["a@example.com"]], ["email"])
-        report = import_file(path, options)
+        # Stopped at once, naming host and cause: retrying cannot make a certificate trusted.
+        message = f"cannot reach the API at 127.0.0.1:{port}: its TLS certificate is not trusted"
+        with pytest.raises(ApiUnreachable, match=re.escape(message)) as info:
+            import_file(path, options)
     finally:
         done.set()
         thread.join(5)
         listener.close()
-    assert report.succeeded == 0 and report.dead_lettered == 1
+    report = info.value.report
+    assert report is not None and report.succeeded == 0 and report.not_sent == 1
     assert received == [] and refused, "the client sent a request over an unverified connection"
 
 
 # -- files holding records ----------------------------------------------------------------------
 
 
-def test_security_output_files_are_private_even_with_a_permissive_umask(fake_api, tmp_path):
+def test_security_output_files_are_private_even_with_a_permissive_umask(make_fake_api, tmp_path):
     old = os.umask(0)
     try:
         report = import_file(
             _mixed_file(tmp_path),
             fast_options(
-                fake_api,
+                make_fake_api(bad_field=REFUSED),  # one customer dead-lettered
                 rejects_path=tmp_path / "r.csv",
                 dead_letter_path=tmp_path / "d.jsonl",
                 report_path=tmp_path / "report.json",
@@ -319,7 +323,7 @@ def test_security_output_files_are_private_even_with_a_permissive_umask(fake_api
         )
     finally:
         os.umask(old)
-    assert report.rejected >= 1
+    assert report.rejected >= 1 and report.dead_lettered == 1
     for name in ("r.csv", "d.jsonl", "report.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
 
@@ -336,17 +340,19 @@ def test_security_existing_output_not_overwritten(cli, fake_api, tmp_path, flag)
     assert fake_api.state.requests == []  # refused before anything was sent
     result = cli(*args, "--overwrite", env={"BLUESHIFT_API_KEY": API_KEY})
     assert result.exit_code == 1, result.output
-    assert target.read_text() != "previous run\n"
+    # Replaced; nothing was dead-lettered, so that file is gone rather than left empty.
+    assert (
+        (not target.exists()) if flag == "--dead-letter" else target.read_text() != "previous run\n"
+    )
 
 
 def test_security_csv_rejects_neutralise_formulas(cli, tmp_path):
-    starts = ["=1+1", "+1", "-1", "@SUM(A1)", "\tTAB", "\rCR"]
-    path = tmp_path / "in.jsonl"
-
-    path.write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in starts) + b'{"email": "a@x.io"}\n')
-    result = cli("validate", str(path), "--rejects", str(tmp_path / "r.csv"))
+    starts = ["=1+1", "+1", "-1", "@SUM(A1)", "\tTAB", "'=guarded"]
+    path = write_csv(tmp_path / "in.csv", [["", s] for s in starts], ["email", "note"])
+    result = cli("validate", str(path), "--delimiter", ",", "--rejects", str(tmp_path / "r.csv"))
     assert result.exit_code == 1, result.output
     with (tmp_path / "r.csv").open(newline="") as f:
-        values = [row["value"] for row in csv.DictReader(f)]
+        values = [row["note"] for row in csv.DictReader(f)]
     assert values == ["'" + s for s in starts]
     assert neutralise_formula("plain") == "plain" and neutralise_formula(5) == 5
+    assert neutralise_formula("'6812") == "'6812"  # a guard of the export's own stays as it is

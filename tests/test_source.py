@@ -90,8 +90,9 @@ def test_source_encoding_override_wins(tmp_path):
     rows, _ = _read(path, encoding="latin-1")
     assert rows[0][2]["name"] == "Øyvind"
     assert detect_encoding(b"abc", "latin-1") == ("latin-1", None)
-    with pytest.raises(InputUnreadable, match="unknown encoding"):
-        detect_encoding(b"abc", "no-such-codec")
+    for name in ("no-such-codec", "rot13", "base64"):
+        with pytest.raises(InputUnreadable, match="unknown text encoding"):
+            detect_encoding(b"abc", name)
 
 
 def test_source_wrong_encoding_override_is_one_clear_error(tmp_path):

@@ -15,17 +15,18 @@ import pytest
 from importer.errors import InputChanged, StateError, StateLocked, UsageError
 from importer.records import Customer, Outcome, Reject, encode_payload
 from importer.state import (
+    Account,
     ConfirmationWriter,
     Fingerprint,
     StateReader,
     StateStore,
     open_summary,
     parse_age,
-    payload_hash,
 )
 from importer.state.store import RANGE_SPAN, record_ranges
 
 SETTINGS = {"batch_size": 50, "column_map": []}
+ACCOUNT = Account("https://api.getblueshift.com", "key")
 
 
 def _fingerprint(path: Path | str) -> Fingerprint:
@@ -50,12 +51,18 @@ def test_record_ranges_compress_consecutive_numbers_and_cap_the_span():
     assert sum(hi - lo + 1 for lo, hi in ranges) == 200
 
 
-def test_payload_hash_ignores_key_order_but_not_values():
-    def digest(payload: dict) -> bytes:
-        return payload_hash(encode_payload(payload))
+def test_account_hashes_ignore_key_order_and_depend_on_the_key():
+    def digest(payload: dict, account: Account = ACCOUNT) -> bytes:
+        return account.payload(encode_payload(payload))
 
     assert digest({"a": 1, "b": "x"}) == digest({"b": "x", "a": 1})
     assert digest({"a": 1}) != digest({"a": 2})
+    other_key = Account("https://api.getblueshift.com", "another key")
+    other_url = Account("https://api.eu.getblueshift.com", "key")
+    assert len({a.customer("a@example.com") for a in (ACCOUNT, other_key, other_url)}) == 3
+    assert digest({"a": 1}) != digest({"a": 1}, other_key)
+    assert len(ACCOUNT.customer("a@example.com")) == 16 and len(digest({"a": 1})) == 8
+    assert len({a.file_name for a in (ACCOUNT, other_key, other_url)}) == 3
 
 
 @pytest.mark.parametrize(
@@ -118,8 +125,84 @@ def test_the_state_is_locked_where_fcntl_does_not_exist(tmp_path):
 def test_a_file_that_is_not_a_state_is_refused(tmp_path):
     path = tmp_path / "state.sqlite"
     path.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(StateError, match="not a blueshift-import state"):
+    with pytest.raises(StateError, match="is damaged or not a database .file is not a database"):
         StateStore(path)
+
+
+def test_another_programs_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")  # even a `meta`
+    conn.execute("INSERT INTO meta VALUES ('owner', 'someone else')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="database of another program"):
+        StateStore(path)
+    assert path.read_bytes() == before
+    assert not path.with_name("app.db-wal").exists()
+
+
+def test_a_symlinked_state_shares_the_lock_of_its_target(tmp_path):
+    real = tmp_path / "real" / "state.sqlite"
+    link = tmp_path / "link.sqlite"
+    with StateStore(real):
+        link.symlink_to(real)
+        with pytest.raises(StateLocked, match="in use by another run"):
+            StateStore(link)
+    with StateStore(link) as store:
+        assert store.path == real
+        with pytest.raises(StateLocked):
+            StateStore(real)
+    assert not (tmp_path / "link.sqlite.lock").exists()
+
+
+def test_an_empty_or_damaged_state_is_refused_for_resume(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(StateError, match="is empty, so there is nothing to resume"):
+        StateStore(empty, resume=True)
+    StateStore(empty).close()  # without --resume it is a new state
+
+    damaged = tmp_path / "damaged.sqlite"
+    with StateStore(damaged) as store:
+        run = store.begin_run(_fingerprint(_input(tmp_path)), SETTINGS)
+        customers = [Customer({"email": f"u{i}@example.com"}, i, i) for i in range(1, 3001)]
+        _confirm(store, run, customers)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = b"\xff" * 4096  # pages of the hash table
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(StateError, match="damaged or not a database.*move this one away"):
+        StateStore(damaged, resume=True)
+
+
+def test_a_read_only_or_truncated_state_is_one_state_error(tmp_path, monkeypatch):
+    src = _input(tmp_path)
+    path = tmp_path / "s.sqlite"
+    StateStore(path).close()
+
+    def refused(*args: object) -> int:
+        raise PermissionError(13, "Permission denied")  # as a read-only file (even for root)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("importer.state.store.os.open", refused)
+        with pytest.raises(StateError, match="cannot be used: Permission denied"):
+            StateStore(path)
+
+    # Truncated to half its size while its WAL is still there (as a crash or a bad copy leaves).
+    with StateStore(path) as store:
+        run = store.begin_run(_fingerprint(src), SETTINGS)
+        customers = [Customer({"email": f"u{i}@example.com"}, i, i) for i in range(1, 3001)]
+        writer = ConfirmationWriter(store, run, ACCOUNT)
+        writer.record([Outcome(c, True) for c in customers[:2500]], None)  # flushed
+        writer.record([Outcome(c, True) for c in customers[2500:]], None)  # in the WAL
+        wal = path.with_name("s.sqlite-wal").read_bytes()
+        writer.close()
+    assert wal
+    os.truncate(path, path.stat().st_size // 2)
+    path.with_name("s.sqlite-wal").write_bytes(wal)
+    with pytest.raises(StateError, match="damaged or not a database"):
+        StateStore(path, resume=True)
 
 
 def test_resume_continues_the_unfinished_run_and_refuses_changes(tmp_path):
@@ -145,7 +228,7 @@ def test_resume_of_stdin_is_refused(tmp_path):
 
 
 def _confirm(store: StateStore, run, customers: list[Customer], delivered: bool = True):
-    writer = ConfirmationWriter(store, run, "t")
+    writer = ConfirmationWriter(store, run, ACCOUNT)
     writer.record([Outcome(c, delivered) for c in customers], None)
     writer.finish("interrupted")
     writer.close()
@@ -159,7 +242,7 @@ def test_reader_skips_done_rows_and_unchanged_payloads_in_batches(tmp_path):
         _confirm(store, run, customers[:700])
         _confirm(store, run, customers[700:710], delivered=False)
         resumed = store.begin_run(_fingerprint(src), SETTINGS, resume=True)
-        reader = StateReader(store, resumed, "t")
+        reader = StateReader(store, resumed, ACCOUNT)
         kept, done = reader.skip_done(customers)
         assert done == 710 and [c.record for c in kept] == list(range(711, 1201))
         changed = [Customer({**c.payload, "n": -1}, c.record, c.line) for c in customers[:5]]
@@ -168,7 +251,7 @@ def test_reader_skips_done_rows_and_unchanged_payloads_in_batches(tmp_path):
         assert len(kept) == 5 + 500
         assert reader.new_rejects([Reject(3, 4, "x")]) == [Reject(3, 4, "x")]
         reader.close()
-        other = StateReader(store, resumed, "another-destination")
+        other = StateReader(store, resumed, Account("https://api.getblueshift.com", "k2"))
         assert other.skip_unchanged(customers)[1] == 0
         other.close()
 
@@ -188,9 +271,7 @@ def _tables(path: Path) -> dict[str, list]:
     try:
         return {
             "done": conn.execute("SELECT run_id, lo, hi FROM done ORDER BY lo").fetchall(),
-            "payloads": conn.execute(
-                "SELECT target, identifier, hash FROM payloads ORDER BY identifier"
-            ).fetchall(),
+            "payloads": conn.execute("SELECT id, hash FROM payloads ORDER BY id").fetchall(),
             "runs": conn.execute(
                 "SELECT status, confirmed, dead_lettered, checkpoint_bytes, checkpoint_hash, "
                 "rejects_through, rejects_offset, dead_letter_offset FROM runs"
@@ -212,7 +293,7 @@ def _kill_after_confirming(path: Path, src: Path) -> list[Customer]:
     customers = _customers()
     with StateStore(path) as store:
         run = store.begin_run(_fingerprint(src), SETTINGS)
-        writer = ConfirmationWriter(store, run, "t")
+        writer = ConfirmationWriter(store, run, ACCOUNT)
         writer.note_input((100, "abc"))
         writer.record([Outcome(c, True) for c in customers[:4]], None)
         writer.note_rejects(12, 34)
@@ -227,41 +308,70 @@ def test_writer_commits_each_batch_before_record_returns(tmp_path):
     customers = [Customer({"email": f"u{i}@example.com"}, i, i + 1) for i in range(1, 6)]
     with StateStore(path) as store:
         run = store.begin_run(_fingerprint(_input(tmp_path)), SETTINGS)
-        writer = ConfirmationWriter(store, run, "t")
+        writer = ConfirmationWriter(store, run, ACCOUNT)
         for c in customers:
             writer.record([Outcome(c, True)], None)
             other = sqlite3.connect(path)  # another connection sees it at once
-            assert other.execute("SELECT count(*) FROM payloads").fetchone() == (c.record,)
             assert other.execute("SELECT max(hi) FROM done").fetchone() == (c.record,)
+            # Payload hashes wait to be written thousands at a time (or at the end).
+            assert other.execute("SELECT count(*) FROM payloads").fetchone() == (0,)
             other.close()
+        writer.finish("completed")
         writer.close()
+    assert len(_tables(path)["payloads"]) == 5
+
+
+def test_payload_hashes_are_written_in_large_flushes_and_the_wal_stays_small(tmp_path):
+    from importer.state.store import FLUSH_MIN, PAGE_SIZE
+
+    path = tmp_path / "s.sqlite"
+    n = 6 * FLUSH_MIN + 25
+    customers = [Customer({"email": f"u{i}@example.com"}, i, i) for i in range(1, n + 1)]
+    wal, largest = path.with_name("s.sqlite-wal"), 0
+    with StateStore(path) as store:
+        run = store.begin_run(_fingerprint(_input(tmp_path)), SETTINGS)
+        writer = ConfirmationWriter(store, run, ACCOUNT)
+        for start in range(0, n, 50):
+            writer.record([Outcome(c, True) for c in customers[start : start + 50]], None)
+            largest = max(largest, wal.stat().st_size)
+        assert 0 < len(_tables(path)["payloads"]) < n  # flushed in a few large writes
+        writer.finish("completed")
+        writer.close()
+        # Without --changed-only no payload hash is kept at all.
+        plain = ConfirmationWriter(store, run, None)
+        plain.record([Outcome(Customer({"email": "new@example.com"}, n + 1, n + 1), True)], None)
+        plain.finish("completed")
+        plain.close()
+    assert len(_tables(path)["payloads"]) == n
+    # A flush touches at most the whole table once, and the WAL is then cut back.
+    assert largest <= max(1.1 * path.stat().st_size, 256 * (PAGE_SIZE + 24)) + 4 * PAGE_SIZE
 
 
 def test_a_killed_runs_confirmations_are_all_in_the_state(tmp_path):
     path = tmp_path / "s.sqlite"
     src = _input(tmp_path)
     customers = _kill_after_confirming(path, src)
-    summary = open_summary(path)  # what `state show` says
+    summary = open_summary(path)  # what `state info` says
     assert summary["runs"][0]["confirmed"] == 7 and summary["runs"][0]["dead_lettered"] == 1
-    assert summary["payload_hashes"] == {"t": 7} and summary["locked_by"] is None
+    # Hashes not yet flushed are lost: the next --changed-only run sends those again.
+    assert summary["payload_hashes"] == 0 and summary["locked_by"] is None
 
     tables = _tables(path)
     assert tables["done"] == [(1, 1, 4), (1, 5, 9)]  # ranges per batch, refused record 6 too
     assert tables["runs"] == [("running", 7, 1, 100, "abc", 12, 34, 56)]
-    hashes = {c.identifier: payload_hash(c.encoded) for c in customers if c.record != 6}
-    assert tables["payloads"] == [("t", ident, hashes[ident]) for ident in sorted(hashes)]
+    assert len(customers) == 8
 
     with StateStore(path) as store:
         resumed = store.begin_run(_fingerprint(src), SETTINGS, resume=True)
         assert resumed.resumed and resumed.checkpoint_bytes == 100
-        reader = StateReader(store, resumed, "t")
+        reader = StateReader(store, resumed, ACCOUNT)
         probe = [Customer({"email": "x@example.com"}, r, r + 1) for r in range(1, 11)]
         kept, done = reader.skip_done(probe)
         assert done == 9 and [c.record for c in kept] == [10]
         reader.close()
 
 
-def test_a_schema_2_state_gets_its_journal_applied_once_and_dropped(tmp_path):
+def test_a_schema_2_state_keeps_its_runs_and_drops_identifiers_in_clear(tmp_path):
     path = tmp_path / "s.sqlite"
     conn = sqlite3.connect(path)
     conn.executescript((Path(__file__).parent / "data" / "state_v2.sql").read_text())
@@ -272,9 +382,8 @@ def test_a_schema_2_state_gets_its_journal_applied_once_and_dropped(tmp_path):
     # The journal's ranges, its dead-lettered record 6, and the failed table's record 20.
     assert tables["done"] == [(1, 1, 4), (1, 5, 5), (1, 6, 6), (1, 7, 9), (1, 20, 20)]
     assert tables["runs"] == [("running", 7, 1, 100, "abc", 12, 34, 56)]
-    # The same digests as this version's: --changed-only still skips those customers.
-    hashes = {c.identifier: payload_hash(c.encoded) for c in _customers() if c.record != 6}
-    assert tables["payloads"] == [("t", ident, hashes[ident]) for ident in sorted(hashes)]
+    # Identifiers were kept in clear: gone, to the last byte (the next --changed-only sends all).
+    assert tables["payloads"] == [] and b"@example.com" not in path.read_bytes()
     StateStore(path).close()
     assert _tables(path) == tables
 
@@ -282,7 +391,7 @@ def test_a_schema_2_state_gets_its_journal_applied_once_and_dropped(tmp_path):
 def test_a_schema_1_state_and_a_newer_one_are_refused(tmp_path):
     path = tmp_path / "s.sqlite"
     StateStore(path).close()
-    refusals = {"1": "older version.*start a new state with --state", "4": "schema 4"}
+    refusals = {"1": "older version.*start a new state with --state", "5": "schema 5"}
     for version, message in refusals.items():
         conn = sqlite3.connect(path)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
@@ -301,7 +410,7 @@ def test_prune_and_reset_forget_old_entries(tmp_path):
         assert store.prune(3600) == {"runs": 0, "payloads": 0}
         conn = sqlite3.connect(path)
         old = time.time() - 100 * 86400
-        conn.execute("UPDATE payloads SET confirmed_at = ?", (old,))
+        conn.execute("UPDATE payloads SET hour = ?", (int(old // 3600),))
         conn.execute("UPDATE runs SET updated_at = ?", (old,))
         conn.commit()
         conn.close()
@@ -311,7 +420,7 @@ def test_prune_and_reset_forget_old_entries(tmp_path):
         assert open_summary(path)["run_count"] == 0
 
 
-def test_cli_state_commands_show_prune_reset(cli, tmp_path, fake_api):
+def test_cli_state_commands_info_prune_reset(cli, tmp_path, fake_api):
     from .conftest import API_KEY, write_csv
 
     state = tmp_path / "s.sqlite"
@@ -321,22 +430,23 @@ def test_cli_state_commands_show_prune_reset(cli, tmp_path, fake_api):
         env={"BLUESHIFT_API_KEY": API_KEY},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    result = cli("state", "show", "--state", str(state))
+    result = cli("state", "info", "--state", str(state))
     assert result.exit_code == 0, result.output
-    assert "confirmed payload hashes: 1" in result.output
-    assert "completed" in result.output and "c.csv" in result.output
+    assert "customers with a payload hash: 0" in result.output  # no --changed-only yet
+    assert "completed" in result.output and "last success" in result.output
+    assert "c.csv" in result.output
     result = cli("state", "prune", "--older-than", "90d", "--state", str(state))
     assert result.exit_code == 0 and "pruned 0 run(s)" in result.output
     result = cli("state", "reset", "--yes", "--state", str(state))
     assert result.exit_code == 0
-    result = cli("state", "show", "--state", str(state), "--json")
+    result = cli("state", "info", "--state", str(state), "--json")
     assert '"run_count": 0' in result.output
-    assert cli("state", "show", "--state", str(tmp_path / "none.sqlite")).exit_code == 2
+    assert cli("state", "info", "--state", str(tmp_path / "none.sqlite")).exit_code == 2
 
 
 def test_cli_state_commands_have_examples_and_readme_mentions_them(cli):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for command in ("show", "reset", "prune"):
+    for command in ("info", "reset", "prune"):
         result = cli("state", command, "--help")
         assert result.exit_code == 0
         assert "Example" in result.output and f"blueshift-import state {command}" in result.output
@@ -350,5 +460,5 @@ def test_resume_and_changed_only_need_a_state():
 
     with pytest.raises(UsageError, match="state"):
         ImportOptions(resume=True)
-    with pytest.raises(UsageError, match="--force"):
+    with pytest.raises(UsageError, match="force only goes with resume"):
         ImportOptions(force=True, state_path=Path("s"))

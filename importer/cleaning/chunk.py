@@ -37,6 +37,7 @@ from .rules import (
     country_code,
     keep_value,
     phone_region,
+    translated,
 )
 from .types import DateOrder, decide_date_orders
 
@@ -120,6 +121,7 @@ def clean_chunk(
         if src not in frame.columns or not len(frame):
             continue
         cells = frame[src].to_numpy(dtype=object)
+        spec = mapping.translations.get(src)
         if target == "phone_number" or types.get(target) == "phone":
             cleaned = _clean_phones(src, cells, regions)
         else:
@@ -128,6 +130,8 @@ def clean_chunk(
             order = date_orders[src].order if src in date_orders else options.date_order
             if rule is clean_date and order == "day-first":
                 rule = partial(clean_date, day_first=True)
+            if spec is not None:
+                rule = translated(rule, spec.values, spec.invert, spec.split)
             cleaned = _clean_column(rule, src, cells)
         if target in (GROUP_ID, GROUP_SUBSCRIBED):
             pair[target] = cleaned  # combined into subscription_groups below
@@ -135,7 +139,9 @@ def clean_chunk(
             fields[target] = cleaned
     if pair or "subscription_groups" in fields:
         fields["subscription_groups"] = _groups(fields.get("subscription_groups"), pair, len(frame))
-    result = _settle(fields, np.asarray(chunk.records), np.asarray(chunk.lines), options)
+    result = _settle(
+        fields, np.asarray(chunk.records), np.asarray(chunk.lines), options, mapping.identifier_hint
+    )
     result.rejects[:0] = chunk.rejects
     if options.on_invalid == "stop" and result.rejects:
         first = min(result.rejects, key=lambda r: r.record)
@@ -277,9 +283,18 @@ def _groups(json: _Field | None, pair: dict[str, _Field], n: int) -> _Field:
 
 
 def _settle(
-    fields: dict[str, _Field], records: np.ndarray, lines: np.ndarray, options: ImportOptions
+    fields: dict[str, _Field],
+    records: np.ndarray,
+    lines: np.ndarray,
+    options: ImportOptions,
+    hint: str | None = None,
 ) -> CleanResult:
-    """Decide each row's fate: a customer, a reject, or (drop-field) both."""
+    """Decide each row's fate: a customer, a reject, or (drop-field) both.
+
+    ``hint`` (a ``--map`` that would give rows a ``customer_id``) is added to
+    the reason of a row rejected for want of a valid identifier."""
+    tail = f" (the file's record id would be one with {hint})" if hint else ""
+    missing = "missing identifier: no email or customer_id" + tail
     n = len(records)
     drop_field = options.on_invalid == "drop-field"
     # A reject names the first bad field, identifiers first.
@@ -295,14 +310,12 @@ def _settle(
 
     def reject(pos: int, name: str | None, outcome: str = REJECTED) -> Reject:
         if name is None:
-            return Reject(
-                int(records[pos]), int(lines[pos]), "missing identifier: no email or customer_id"
-            )
+            return Reject(int(records[pos]), int(lines[pos]), missing)
         f = fields[name]
         return Reject(
             int(records[pos]),
             int(lines[pos]),
-            str(f.reasons[pos]),
+            str(f.reasons[pos]) + ("" if has_id[pos] or outcome != REJECTED else tail),
             column=str(f.column[pos]),
             value=f.raw[pos],
             identifier=_identifier(fields, pos),

@@ -236,11 +236,12 @@ def clean_phone(value: Any, region: str = "US") -> Cleaned:
 
 
 def phone_region(region: str) -> str:
-    """``--phone-region`` in upper case; raises :class:`UsageError` if phonenumbers lacks it."""
+    """``phone_region`` in upper case; raises :class:`UsageError` if phonenumbers lacks it."""
     code = region.strip().upper()
     if code not in phonenumbers.SUPPORTED_REGIONS:
         raise UsageError(
-            f"--phone-region must be a two-letter region code such as US or GB, got {region!r}"
+            f"phone_region must be a two-letter region code such as US or GB, got {region!r}",
+            "phone_region",
         )
     return code
 
@@ -452,6 +453,43 @@ def clean_groups(value: Any) -> Cleaned:
 
 #: The rule of each standard field but ``phone_number``, whose rule takes the row's
 #: region (:func:`clean_phone`).
+# -- translated values (mapping files) ----------------------------------------------
+
+
+def translated(
+    rule: Rule, values: dict[str, Any] | None = None, invert: bool = False, split: str | None = None
+) -> Rule:
+    """``rule`` behind a mapping file's translation of one column's values.
+
+    ``values`` (keys trimmed and case-folded; ``"*"`` stands for any other
+    value) replaces a cell before ``rule`` sees it; a cell it does not name
+    goes to ``rule`` as it is. ``split`` turns text into a list of its
+    non-empty parts (without spaces, quotes or brackets around them), sent
+    as it is (a custom attribute).
+    ``invert`` sends the opposite of the true/false ``rule`` returns; a
+    value that is not true or false is then invalid.
+    """
+
+    def apply(value: Any) -> Cleaned:
+        if values:
+            key = str(value).strip().casefold() if isinstance(value, str | int | float) else None
+            if key in values:
+                value = values[key]
+            elif "*" in values:
+                value = values["*"]
+        if split is not None and isinstance(value, str):
+            parts = (part.strip(' "[]') for part in value.split(split))
+            return [part for part in parts if part], None
+        cleaned, reason = rule(value)
+        if invert and reason is None:
+            if not isinstance(cleaned, bool):
+                return None, "invalid boolean: invert needs true or false"
+            cleaned = not cleaned
+        return cleaned, reason
+
+    return apply
+
+
 FIELD_RULES: dict[str, Rule] = {
     "email": clean_email,
     "customer_id": clean_customer_id,

@@ -6,8 +6,11 @@ Owns: the shape of a chunk and splitting one in two. Must not: open files or cle
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -66,6 +69,16 @@ class Chunk:
     def rows_read(self) -> int:
         return self.num_rows + len(self.rejects)
 
+    def head(self, n: int) -> Chunk:
+        """The first ``n`` rows read, parsed or unparseable, in record order."""
+        numbers = sorted([*self.records.tolist(), *(r.record for r in self.rejects)])
+        if n >= len(numbers):
+            return self
+        cut = numbers[n - 1] if n > 0 else 0
+        keep = self.records <= cut
+        rejects = [r for r in self.rejects if r.record <= cut]
+        return Chunk(self.frame[keep], self.records[keep], self.lines[keep], rejects)
+
     def split(self, n: int) -> tuple[Chunk, Chunk]:
         """The first ``n`` rows and the rest; each reject goes with the rows around it."""
         cut = int(self.records[n - 1]) if 0 < n <= len(self.records) else 0
@@ -75,3 +88,40 @@ class Chunk:
             Chunk(self.frame.iloc[:n], self.records[:n], self.lines[:n], head),
             Chunk(self.frame.iloc[n:], self.records[n:], self.lines[n:], tail),
         )
+
+
+def first_rows(chunks: Iterable[Chunk], limit: int | None) -> Iterator[Chunk]:
+    """The chunks holding the first ``limit`` rows read (all when None), the last one
+    cut short; nothing after them is read."""
+    left = limit
+    for chunk in chunks:
+        if left is not None:
+            chunk = chunk.head(left)
+            left -= chunk.rows_read
+        yield chunk
+        if left is not None and left <= 0:
+            return
+
+
+def plain_value(value: Any) -> Any:
+    """A temporal, decimal, binary or nested value as JSON can carry it (Parquet's values,
+    a DataFrame's): datetimes as ISO 8601 (zoned ones in UTC, ending ``Z``), whole
+    decimals as integers, bytes as UTF-8 text; lists and dicts keep their shape."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.isoformat()
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, dict):
+        return {key: None if v is None else plain_value(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [None if v is None else plain_value(v) for v in value]
+    if isinstance(value, str | int | float | bool):
+        return value
+    return str(value)  # durations, intervals: their text

@@ -44,20 +44,20 @@ def jsonl_chunks(text: IO[str], options: ImportOptions) -> Iterator[Chunk]:
             excerpt = shorten(line.rstrip("\r\n"))
             rejects.append(Reject(lineno, lineno, f"not valid JSON: {exc.args[0]}", value=excerpt))
             continue
-        reject = _check_object(obj, lineno, keys, options)
+        reject = check_object(obj, lineno, keys, options)
         if reject is not None:
             rejects.append(reject)
             continue
         objects.append(obj)
         numbers.append(lineno)
         if len(objects) >= options.chunk_rows:
-            yield _chunk(objects, numbers, rejects)
+            yield objects_chunk(objects, numbers, rejects)
             objects, numbers, rejects = [], [], []
     if objects or rejects:
-        yield _chunk(objects, numbers, rejects)
+        yield objects_chunk(objects, numbers, rejects)
 
 
-def _check_object(obj: Any, lineno: int, keys: set[str], options: ImportOptions) -> Reject | None:
+def check_object(obj: Any, lineno: int, keys: set[str], options: ImportOptions) -> Reject | None:
     """A reject when a parsed line is not an object or breaks a limit, else None.
 
     ``keys`` holds the distinct keys met so far and gains this object's.
@@ -89,7 +89,8 @@ def _depth(value: Any, cap: int) -> int:
     return 1 + max((_depth(v, cap - 1) for v in children), default=0)
 
 
-def _chunk(objects: list[Any], numbers: list[int], rejects: list[Reject]) -> Chunk:
+def objects_chunk(objects: list[Any], numbers: list[int], rejects: list[Reject]) -> Chunk:
+    """A chunk of records as dicts (``numbers`` are their record and line numbers)."""
     # Typed explicitly: values keep their JSON types (an integer is not widened to a float).
     frame = pd.DataFrame(objects, dtype=object).rename(columns=str)
     records = np.array(numbers, dtype=np.int64)

@@ -177,7 +177,8 @@ def filesystem(scheme: str, storage_options: dict[str, Any]) -> Any:
             f"pip install 'blueshift-import[{extra}]'"
         ) from exc
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"--storage-option refused by {scheme}://: {scrub(str(exc))}") from exc
+        message = f"storage_options refused by {scheme}://: {scrub(str(exc))}"
+        raise UsageError(message, "storage_options") from exc
 
 
 def _block_size(scheme: str, seekable: bool) -> int:

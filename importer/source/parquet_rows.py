@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time
-from decimal import Decimal
 from typing import IO, Any
 
 import numpy as np
@@ -27,7 +25,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputUnreadable
 from ..options import ImportOptions
-from .chunk import Chunk
+from .chunk import Chunk, plain_value
 from .csv_rows import check_header
 from .location import describe_error
 
@@ -100,26 +98,4 @@ def plain_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
     values = column.to_pylist()
     if any(is_type(column.type) for is_type in _AS_IS):
         return values
-    return [None if value is None else _plain(value) for value in values]
-
-
-def _plain(value: Any) -> Any:
-    """One value of a temporal, decimal, binary or nested column as JSON can carry it."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            return value.isoformat()
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
-    if isinstance(value, date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        exponent = value.as_tuple().exponent
-        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, dict):
-        return {key: None if v is None else _plain(v) for key, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [None if v is None else _plain(v) for v in value]
-    if isinstance(value, str | int | float | bool):
-        return value
-    return str(value)  # durations, intervals: their text
+    return [None if value is None else plain_value(value) for value in values]

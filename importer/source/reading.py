@@ -82,9 +82,9 @@ def detect_encoding(head: bytes, override: str | None = None) -> tuple[str, str 
     """
     if override:
         try:
-            codecs.lookup(override)
+            b"\0\0\0\0".decode(override, "replace")  # also refuses codecs like rot13
         except LookupError as exc:
-            raise InputUnreadable(f"unknown encoding {override!r}") from exc
+            raise InputUnreadable(f"unknown text encoding {override!r}") from exc
         return override, None
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig", None

@@ -14,7 +14,16 @@ import time
 from collections.abc import Sequence
 
 from ..records import Outcome
-from .store import RunInfo, StateStore, payload_hash, record_ranges, transaction
+from .store import (
+    FLUSH_MAX,
+    FLUSH_MIN,
+    Account,
+    RunInfo,
+    StateStore,
+    record_ranges,
+    state_errors,
+    transaction,
+)
 
 
 class ConfirmationWriter:
@@ -23,23 +32,31 @@ class ConfirmationWriter:
     Make it, and call every method, in the event loop's thread: it opens its
     connection there. Progress notes from the producer (input checkpoint,
     rejects file position) are kept in memory and written with the next
-    confirmation.
+    confirmation. Payload hashes are kept only with an ``account`` (for
+    ``--changed-only``), and written some thousands at a time: one customer's
+    hash lands on a random page of the table, so writing them per batch would
+    write most of a page per customer. Hashes not yet written when a run is
+    killed only make the next ``--changed-only`` run send those customers again.
+    Raises :class:`~importer.errors.StateError` when the state cannot be written.
     """
 
-    def __init__(self, store: StateStore, run: RunInfo, target: str):
+    def __init__(self, store: StateStore, run: RunInfo, account: Account | None):
         self.store = store
         self.run = run
-        self.target = target
+        self.account = account
         self.checkpoint = (run.checkpoint_bytes, run.checkpoint_hash)
         self.rejects = (run.rejects_through, run.rejects_offset)
         self.dead_letter_offset = run.dead_letter_offset
-        self.conn = store.connect()
+        self.pending: dict[bytes, bytes] = {}
+        self.flush_at = FLUSH_MIN
+        with state_errors(store.path):
+            self.conn = store.connect()
 
     def start(self, rejects_offset: int | None, dead_letter_offset: int | None) -> None:
         """Record where the output files end as the run (re)starts."""
         self.rejects = (self.rejects[0], rejects_offset)
         self.dead_letter_offset = dead_letter_offset
-        with transaction(self.conn):
+        with state_errors(self.store.path), transaction(self.conn):
             self._write_progress()
 
     def note_input(self, checkpoint: tuple[int, str]) -> None:
@@ -51,7 +68,7 @@ class ConfirmationWriter:
         self.rejects = (through, offset)
 
     def record(self, outcomes: Sequence[Outcome], dead_letter_offset: int | None) -> None:
-        """Commit ``outcomes``: their records as done, the delivered payloads' hashes.
+        """Commit ``outcomes``: their records as done; note the delivered payloads' hashes.
 
         ``outcomes`` are those of one batch (after a stop, possibly of only
         some of its customers); ``dead_letter_offset`` is where the dead-letter
@@ -61,36 +78,56 @@ class ConfirmationWriter:
             self.dead_letter_offset = dead_letter_offset
         settled = [r for o in outcomes for r in (o.customer.record, *o.customer.merged_records)]
         delivered = [o.customer for o in outcomes if o.delivered]
-        now = time.time()
+        if self.account is not None:
+            for c in delivered:
+                if c.identifier is not None:  # nothing to look it up by later
+                    self.pending[self.account.customer(c.identifier)] = self.account.payload(
+                        c.encoded
+                    )
         run_id = self.run.run_id
-        with transaction(self.conn) as conn:
+        with state_errors(self.store.path), transaction(self.conn) as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO done VALUES (?, ?, ?)",
                 [(run_id, lo, hi) for lo, hi in record_ranges(settled)],
             )
-            conn.executemany(
-                "INSERT OR REPLACE INTO payloads VALUES (?, ?, ?, ?)",
-                [
-                    (self.target, c.identifier, payload_hash(c.encoded), now)
-                    for c in delivered
-                    if c.identifier is not None  # nothing to look it up by later
-                ],
-            )
             self._write_progress(len(delivered), len(outcomes) - len(delivered))
+        if len(self.pending) >= self.flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the payload hashes noted so far, in key order, then checkpoint the WAL."""
+        if not self.pending:
+            return
+        hour = int(time.time() // 3600)
+        with state_errors(self.store.path):
+            # Checkpoints never wait for the reader. The one before lets the flush start
+            # the WAL over, the one after lets the next commit do so and cut the file
+            # back to journal_size_limit: the WAL never holds much more than one flush.
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with transaction(self.conn) as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO payloads VALUES (?, ?, ?)",
+                    [(k, v, hour) for k, v in sorted(self.pending.items())],
+                )
+            self.pending.clear()
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        self.flush_at = min(max(FLUSH_MIN, 2 * pages), FLUSH_MAX)
 
     def finish(self, status: str, content_hash: str | None = None) -> None:
         """Mark the run ``completed`` (forgetting its done ranges), ``interrupted`` or ``stopped``.
 
         ``content_hash`` is the SHA-256 of the whole input, for a completed run.
         """
-        with transaction(self.conn) as conn:
+        self.flush()
+        with state_errors(self.store.path), transaction(self.conn) as conn:
             self._write_progress()
             conn.execute(
                 "UPDATE runs SET status = ?, pid = NULL, content_hash = ? WHERE id = ?",
                 (status, content_hash, self.run.run_id),
             )
             if status == "completed":
-                # Only an unfinished run is ever resumed: its record numbers are no longer needed.
+                # Only an unfinished run is ever resumed: its record numbers are not needed.
                 conn.execute("DELETE FROM done WHERE run_id = ?", (self.run.run_id,))
 
     def close(self) -> None:

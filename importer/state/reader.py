@@ -12,16 +12,16 @@ import sqlite3
 from collections.abc import Sequence
 
 from ..records import Customer, Reject
-from .store import RANGE_SPAN, RunInfo, StateStore, payload_hash
+from .store import RANGE_SPAN, Account, RunInfo, StateStore
 
 
 class StateReader:
     """What the producer may skip, a chunk at a time, so memory does not grow with the state."""
 
-    def __init__(self, store: StateStore, run: RunInfo, target: str):
+    def __init__(self, store: StateStore, run: RunInfo, account: Account):
         self.store = store
         self.run = run
-        self.target = target
+        self.account = account
         self._conn: sqlite3.Connection | None = None
 
     @property
@@ -57,10 +57,11 @@ class StateReader:
 
     def skip_unchanged(self, customers: Sequence[Customer]) -> tuple[list[Customer], int]:
         """The customers whose payload differs from the last confirmed one (or is new)."""
-        query = "SELECT hash FROM payloads WHERE target = ? AND identifier = ?"
-        kept = []
+        query = "SELECT hash FROM payloads WHERE id = ?"
+        account, kept = self.account, []
         for customer in customers:
-            row = self.conn.execute(query, (self.target, customer.identifier or "")).fetchone()
-            if row is None or row[0] != payload_hash(customer.encoded):
+            row = self.conn.execute(query, (account.customer(customer.identifier or ""),))
+            found = row.fetchone()
+            if found is None or found[0] != account.payload(customer.encoded):
                 kept.append(customer)
         return kept, len(customers) - len(kept)

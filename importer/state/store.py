@@ -1,10 +1,12 @@
 """The state database: opening, schema, lock, runs, resume checks, prune and summary.
 
-Owns the file (created with mode 0600), its schema and the upgrade from the
-last released one, the lock beside it, and the ``runs`` table's life cycle:
+Owns the file (created with mode 0600, by default one per account in the
+user's state directory: :func:`default_state_path`), its schema and the
+upgrade from earlier ones, refusing files that are not ours, the lock beside
+its resolved path, and the ``runs`` table's life cycle:
 :meth:`StateStore.begin_run` starts or resumes a run and decides whether a
-resume is allowed. It also defines what the tables hold (:func:`payload_hash`,
-:func:`record_ranges`, :func:`target_tag`) so the writer and the reader agree.
+resume is allowed. It also defines what the tables hold (:class:`Account`'s
+keyed hashes, :func:`record_ranges`) so the writer and the reader agree.
 
 Must not: record confirmations (that is :mod:`.confirmations`), or look up
 records and payloads for a run (that is :mod:`.reader`).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import re
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import platformdirs
 
 from ..errors import InputChanged, StateError, StateLocked, UsageError
 
@@ -38,11 +42,19 @@ with warnings.catch_warnings():
 
 log = logging.getLogger(__name__)
 
-#: 3 dropped the ``journal`` and ``failed`` tables of 2 (0.1.0), which is upgraded; 1 is refused.
-SCHEMA_VERSION = 3
+#: 4 keeps keyed hashes of identifiers instead of the identifiers (see :class:`Account`);
+#: 3 and 2 (0.1.0) are upgraded, keeping their runs but not their payload hashes; 1 is refused.
+SCHEMA_VERSION = 4
 #: A recorded range of record numbers never spans more than this many numbers,
 #: so the rows overlapping [a, b] are found with an index scan of lo in [a - span, b].
 RANGE_SPAN = 64
+#: Small pages: a payload hash lands on a random page, and each page it touches is
+#: written whole to the WAL, so smaller pages mean less written per customer.
+PAGE_SIZE = 1024
+#: Payload hashes are written this many at a time at least, and at most
+#: :data:`FLUSH_MAX` (memory); in between, half the database's pages, so one write
+#: touches at most about half the pages and the WAL stays below half the database.
+FLUSH_MIN, FLUSH_MAX = 2_000, 50_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,23 +73,21 @@ CREATE TABLE IF NOT EXISTS done (
     run_id INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
     PRIMARY KEY (run_id, lo, hi)
 ) WITHOUT ROWID;
+-- Per customer: keyed hashes of its identifier and of its last confirmed payload,
+-- and the hour (since 1970) it was confirmed, for prune.
 CREATE TABLE IF NOT EXISTS payloads (
-    target TEXT NOT NULL, identifier TEXT NOT NULL, hash BLOB NOT NULL,
-    confirmed_at REAL NOT NULL, PRIMARY KEY (target, identifier)
+    id BLOB PRIMARY KEY, hash BLOB NOT NULL, hour INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
 #: Schema 2 appended each confirmed batch to ``journal`` and applied it later, and kept
 #: dead-lettered records in ``failed``: a state a killed run left still holds some.
-#: Applied here once, in journal order; the failed records join the done ranges.
+#: Its done ranges and counts are applied here once; its payloads go with schema 3's.
 _UPGRADE_FROM_2 = (
     "INSERT OR IGNORE INTO done SELECT j.run_id, json_extract(r.value, '$[0]'), "
     "json_extract(r.value, '$[1]') FROM journal AS j, json_each(j.done) AS r",
     "INSERT OR IGNORE INTO done SELECT j.run_id, r.value, r.value "
     "FROM journal AS j, json_each(j.failed) AS r",
-    "INSERT OR REPLACE INTO payloads SELECT j.target, i.value, "
-    "substr(j.hashes, 16 * i.key + 1, 16), j.confirmed_at "
-    "FROM journal AS j, json_each(j.identifiers) AS i ORDER BY j.seq",
     """UPDATE runs SET
     confirmed = confirmed + (SELECT sum(confirmed) FROM journal WHERE run_id = runs.id),
     dead_lettered = dead_lettered
@@ -93,22 +103,43 @@ _UPGRADE_FROM_2 = (
 )
 
 
-def payload_hash(encoded: bytes) -> bytes:
-    """A 16-byte digest of a payload's JSON as sent (:attr:`Customer.encoded`).
+class Account:
+    """The destination account a state's customer hashes belong to, and their key.
 
-    Its keys are sorted, so the digest does not depend on the input's column order.
+    The key is derived from the API key and base URL, and never stored: the
+    state file alone tells neither who the customers are nor, by hashing a
+    list of guessed e-mails, whether someone is among them. Whoever holds the
+    API key can read the customers from Blueshift anyway. A new API key starts
+    afresh (the next ``--changed-only`` run sends everyone once).
     """
-    return hashlib.blake2b(encoded, digest_size=16).digest()
+
+    def __init__(self, base_url: str, api_key: str | None):
+        message = b"blueshift-import state\0" + base_url.rstrip("/").encode()
+        self.key = hmac.digest((api_key or "").encode(), message, "sha256")
+
+    def customer(self, identifier: str) -> bytes:
+        """16 bytes standing for an identifier (an e-mail or customer_id)."""
+        return hmac.digest(self.key, b"i" + identifier.encode(), "sha256")[:16]
+
+    def payload(self, encoded: bytes) -> bytes:
+        """8 bytes standing for a payload's JSON as sent (keys sorted, so column order
+        does not matter): enough to tell a changed payload from the last one."""
+        return hmac.digest(self.key, b"p" + encoded, "sha256")[:8]
+
+    @property
+    def file_name(self) -> str:
+        """The default state's file name for this account: a digest of the key."""
+        return hashlib.sha256(b"file\0" + self.key).hexdigest()[:20] + ".sqlite"
 
 
-def target_tag(base_url: str, api_key: str | None) -> str:
-    """Which account a payload hash was confirmed by: the base URL and a digest of the key.
+def state_dir() -> Path:
+    """Where default states live: the user's state directory (``$XDG_STATE_HOME`` on Linux)."""
+    return Path(platformdirs.user_state_dir("blueshift-import"))
 
-    The key itself is never stored; an unkeyed digest of a random API key does
-    not reveal it, but keeps imports into two accounts apart.
-    """
-    key_digest = hashlib.blake2b((api_key or "").encode(), digest_size=6).hexdigest()
-    return f"{base_url.rstrip('/')}#{key_digest}"
+
+def default_state_path(base_url: str, api_key: str | None) -> Path:
+    """The state for imports into one account, wherever the command runs from."""
+    return state_dir() / Account(base_url, api_key).file_name
 
 
 def record_ranges(records: Iterable[int], span: int = RANGE_SPAN) -> list[tuple[int, int]]:
@@ -173,11 +204,25 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     try:
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
+            # Checkpoint often and give the space back: the WAL never holds much.
+            conn.execute("PRAGMA wal_autocheckpoint = 256")
+            conn.execute(f"PRAGMA journal_size_limit = {256 * PAGE_SIZE}")
         conn.execute("PRAGMA synchronous = NORMAL")  # see "Durability" in the package docstring
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StateError(f"{path} is not a blueshift-import state ({exc})") from exc
     return conn
+
+
+@contextlib.contextmanager
+def state_errors(path: Path) -> Iterator[None]:
+    """Turn a failing state file (damaged, unwritable, full disk) into one :class:`StateError`."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"the state {path} cannot be used: {exc}") from exc
+    except OSError as exc:
+        raise StateError(f"the state {path} cannot be used: {exc.strerror or exc}") from exc
 
 
 @contextlib.contextmanager
@@ -207,64 +252,106 @@ def _lock_holder(conn: sqlite3.Connection) -> str:
 class StateStore:
     """An opened, locked state database. Use as a context manager.
 
-    Opening creates the file with mode 0600 (SQLite gives its ``-wal`` and
-    ``-shm`` files the same mode), upgrades a state of schema 2, and takes an
-    exclusive lock on ``<path>.lock``; the lock is released on close and
-    when the process dies, so a killed run never leaves a stale lock. Raises
-    :class:`StateLocked` (naming the holder's PID) when another run holds it,
-    and :class:`StateError` when the file is not a state database or has a
-    schema this version cannot open.
+    ``path`` is resolved first (a symlink is followed), so two names for one
+    file share one lock. Opening creates the file with mode 0600 (SQLite
+    gives its ``-wal`` and ``-shm`` files the same mode), upgrades a state of
+    schema 2 or 3, and takes an exclusive lock on ``<path>.lock``; the lock
+    is released on close and when the process dies, so a killed run never
+    leaves a stale lock. Raises :class:`StateLocked` (naming the holder's
+    PID) when another run holds it, and :class:`StateError` when the file
+    cannot be written, is another program's database or a damaged one, or
+    has a schema this version cannot open. With ``resume``, an empty (0-byte)
+    file and one that fails SQLite's quick check are refused too: resuming
+    from them would silently send everything again.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, *, resume: bool = False):
+        given = Path(path)
+        self.path = given.resolve()
         if self.path.is_dir():
-            raise StateError(f"--state {self.path} is a directory; give a file name")
-        self.path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._lock: BaseFileLock | None = _lock(self.path)
+            raise StateError(f"--state {given} is a directory; give a file name")
+        empty = self.path.exists() and self.path.stat().st_size == 0
+        if resume and empty:
+            raise StateError(
+                f"the state {given} is empty, so there is nothing to resume from; "
+                "run without --resume to start over (everything is sent again)"
+            )
+        with state_errors(given):
+            self.path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._lock: BaseFileLock | None = _lock(self.path)
+            try:
+                self._lock.acquire()
+            except Timeout:
+                conn = connect(self.path, readonly=True)
+                holder = _lock_holder(conn)
+                conn.close()
+                raise StateLocked(
+                    f"the state {given} is in use by another run (PID {holder}); "
+                    "wait for it to finish, or give this run another --state"
+                ) from None
         try:
-            self._lock.acquire()
-        except Timeout:
-            conn = connect(self.path, readonly=True)
-            holder = _lock_holder(conn)
-            conn.close()
-            raise StateLocked(
-                f"the state {self.path} is in use by another run (PID {holder}); "
-                "wait for it to finish, or give this run another --state"
-            ) from None
-        try:
-            self._open_schema()
+            with state_errors(given):
+                self._open_schema(resume)
         except BaseException:
             self.close()
             raise
 
-    def _open_schema(self) -> None:
+    def _open_schema(self, resume: bool) -> None:
         try:
-            with contextlib.closing(self.connect()) as conn:
-                conn.executescript(_SCHEMA)  # idempotent: IF [NOT] EXISTS throughout
-                with transaction(conn):
-                    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-                    version = int(next(row, [SCHEMA_VERSION])[0])
-                    if version > SCHEMA_VERSION:
-                        raise StateError(f"{self.path} has state schema {version}, a newer one")
-                    if version < 2:
-                        raise StateError(
-                            f"{self.path} was made by an older version (state schema {version}); "
-                            "start a new state with --state"
-                        )
-                    if version == 2:
-                        for statement in _UPGRADE_FROM_2:
-                            conn.execute(statement)
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), "
-                        "('locked_by', ?)",
-                        (str(SCHEMA_VERSION), str(os.getpid())),
-                    )
+            version = self._inspect(resume)
         except sqlite3.DatabaseError as exc:
             raise StateError(
-                f"{self.path} is not a blueshift-import state this version can open ({exc})"
+                f"the state {self.path} is damaged or not a database ({exc}); give --state "
+                "another file, or move this one away to start over (everything is sent again)"
             ) from exc
+        if version > SCHEMA_VERSION:
+            raise StateError(f"{self.path} has state schema {version}, a newer one")
+        if version < 2:
+            raise StateError(
+                f"{self.path} was made by an older version (state schema {version}); "
+                "start a new state with --state"
+            )
+        with contextlib.closing(self.connect()) as conn:
+            with transaction(conn):
+                if version == 2:
+                    for statement in _UPGRADE_FROM_2:
+                        conn.execute(statement)
+                if version < SCHEMA_VERSION:
+                    # Identifiers in clear: dropped (and erased by the VACUUM below). Runs and
+                    # done ranges stay, so an interrupted run still resumes; only
+                    # --changed-only starts afresh and sends everyone once.
+                    conn.execute("DROP TABLE IF EXISTS payloads")
+                for statement in _SCHEMA.split(";"):  # executescript would commit first
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), ('locked_by', ?)",
+                    (str(SCHEMA_VERSION), str(os.getpid())),
+                )
+            if version < SCHEMA_VERSION:
+                conn.execute("VACUUM")
+
+    def _inspect(self, resume: bool) -> int:
+        """The schema version of the file (ours for a new one), read before anything is
+        written, so another program's database is left as it is."""
+        with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables:
+                # Takes effect only as the database is created: here, by switching it to WAL.
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                return SCHEMA_VERSION
+            row = None
+            if "meta" in tables:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                raise StateError(
+                    f"{self.path} is a database of another program, not a "
+                    "blueshift-import state; give --state another file"
+                )
+            if resume and (check := conn.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+                raise sqlite3.DatabaseError(check)
+            return int(row[0])
 
     def connect(self) -> sqlite3.Connection:
         """A new connection for the calling thread."""
@@ -305,7 +392,7 @@ class StateStore:
         if resume and fingerprint.source == "-":
             raise UsageError("--resume needs a file: standard input cannot be read again")
         now, source = time.time(), fingerprint.source
-        with contextlib.closing(self.connect()) as conn, transaction(conn):
+        with state_errors(self.path), contextlib.closing(self.connect()) as conn, transaction(conn):
             prev = conn.execute(
                 "SELECT id, status, size, mtime_ns, settings, checkpoint_bytes, checkpoint_hash, "
                 "rejects_path, rejects_through, rejects_offset, dead_letter_path, "
@@ -352,7 +439,7 @@ class StateStore:
 
         ``--resume`` of a set of files skips such a file: the interrupted set finished it.
         """
-        with contextlib.closing(self.connect()) as conn:
+        with state_errors(self.path), contextlib.closing(self.connect()) as conn:
             row = conn.execute(
                 "SELECT id, status, size, mtime_ns FROM runs WHERE source = ? "
                 "ORDER BY id DESC LIMIT 1",
@@ -362,24 +449,35 @@ class StateStore:
             return None
         return int(row[0]) if (row[2], row[3]) == (fingerprint.size, fingerprint.mtime_ns) else None
 
+    def holds_payloads(self) -> bool:
+        """Whether any payload hash is kept (some run used ``--changed-only``)."""
+        with state_errors(self.path), contextlib.closing(self.connect()) as conn:
+            return conn.execute("SELECT 1 FROM payloads LIMIT 1").fetchone() is not None
+
     def prune(self, older_than: float) -> dict[str, int]:
-        """Forget runs and payload hashes not touched for ``older_than`` seconds.
+        """Forget runs and payload hashes not touched for ``older_than`` seconds
+        (payload hashes to the hour), and give the space back.
 
         Returns how many runs and payload hashes were removed.
         """
         cutoff = time.time() - older_than
-        with contextlib.closing(self.connect()) as conn, transaction(conn):
-            conn.execute(
-                "DELETE FROM done WHERE run_id IN (SELECT id FROM runs WHERE updated_at < ?)",
-                (cutoff,),
-            )
-            runs = conn.execute("DELETE FROM runs WHERE updated_at < ?", (cutoff,))
-            payloads = conn.execute("DELETE FROM payloads WHERE confirmed_at < ?", (cutoff,))
-            return {"runs": runs.rowcount, "payloads": payloads.rowcount}
+        with state_errors(self.path), contextlib.closing(self.connect()) as conn:
+            with transaction(conn):
+                conn.execute(
+                    "DELETE FROM done WHERE run_id IN (SELECT id FROM runs WHERE updated_at < ?)",
+                    (cutoff,),
+                )
+                runs = conn.execute("DELETE FROM runs WHERE updated_at < ?", (cutoff,)).rowcount
+                payloads = conn.execute(
+                    "DELETE FROM payloads WHERE hour < ?", (int(cutoff // 3600),)
+                ).rowcount
+            if runs or payloads:
+                conn.execute("VACUUM")
+            return {"runs": runs, "payloads": payloads}
 
     def reset(self) -> None:
         """Forget everything: every run and every payload hash."""
-        with contextlib.closing(self.connect()) as conn:
+        with state_errors(self.path), contextlib.closing(self.connect()) as conn:
             with transaction(conn):
                 for table in ("done", "payloads", "runs"):
                     conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
@@ -425,13 +523,14 @@ def trim_output(path: Path | None, recorded_path: str | None, offset: int | None
 
 
 def open_summary(path: str | Path) -> dict[str, Any]:
-    """What a state holds: its runs (newest first) and payload hashes per destination.
+    """What a state holds: its size, runs (newest first), payload hashes, and per input
+    the time its last run completed (``last_success``, seconds since 1970).
 
     Safe while a run writes (WAL); it only tries the lock, to say which PID
     holds it (``locked_by``). Raises :class:`StateError` when there is no
     state at ``path`` or it is not one.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_file():
         raise StateError(f"no state at {path}")
     conn = connect(path, readonly=True)
@@ -441,15 +540,21 @@ def open_summary(path: str | Path) -> dict[str, Any]:
             "SELECT id, source, status, pid, attempts, started_at, updated_at, confirmed, "
             "dead_lettered FROM runs ORDER BY id DESC LIMIT 20"
         )
+        files = (path, Path(f"{path}-wal"))
         summary = {
             "path": str(path),
             "schema_version": SCHEMA_VERSION,
-            "size_bytes": sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists()),
+            "size_bytes": sum(p.stat().st_size for p in files if p.exists()),
             "runs": [dict(r) for r in runs],
             "run_count": conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0],
-            "payload_hashes": {
-                r[0]: r[1] for r in conn.execute("SELECT target, COUNT(*) FROM payloads GROUP BY 1")
+            "last_success": {
+                r[0]: r[1]
+                for r in conn.execute(
+                    "SELECT source, max(updated_at) FROM runs WHERE status = 'completed' "
+                    "GROUP BY source ORDER BY 2 DESC"
+                )
             },
+            "payload_hashes": conn.execute("SELECT COUNT(*) FROM payloads").fetchone()[0],
             "locked_by": None,
         }
         probe = _lock(path)
