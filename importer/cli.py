@@ -292,15 +292,19 @@ _DISPLAY_OPTIONS = _options(
 )
 
 
+#: FILE... of run and validate: paths, URLs, globs or directories (see importer.source.inputs).
+_INPUTS = click.argument("input_paths", metavar="FILE...", nargs=-1, required=True)
+
+
 @main.command()
-@click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
+@_INPUTS
 @_DISPLAY_OPTIONS
 @_table_options(*SECTIONS)
 @click.option("--no-state", is_flag=True, help="Record nothing (no --resume after a crash).")
 @click.option("--mock", is_flag=True, help="Import into the embedded fake API (see --mock-*).")
 @_fake_api_options("mock-")
 def run(
-    input_path: str,
+    input_paths: tuple[str, ...],
     config: ConfigFile | None,
     quiet: bool,
     status_every: float,
@@ -312,11 +316,14 @@ def run(
 ) -> None:
     """Import FILE (CSV or JSONL, optionally .gz, or Parquet; a path, a URL, - for stdin).
 
+    Several files, a glob or a directory are read one after the other in one run.
+
     \b
     Examples:
       export BLUESHIFT_API_KEY=...
       blueshift-import run customers.csv
       blueshift-import run s3://exports/customers-2026-12-04.csv.gz
+      blueshift-import run 's3://exports/2026-12-04/part-*.csv.gz' --resume
       blueshift-import run customers.jsonl.gz --rate 5 --concurrency 4 \\
           --report report.json --dead-letter failed.jsonl
       blueshift-import run customers.csv --mock     # no credentials needed
@@ -353,23 +360,23 @@ def run(
         key_on_command_line=ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE,
         rerun_args=_rerun_args(options, config, mock),
         fix_args=_rerun_args(options, config, mock) + _cleaning_args(options, ctx),
-        resume_command=_resume_command(ctx.meta.get("argv"), options, input_path),
+        resume_command=_resume_command(ctx.meta.get("argv"), options, input_paths),
     )
     if not mock:
-        sys.exit(_run_import(input_path, options, display))
+        sys.exit(_run_import(input_paths, options, display))
     # Only --mock needs the fake API, and with it aiohttp's server side.
     from .fake_api import FakeApiServer
 
     with FakeApiServer(_fake_config(kw, str(options.api_key))) as server:
         if not quiet:
             click.echo(f"fake API listening on {server.url}", err=True)
-        code = _run_import(input_path, options.replace(base_url=server.url), display)
+        code = _run_import(input_paths, options.replace(base_url=server.url), display)
         if not quiet:
             click.echo(f"fake API received {len(server.state.applied)} customers", err=True)
     sys.exit(code)
 
 
-def _run_import(input_path: str, options: ImportOptions, display: _Display) -> int:
+def _run_import(input_paths: tuple[str, ...], options: ImportOptions, display: _Display) -> int:
     from .pipeline import import_file
     from .progress import RunProgress
 
@@ -394,7 +401,7 @@ def _run_import(input_path: str, options: ImportOptions, display: _Display) -> i
         with RunProgress(
             sys.stderr, quiet=display.quiet, every=display.status_every, as_json=as_json
         ) as progress:
-            report = import_file(input_path, options, observer=progress.observe, stop=stop)
+            report = import_file(input_paths, options, observer=progress.observe, stop=stop)
     except (RunStopped, AccountingMismatch) as exc:
         if exc.report is not None:
             if isinstance(exc, RunStopped):
@@ -453,12 +460,14 @@ def _cleaning_args(options: ImportOptions, ctx: click.Context) -> tuple[str, ...
     return tuple(args)
 
 
-def _resume_command(argv: list[str] | None, options: ImportOptions, input_path: str) -> str | None:
+def _resume_command(
+    argv: list[str] | None, options: ImportOptions, input_paths: tuple[str, ...]
+) -> str | None:
     """The command line of this run with ``--resume``, or None if it cannot be resumed.
 
     The API key, ``--overwrite`` and ``--force`` are left out (see ``_NOT_IN_RESUME``).
     """
-    if argv is None or options.state_path is None or options.dry_run or input_path == "-":
+    if argv is None or options.state_path is None or options.dry_run or "-" in input_paths:
         return None
     words: list[str] = []
     skip = False
@@ -528,12 +537,12 @@ def init_config(input_path: str, **kw: Any) -> None:
 
 
 @main.command()
-@click.argument("input_path", metavar="FILE", type=click.Path(dir_okay=True, allow_dash=True))
+@_INPUTS
 @_CONFIG
 @_table_options(
     "input", "cleaning", only=("rejects_path", "report_path", "overwrite", "preview_size")
 )
-def validate(input_path: str, config: ConfigFile | None, **kw: Any) -> None:
+def validate(input_paths: tuple[str, ...], config: ConfigFile | None, **kw: Any) -> None:
     """Check FILE without sending anything: no network, no API key needed.
 
     Prints the resolved column mapping, how many rows are valid, rejected
@@ -551,7 +560,7 @@ def validate(input_path: str, config: ConfigFile | None, **kw: Any) -> None:
     from .pipeline import import_file
     from .progress import validation_lines
 
-    report = import_file(input_path, _options_from(kw, config, dry_run=True))
+    report = import_file(input_paths, _options_from(kw, config, dry_run=True))
     for line in validation_lines(report):
         click.echo(line)
     sys.exit(EXIT_OK if report.rejected == 0 else EXIT_ERRORS)

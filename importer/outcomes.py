@@ -18,6 +18,7 @@ import csv
 import errno
 import io
 import itertools
+import logging
 import math
 import os
 import re
@@ -40,14 +41,16 @@ from .source import Chunk
 REPORT_SCHEMA_VERSION = 1
 #: Columns (CSV) or keys (JSONL) a rejects file adds to the row: where the row was, what
 #: became of it, the column and value at fault, why, and how the run read the file's
-#: columns (the types and date orders its first chunk decided). A re-import leaves them out.
-REJECTS_COLUMNS = ("_line", "_outcome", "_column", "_value", "_reason", "_read_as")
+#: columns (the types and date orders its first chunk decided), and the input file the row
+#: is in (one of a run's several). A re-import leaves them out.
+REJECTS_COLUMNS = ("_line", "_outcome", "_column", "_value", "_reason", "_read_as", "_source")
 #: A cell a spreadsheet would run as a formula, possibly behind guards already.
 _FORMULA = re.compile(r"'*[=+\-@\t\r]")
 _GUARDED = re.compile(r"'+[=+\-@\t\r]")
 #: The stamp :func:`default_rejects_path` puts in a name.
 _STAMPED = re.compile(r"\.rejects-\d{8}T\d{6}Z(-\d+)?$")
 _CSV_SUFFIXES = (".csv", ".tsv")
+log = logging.getLogger(__name__)
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
@@ -278,7 +281,8 @@ class RejectsWriter(_RecordFile):
             self._write(
                 b"".join(
                     orjson.dumps(
-                        {**_present(columns, cells.get(p)), **_extras(r, read_as)}, default=str
+                        {**_present(columns, cells.get(p)), **self._extras(r, read_as)},
+                        default=str,
                     )
                     + b"\n"
                     for r, p in zip(rejects, positions, strict=True)
@@ -297,17 +301,30 @@ class RejectsWriter(_RecordFile):
             self._header = columns
             if self.size == 0:
                 out.append([neutralise_formula(c) for c in (*columns, *REJECTS_COLUMNS)])
+        if missing := [c for c in columns if c not in self._header]:
+            # A later file of a set with other columns: its lines keep the first file's.
+            log.warning(
+                "%s: columns %s are not in the rejects file's header; its lines leave them out",
+                self.source,
+                ", ".join(missing),
+            )
         empty = [""] * len(columns)
         for r, row in zip(rejects, rows, strict=True):
             by_name = dict(zip(columns, row if row is not None else empty, strict=True))
             cells = [by_name.get(c, "") for c in self._header]
-            extras = [_as_text(v) for v in _extras(r, read_as).values()]
+            extras = [_as_text(v) for v in self._extras(r, read_as).values()]
             out.append([neutralise_formula(c) for c in (*cells, *extras)])
         buf = io.StringIO()
         # With "\r\n" as the terminator the writer also quotes cells holding a bare CR,
         # which would otherwise split one line into two for any CSV reader.
         csv.writer(buf, lineterminator="\r\n").writerows(out)
         self._write(buf.getvalue().encode())
+
+    def _extras(self, r: Reject, read_as: dict[str, Any] | None) -> dict[str, Any]:
+        """The values of :data:`REJECTS_COLUMNS` for ``r`` (``source``: the file being read)."""
+        return {"_line": r.line, "_outcome": r.outcome, "_column": r.column, "_value": r.value,
+                "_reason": r.reason, "_read_as": read_as or None,
+                "_source": self.source}  # fmt: skip
 
 
 def rejects_format(input_format: str) -> str:
@@ -382,12 +399,6 @@ def _first_read_as(values: list[Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
     return {}
-
-
-def _extras(r: Reject, read_as: dict[str, Any] | None) -> dict[str, Any]:
-    """The values of :data:`REJECTS_COLUMNS` for ``r``."""
-    return {"_line": r.line, "_outcome": r.outcome, "_column": r.column, "_value": r.value,
-            "_reason": r.reason, "_read_as": read_as or None}  # fmt: skip
 
 
 def _present(columns: list[str], row: list[Any] | None) -> dict[str, Any]:
@@ -490,6 +501,10 @@ class ImportReport:
     shared_processes: int | None = None
     shared_limit_fallback: str | None = None
     stopped: str | None = None
+    #: One section per input file, in the order read: ``source``, ``status``
+    #: (``completed``, ``interrupted``, ``stopped``, ``skipped: …``, ``not read``)
+    #: and, for a file read, its share of the counts above.
+    inputs: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)
     #: The platform preset applied (see :mod:`importer.presets`), None: none.

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from .outcomes import (
     default_rejects_path,
     point_latest,
     refuse_existing,
+    rejects_format,
     stamped_dir,
     unwrap_rejects,
 )
@@ -50,7 +52,9 @@ from .records import Batch, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
 from .source.chunk import first_rows
+from .source.inputs import InputFile, expand_inputs
 from .source.location import describe_error, display_name, local_path
+from .source.reading import detect_format
 from .source.records_rows import RECORDS_NAME, Records, RecordsSource
 from .state import Account, ConfirmationWriter, Fingerprint, StateReader, StateStore, trim_output
 
@@ -60,20 +64,35 @@ Observer = Callable[[ImportReport], None]
 AnySource = Source | RecordsSource
 #: Rows of the first chunk cleaned and sent before the rest of it.
 FIRST_PIECE_ROWS = 1_000
+#: The report's counts that each file's section of it (``inputs``) gives too.
+FILE_COUNTS = (
+    "rows_read",
+    "bytes_read",
+    "succeeded",
+    "rejected",
+    "dead_lettered",
+    "merged_duplicates",
+    "unchanged_skipped",
+    "already_done",
+    "not_sent",
+)
 
 
 def import_file(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     options: ImportOptions | None = None,
     *,
     observer: Observer | None = None,
     stop: threading.Event | None = None,
 ) -> ImportReport:
-    """Import one customer file into Blueshift and return the report.
+    """Import a customer file, or a set of them, into Blueshift and return the report.
 
     ``path`` is a CSV, JSONL (either optionally gzipped) or Parquet file: a
     local path, a URL (``s3://``, ``gs://``, ``az://``, ``https://``,
-    ``http://``, ``file://``) or ``-`` for stdin.
+    ``http://``, ``file://``) or ``-`` for stdin; or a glob, a directory or a
+    list of those (see :func:`~importer.source.inputs.expand_inputs`), read one
+    file after the other in one run with one report (a section per file in
+    ``report.inputs``). A batch never holds rows of two files.
     Called inside a running event loop (a notebook), it runs in a worker
     thread with a loop of its own. ``observer`` is called with the live
     report as batches complete (for progress displays); setting ``stop``
@@ -109,7 +128,7 @@ def import_records(
 
 
 async def aimport_file(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     options: ImportOptions | None = None,
     *,
     observer: Observer | None = None,
@@ -117,7 +136,13 @@ async def aimport_file(
 ) -> ImportReport:
     """:func:`import_file` for code already inside an event loop (an async service)."""
     options = options or ImportOptions()
-    return await _run(path, lambda o: Source(path, o), options, observer, stop)
+    inputs = expand_inputs(path, dict(options.storage_options))
+    if len(inputs) > 1:
+        _refuse_mixed_formats(inputs, options)
+    args = [path] if isinstance(path, str | Path) else path
+    # The report names a set by what was asked for (the globs, the directories).
+    label = display_name(inputs[0].path) if len(inputs) == 1 else " ".join(map(display_name, args))
+    return await _run(inputs, label, Source, options, observer, stop)
 
 
 async def aimport_records(
@@ -131,7 +156,24 @@ async def aimport_records(
     options = options or ImportOptions()
     if options.resume:
         raise UsageError("resume needs a file: records in memory cannot be read again", "resume")
-    return await _run(RECORDS_NAME, lambda o: RecordsSource(records, o), options, observer, stop)
+    inputs = [InputFile(RECORDS_NAME)]
+    return await _run(
+        inputs, RECORDS_NAME, lambda _, o: RecordsSource(records, o), options, observer, stop
+    )
+
+
+def _refuse_mixed_formats(inputs: list[InputFile], options: ImportOptions) -> None:
+    """Raise :class:`UsageError` for a set mixing CSV with JSONL or Parquet: the run's one
+    rejects file holds rows in one format (told by each file's extension, as when read)."""
+    formats = {i.path: rejects_format(detect_format(display_name(i.path), options.format))
+               for i in inputs}  # fmt: skip
+    if len(set(formats.values())) > 1:
+        csv_file = next(p for p, f in formats.items() if f == "csv")
+        other = next(p for p, f in formats.items() if f != "csv")
+        raise UsageError(
+            f"{display_name(csv_file)} is CSV but {display_name(other)} is not: "
+            "one run reads CSV files only, or JSONL and Parquet files only"
+        )
 
 
 def _in_own_loop(make: Callable[[], Coroutine[Any, Any, ImportReport]]) -> ImportReport:
@@ -150,17 +192,22 @@ def _in_own_loop(make: Callable[[], Coroutine[Any, Any, ImportReport]]) -> Impor
 
 
 class _Run:
-    """The mutable state of one run, shared by the producer thread and the workers."""
+    """The mutable state of one run, shared by the producer thread and the workers.
 
-    def __init__(self, path: str | Path, options: ImportOptions):
-        self.path = str(local_path(path))
+    The report, the output files, the state store and the sender serve the
+    whole run; the input, its state reader and writer, one file at a time.
+    """
+
+    def __init__(self, inputs: list[InputFile], options: ImportOptions, label: str):
+        self.inputs = inputs
+        self.path = str(local_path(inputs[0].path))
         #: The options as given; ``options`` adds the --output-dir file names to them.
         self.given = options
         self.run_dir: Path | None = None
         #: How the input is named in the report and output files (a URL without its query).
         self.name = display_name(self.path)
         self.options = options
-        self.report = ImportReport(source=self.name, dry_run=options.dry_run)
+        self.report = ImportReport(source=label, dry_run=options.dry_run)
         self.report.rate_limit = options.rate
         if options.shared_limit:
             self.report.shared_limit = redacted(options.shared_limit)
@@ -182,6 +229,12 @@ class _Run:
         #: Batches handed to the workers: a damaged input found after the first one
         #: stops the run like any fault instead of being a usage error.
         self.batches_put = 0
+        #: Bytes read from the files before this one (the report counts the whole run's).
+        self.bytes_before = 0
+        #: Whether a file has been read yet: only the first one read may resume a run, and
+        #: the output files are opened when it begins.
+        self.read_any = False
+        self._counts_before: dict[str, int] = {}
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
     def use_run_dir(self, run_dir: Path) -> None:
@@ -193,24 +246,94 @@ class _Run:
             dead_letter_path=o.dead_letter_path or run_dir / "dead-letter.jsonl",
         )
 
-    def open_state(self, input: SourceInfo) -> None:
-        """Lock the state store and begin (or resume) the run of ``input`` in it.
-
-        With --output-dir, the run's files go to a new run directory, or to the
-        interrupted run's when this one resumes it.
-        """
+    def lock_state(self) -> None:
+        """Make the run directory (--output-dir), then open and lock the state store for
+        the whole run, before any output file is made."""
         if self.given.output_dir is not None:
             self.use_run_dir(stamped_dir(self.given.output_dir))
         o = self.options
+        if o.state_path is not None and not o.dry_run:
+            self.store = StateStore(o.state_path, resume=o.resume)
+
+    def begin_file(self, index: int, source: AnySource) -> bool:
+        """Make ``source`` (the ``index``-th input) the one being read, and begin its run
+        in the state; False when ``--resume`` finds it finished (it is skipped).
+
+        The first file read opens the output files (after its run in the state
+        is begun: a resumed run goes on in the interrupted run's files).
+        """
+        self.path = str(local_path(self.inputs[index].path))
+        self.name = display_name(self.path)
+        self.hasher_checkpoint = self.content_hash = None
+        self.completed = False
+        sizes = [source.info.size, *(i.size for i in self.inputs[index + 1 :])]
+        if all(size is not None for size in sizes):
+            self.report.bytes_total = self.bytes_before + sum(s or 0 for s in sizes)
+        else:
+            self.report.bytes_total = None
+        self._counts_before = {k: getattr(self.report, k) for k in FILE_COUNTS}
+        finished = self.open_state(source.info)
+        if finished is not None:
+            self.report.inputs.append(
+                {"source": self.name, "status": f"skipped: finished by run {finished}"}
+            )
+            return False
+        if not self.read_any:
+            self.open_outputs(source.info)
+        self.read_any = True
+        for output in (self.rejects, self.dead_letter):
+            if output is not None:
+                output.source = self.name
+        if self.writer is not None:
+            # Where the output files end now: a resumed run trims them back to this.
+            self.writer.start(
+                rejects_offset=None if self.rejects is None else self.rejects.size,
+                dead_letter_offset=None if self.dead_letter is None else self.dead_letter.size,
+            )
+        return True
+
+    def end_file(self, done: bool) -> None:
+        """Finish the current file's run in the state (``done``: read and settled whole)
+        and add its section to the report."""
+        status = "completed" if done else ("stopped" if self.failure else "interrupted")
+        self.finish_state(done)
+        if self.writer is not None:
+            with contextlib.suppress(OSError, sqlite3.Error):  # a fault is reported already
+                self.writer.close()
+            self.writer = self.reader = None
+        section: dict[str, Any] = {"source": self.name, "status": status}
+        section |= {k: getattr(self.report, k) - self._counts_before[k] for k in FILE_COUNTS}
+        self.report.inputs.append(section)
+        self.bytes_before = self.report.bytes_read
+
+    def open_state(self, input: SourceInfo) -> int | None:
+        """Begin (or resume) the run of ``input`` in the state, if there is one.
+
+        Returns the id of the run that finished ``input`` when ``--resume``
+        skips it (see :meth:`StateStore.finished_run`), else None. With
+        --output-dir, a resumed run's files go on in the interrupted run's
+        directory.
+        """
+        o = self.options
         if self.rejects_path is None:
-            self.rejects_path = default_rejects_path(input.name, input.format, o.report_path)
-        if o.state_path is None or o.dry_run:
-            return
-        self.store = StateStore(o.state_path, resume=o.resume)
+            # One rejects file for the run, named after its first input.
+            name = display_name(self.inputs[0].path)
+            self.rejects_path = default_rejects_path(name, input.format, o.report_path)
+        if self.store is None:
+            return None
+        fp = Fingerprint(input.name, input.size, input.mtime_ns)
+        # Files are read in order, so the files an interrupted set finished all come before
+        # the one it stopped in: the first one this run reads. An unfinished run of a later
+        # file, or one it finished, is an older attempt's, whose lines in the output files
+        # may since have been replaced; those files are read afresh.
+        resume = o.resume and not self.read_any
+        if resume and not o.force and (finished := self.store.finished_run(fp)) is not None:
+            log.info("%s was finished by run %d; skipping it", input.name, finished)
+            return finished
         info = self.store.begin_run(
-            Fingerprint(input.name, input.size, input.mtime_ns),
+            fp,
             fingerprint(o),
-            resume=o.resume,
+            resume=resume,
             force=o.force,
             rejects_path=self.rejects_path,
             dead_letter_path=o.dead_letter_path,
@@ -239,6 +362,7 @@ class _Run:
             trim_output(o.dead_letter_path, info.dead_letter_path, info.dead_letter_offset)
             log.info("resuming run %d of %s", info.run_id, info.source)
         self.report.files["state"] = str(o.state_path)
+        return None
 
     def open_outputs(self, input: SourceInfo) -> None:
         o = self.options
@@ -248,8 +372,9 @@ class _Run:
         append = o.resume and not o.overwrite
         if o.report_path:
             refuse_existing(o.report_path, overwrite=o.overwrite or o.resume)
+        inputs = {Path(local_path(i.path)).resolve() for i in self.inputs}
         if self.rejects_path is not None:
-            if self.rejects_path.resolve() == Path(self.path).resolve():
+            if self.rejects_path.resolve() in inputs:
                 raise UsageError(
                     f"{self.rejects_path} is the input; give the new rejects file another name"
                 )
@@ -257,7 +382,7 @@ class _Run:
                 self.rejects_path, input.format, overwrite=o.overwrite, append=append
             )
         if o.dead_letter_path and not o.dry_run:
-            if Path(o.dead_letter_path).resolve() == Path(self.path).resolve():
+            if Path(o.dead_letter_path).resolve() in inputs:
                 raise UsageError(
                     f"{o.dead_letter_path} is the input; give dead_letter_path another name",
                     "dead_letter_path",
@@ -266,12 +391,6 @@ class _Run:
                 o.dead_letter_path, self.name, overwrite=o.overwrite, append=append
             )
             self.report.files["dead_letter"] = str(o.dead_letter_path)
-        if self.writer is not None:
-            # Where the output files end now: a resumed run trims them back to this.
-            self.writer.start(
-                rejects_offset=None if self.rejects is None else self.rejects.size,
-                dead_letter_offset=None if self.dead_letter is None else self.dead_letter.size,
-            )
 
     def fail(self, exc: RunStopped) -> None:
         """Stop the run for ``exc`` (the first reason given is the one reported)."""
@@ -366,7 +485,6 @@ def _produce(
     # decided from its first chunk.
     column_types: dict[tuple[str, ...], dict[str, str]] = {}
     date_orders: dict[tuple[str, ...], dict[str, DateOrder]] = {}
-    report.bytes_total = source.info.size
     hasher: InputHasher | None = None
     if writer is not None and source.info.name not in ("-", RECORDS_NAME):
         hasher = InputHasher(run.path, run.hasher_checkpoint, dict(o.storage_options))
@@ -437,10 +555,12 @@ def _produce(
             return False
         return True
 
+    # ``limit`` counts the rows of the whole run, over all its files.
+    left = None if o.limit is None else max(0, o.limit - report.rows_read)
     try:
-        for number, chunk in enumerate(first_rows(source.chunks(), o.limit)):
+        for number, chunk in enumerate(first_rows(source.chunks(), left)):
             report.rows_read += chunk.rows_read
-            report.bytes_read = source.bytes_read
+            report.bytes_read = run.bytes_before + source.bytes_read
             if hasher is not None and writer is not None:
                 notify(writer.note_input, hasher.advance(source.bytes_read))
             # A dead-letter file (JSONL: CSV cells are never payload objects) is re-imported
@@ -501,7 +621,7 @@ def _produce(
                     # Rows read but never cleaned (the rest of a split chunk) were not sent either.
                     report.not_sent += sum(p.rows_read for p in pieces[i + 1 :])
                     return
-        report.bytes_read = source.bytes_read
+        report.bytes_read = run.bytes_before + source.bytes_read
         if hasher is not None and writer is not None:
             checkpoint = hasher.finish()
             notify(writer.note_input, checkpoint)
@@ -550,16 +670,17 @@ def _last_record(chunk: Chunk) -> int:
 
 
 async def _run(
-    path: str | Path,
-    open_source: Callable[[ImportOptions], AnySource],
+    inputs: list[InputFile],
+    label: str,
+    open_source: Callable[[str, ImportOptions], AnySource],
     options: ImportOptions,
     observer: Observer | None,
     stop: threading.Event | None,
 ) -> ImportReport:
     stop = stop or threading.Event()
-    run = _Run(path, options)
+    run = _Run(inputs, options, label)
     report = run.report
-    check_outputs(run.path, options)
+    check_outputs([str(local_path(i.path)) for i in inputs], options)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
     # The queue is bounded by these slots, taken by the producer and given back by the
@@ -575,15 +696,19 @@ async def _run(
                 return True
         return False
 
+    def limit_reached() -> bool:
+        return options.limit is not None and report.rows_read >= options.limit
+
     # With a limit, the source reads no more rows than it may import.
     chunk_rows = min(options.chunk_rows, options.limit or options.chunk_rows)
-    with open_source(options.replace(chunk_rows=chunk_rows)) as source:
-        # The shared limit's Redis is reached first: out of reach, the run stops
-        # before it touches the state or the output files.
+    source_options = options.replace(chunk_rows=chunk_rows)
+    # The first input is opened first, then the shared limit's Redis is reached: either
+    # failing, the run stops before it touches the state or the output files.
+    source: AnySource | None = open_source(inputs[0].path, source_options)
+    try:
         async with Sender(options) as sender:
             try:
-                run.open_state(source.info)
-                run.open_outputs(source.info)
+                run.lock_state()
 
                 async def worker() -> None:
                     # A worker never dies: whatever fails stops the run, and the worker
@@ -619,40 +744,59 @@ async def _run(
                     run.stopping.set()
                     sender.interrupt()
 
-                # One worker per call that may be in flight; the pacer decides how many are.
-                workers = [asyncio.create_task(worker()) for _ in range(options.in_flight_ceiling)]
+                async def read_file(source: AnySource) -> None:
+                    """Send one input. Its batches are all answered before the next file
+                    starts, so each file's run in the state is settled by its own writer."""
+                    # One worker per call that may be in flight; the pacer decides how many are.
+                    workers = [
+                        asyncio.create_task(worker()) for _ in range(options.in_flight_ceiling)
+                    ]
+                    try:
+                        await asyncio.to_thread(
+                            _produce, run, source, put, loop.call_soon_threadsafe
+                        )
+                    except InputUnreadable as exc:
+                        if not run.batches_put:
+                            raise  # nothing was sent: a usage error, as before the first request
+                        run.fail(LocalFault(f"input damaged after row {report.rows_read}: {exc}"))
+                    except (ImporterError, KeyboardInterrupt):
+                        raise
+                    except Exception as exc:
+                        log.debug("reading the input failed", exc_info=True)
+                        run.fail(LocalFault(f"reading the input failed: {_describe(exc)}"))
+                    finally:
+                        # Workers drain what is queued (counting it as not sent when stopping).
+                        for _ in workers:
+                            queue.put_nowait(None)
+                        await asyncio.gather(*workers)
+                        if not options.dry_run:
+                            _sync_stats(report, sender)
+                        run.end_file(run.completed and not failure and not run.stopping.is_set())
+
                 watcher = asyncio.create_task(watch_stop())
                 # True while an error escapes the run (no report is written then).
                 aborted = True
                 try:
-                    await asyncio.to_thread(_produce, run, source, put, loop.call_soon_threadsafe)
-                    aborted = False
-                except InputUnreadable as exc:
-                    if not run.batches_put:
-                        raise  # nothing was sent: a usage error, as before the first request
-                    run.fail(LocalFault(f"input damaged after row {report.rows_read}: {exc}"))
-                    aborted = False
-                except (ImporterError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:
-                    log.debug("reading the input failed", exc_info=True)
-                    run.fail(LocalFault(f"reading the input failed: {_describe(exc)}"))
+                    for index, item in enumerate(inputs):
+                        if run.stopping.is_set() or limit_reached():
+                            name = display_name(item.path)
+                            report.inputs.append({"source": name, "status": "not read"})
+                            continue
+                        source = source or open_source(item.path, source_options)
+                        with source:
+                            if run.begin_file(index, source):
+                                await read_file(source)
+                        source = None
                     aborted = False
                 finally:
-                    # Workers drain what is queued (counting it as not sent when stopping).
-                    for _ in workers:
-                        queue.put_nowait(None)
-                    await asyncio.gather(*workers)
                     watcher.cancel()
-                    if not options.dry_run:
-                        _sync_stats(report, sender)
-                    # The report is written before the state says "completed": a run
-                    # whose report could not be written is resumed, not started over.
                     if not aborted:
                         _write_report(run, stop)
-                    run.finish_state(run.completed and not failure and not run.stopping.is_set())
             finally:
                 run.close()
+    finally:
+        if source is not None:
+            source.close()
     if observer is not None:
         observer(report)
     if failure:
@@ -690,7 +834,7 @@ def _write_report(run: _Run, stop: threading.Event) -> None:
         report.stopped = report.stopped or str(failure[0])
 
 
-def check_outputs(path: str, options: ImportOptions) -> None:
+def check_outputs(paths: Sequence[str], options: ImportOptions) -> None:
     """Refuse, before anything is read or sent, a run whose files could not be written.
 
     Raises :class:`UsageError` for a report, rejects, dead-letter or state path in a
@@ -706,12 +850,14 @@ def check_outputs(path: str, options: ImportOptions) -> None:
     for what, output in outputs:
         if output is not None:
             check_writable(Path(output), what)
-    once = path == "-" or (Path(path).exists() and stat.S_ISFIFO(os.stat(path).st_mode))
-    if once and o.resume and not o.dry_run and o.state_path is not None:
-        raise UsageError(
-            f"{display_name(path)} is read only once (stdin or a pipe): it cannot be "
-            "resumed; import it from a file"
-        )
+    if not o.resume or o.dry_run or o.state_path is None:
+        return
+    for path in paths:
+        if path == "-" or (Path(path).exists() and stat.S_ISFIFO(os.stat(path).st_mode)):
+            raise UsageError(
+                f"{display_name(path)} is read only once (stdin or a pipe): it cannot be "
+                "resumed; import it from a file"
+            )
 
 
 def _sync_stats(report: ImportReport, sender: Sender) -> None:

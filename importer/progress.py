@@ -12,6 +12,7 @@ import os
 import shlex
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
@@ -270,6 +271,12 @@ def rerun_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
     return shlex.join(words)
 
 
+def _files_line(inputs: list[dict[str, Any]]) -> str:
+    """How many of a run's files ended how: ``10 (3 skipped, 7 completed)``."""
+    statuses = Counter(str(s["status"]).split(":", 1)[0] for s in inputs)
+    return f"{len(inputs)} (" + ", ".join(f"{n} {status}" for status, n in statuses.items()) + ")"
+
+
 def fix_command(report: ImportReport, args: Sequence[str] = ()) -> str | None:
     """The command that imports this run's rejected rows once the rejects file is fixed, or
     None. ``args`` repeat the API's address and the mapping and cleaning options."""
@@ -291,6 +298,8 @@ def summary_lines(
         lines.append(f"preset: {report.preset} (blueshift-import presets show {report.preset})")
     if report.mapping:
         lines.append("mapping: " + ", ".join(f"{s} -> {t}" for s, t in report.mapping))
+    if len(report.inputs) > 1 or any("skipped" in str(s["status"]) for s in report.inputs):
+        lines.append(f"  {'files':<16} {_files_line(report.inputs)}")
     lines.append(f"  {'rows read':<16} {report.rows_read}")
     for label, n in report.accounting_terms():
         lines.append(f"  {'merged repeats' if label == 'merged' else label:<16} {n}")

@@ -22,8 +22,8 @@ from importer.options import ImportOptions
 from importer.source import Source, read_chunks
 from importer.source.location import (
     HTTP_STALL_S,
-    _filesystem,
     display_name,
+    filesystem,
     local_path,
     url_scheme,
 )
@@ -128,7 +128,7 @@ def test_import_from_s3_delivers_what_the_local_file_delivers(
     assert (report.succeeded, report.rejected) == (expected.succeeded, expected.rejected)
     assert _applied(remote_api) == _applied(local_api)
     header = (tmp_path / "rejects.csv").read_text().splitlines()[0]
-    assert header.endswith(",_line,_outcome,_column,_value,_reason,_read_as")
+    assert header.endswith(",_line,_outcome,_column,_value,_reason,_read_as,_source")
 
 
 def test_cli_reaches_s3_through_aws_endpoint_url_or_storage_option(
@@ -156,7 +156,6 @@ def test_cli_missing_object_bucket_extra_or_scheme_is_one_line_exit_2(
     cases = {
         f"s3://{BUCKET}/{tmp_path.name}/absent.csv": "no such file",
         "s3://no-such-bucket/c.csv": "no such file",
-        f"s3://{BUCKET}/{tmp_path.name}": "is a directory",
         "gs://bucket/c.csv": "needs the gcs extra: pip install 'blueshift-import[gcs]'",
         "az://container/c.csv": "needs the azure extra: pip install 'blueshift-import[azure]'",
         "ftp://host/c.csv": "unsupported URL scheme ftp://",
@@ -266,7 +265,7 @@ def test_http_missing_file_names_the_url_without_its_query(http_root):
 def test_http_streams_have_no_total_time_limit():
     # An HTTP input is streamed at the API's pace, for as long as the import lasts: aiohttp's
     # default 5-minute limit on a whole answer would cut it; only a stalled server times out.
-    timeout = _filesystem("https", {}).client_kwargs["timeout"]
+    timeout = filesystem("https", {}).client_kwargs["timeout"]
     assert timeout.total is None and timeout.sock_read == HTTP_STALL_S
 
 

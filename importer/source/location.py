@@ -100,7 +100,7 @@ def open_input(
             f"{name}: unsupported URL scheme {scheme}:// "
             "(use s3://, gs://, az://, https://, http:// or file://)"
         )
-    fs = _filesystem(scheme, storage_options or {})
+    fs = filesystem(scheme, storage_options or {})
     try:
         info = fs.info(str(path))
         if info.get("type") == "directory":
@@ -109,12 +109,24 @@ def open_input(
     except InputUnreadable:
         raise
     except FileNotFoundError as exc:
-        raise InputUnreadable(f"{name}: no such file") from exc
+        raise InputUnreadable(f"{name}: {not_found(exc)}") from exc
     except PermissionError as exc:
         raise InputUnreadable(f"{name}: access denied ({scrub(str(exc))})") from exc
     except Exception as exc:  # each store raises its own types: this is the boundary
         raise InputUnreadable(f"{name}: cannot open ({describe_error(exc)})") from exc
     return stream, info.get("size"), _modified_ns(info)
+
+
+def not_found(exc: FileNotFoundError, what: str = "file") -> str:
+    """``no such file``, or what really failed when a store says "not found" for any
+    failure (fsspec's HTTP filesystem does, for a refused certificate too)."""
+    cause = exc.__cause__
+    # A connection or TLS failure is an OSError; an HTTP answer other than 404 has a status.
+    if cause is None or (
+        not isinstance(cause, OSError) and getattr(cause, "status", None) in (None, 404)
+    ):
+        return f"no such {what}"
+    return f"cannot open ({describe_error(cause)})"
 
 
 def describe_error(exc: BaseException) -> str:
@@ -143,7 +155,7 @@ def _open_local(path: str | Path) -> tuple[IO[bytes], int, int]:
     return file, st.st_size, st.st_mtime_ns
 
 
-def _filesystem(scheme: str, storage_options: dict[str, Any]) -> Any:
+def filesystem(scheme: str, storage_options: dict[str, Any]) -> Any:
     """The fsspec filesystem for ``scheme``; raises as :func:`open_input` says."""
     import fsspec
 

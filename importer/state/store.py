@@ -433,6 +433,22 @@ class StateStore:
                 cur.lastrowid, False, source, rejects_path=rejects, dead_letter_path=dead_letter
             )
 
+    def finished_run(self, fingerprint: Fingerprint) -> int | None:
+        """The id of the latest run of ``fingerprint``'s input if it completed on an
+        input of the same size and modification time, else None.
+
+        ``--resume`` of a set of files skips such a file: the interrupted set finished it.
+        """
+        with state_errors(self.path), contextlib.closing(self.connect()) as conn:
+            row = conn.execute(
+                "SELECT id, status, size, mtime_ns FROM runs WHERE source = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (fingerprint.source,),
+            ).fetchone()
+        if row is None or row[1] != "completed" or fingerprint.source == "-":
+            return None
+        return int(row[0]) if (row[2], row[3]) == (fingerprint.size, fingerprint.mtime_ns) else None
+
     def holds_payloads(self) -> bool:
         """Whether any payload hash is kept (some run used ``--changed-only``)."""
         with state_errors(self.path), contextlib.closing(self.connect()) as conn:
