@@ -200,7 +200,13 @@ def run_client(
     err_path = workdir / "client.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)
+        # In ``workdir``, so files a run writes beside itself (a default rejects file) land
+        # there; PYTHONPATH keeps this tree's package importable from it.
+        env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        }
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=err)
         if stop_at_first_request and watcher is not None:
             while watcher.first is None and proc.poll() is None:
                 time.sleep(0.002)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -26,8 +27,13 @@ API_KEY = DEFAULT_KEY
 
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run each test in its temp dir: a run's default rejects file lands in the working one."""
+    """Run each test in its temp dir: a run's default rejects file lands in the working one.
+    Subprocesses started there still import this tree's package."""
     monkeypatch.chdir(tmp_path)
+    root = str(Path(__file__).resolve().parent.parent)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
 
 
 @pytest.fixture

@@ -493,7 +493,7 @@ def _start_run(server, tmp_path: Path, n: int, *extra: str) -> subprocess.Popen:
     ]
     env = {**os.environ, "BLUESHIFT_API_KEY": API_KEY, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=os.getcwd()
     )
 
 

@@ -87,7 +87,7 @@ def test_hostile_file_subprocess(api, corpus, tmp_path, name):
         capture_output=True,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=os.getcwd(),
         timeout=120,
     )
     _check(case, proc.returncode, proc.stdout, proc.stderr, tmp_path)

@@ -225,7 +225,7 @@ def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "BLUESHIFT_API_KEY": API_KEY}
     cmd = [sys.executable, "-m", "importer", "run", *args]
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, cwd=os.getcwd(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -464,7 +464,7 @@ def test_https_url_with_a_private_ca_through_ssl_cert_file(https_root, fake_api,
     # The certificate is checked: unknown to the default trust store, the file is refused.
     refused = subprocess.run(
         [sys.executable, "-m", "importer", "run", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=os.getcwd(), env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode == 2, refused.stderr
     assert "certificate verify failed" in refused.stderr
@@ -472,7 +472,7 @@ def test_https_url_with_a_private_ca_through_ssl_cert_file(https_root, fake_api,
     # SSL_CERT_FILE names the CA (here the certificate itself) that OpenSSL trusts.
     done = subprocess.run(
         [sys.executable, "-m", "importer", "run", *args],
-        cwd=ROOT, env={**env, "SSL_CERT_FILE": str(cert)}, capture_output=True, text=True,
+        cwd=os.getcwd(), env={**env, "SSL_CERT_FILE": str(cert)}, capture_output=True, text=True,
         timeout=60,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr  # one row has no identifier

@@ -93,7 +93,7 @@ def _start_run(path: Path, server: FakeApiServer, state: Path, tmp: Path, *extra
     ]
     env = {**os.environ, "BLUESHIFT_API_KEY": API_KEY}
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, cwd=os.getcwd(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

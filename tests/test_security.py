@@ -98,7 +98,7 @@ def test_security_run_with_retries_rejects_and_dead_letters_leaks_nothing(make_f
         capture_output=True,
         text=True,
         env={**os.environ, "BLUESHIFT_API_KEY": SECRET},
-        cwd=ROOT,
+        cwd=os.getcwd(),
         timeout=120,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -177,7 +177,7 @@ def test_security_fake_api_command_logs_no_key(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "FAKE_API_KEY": SECRET},
-        cwd=ROOT,
+        cwd=os.getcwd(),
     )
     try:
         url = f"http://127.0.0.1:{port}/api/v1/customers/bulk"
