@@ -17,6 +17,7 @@ import pytest
 from importer import import_file
 from importer.errors import RunStopped
 from importer.fake_api import FakeApiServer
+from importer.progress import summary_lines
 
 from .conftest import fast_options, write_csv
 from .test_resume import (
@@ -138,7 +139,46 @@ def test_an_outage_stop_then_resume_reports_the_whole_job(make_fake_api, tmp_pat
     assert job["rejected"] == n // NO_ID and job["dead_lettered"] == 0
 
 
-def test_a_state_of_schema_4_upgrades_and_says_its_counts_are_incomplete(make_fake_api, tmp_path):
+def test_a_set_of_files_resumed_sums_every_file_of_the_job(make_fake_api, tmp_path):
+    rows = _rows(900)
+    a = write_csv(tmp_path / "a.csv", rows[:300])
+    b = write_csv(tmp_path / "b.csv", rows[300:])
+    first, second = make_fake_api(bad_field=POISON), make_fake_api(bad_field=POISON)
+    # Cut in b.csv: a.csv is finished, and the resumed run skips it.
+    trial = import_file([a, b], _options(first, tmp_path, limit=450, chunk_rows=100))
+    assert [i["status"] for i in trial.inputs] == ["completed", "interrupted"]
+    resumed = import_file([a, b], _options(second, tmp_path, resume=True))
+    assert resumed.inputs[0]["status"].startswith("skipped")
+    job = resumed.job
+    assert job is not None and job["runs"] == 2 and job["complete"]
+    assert job["succeeded"] == len(set(_ids(first)) | set(_ids(second))) == len(_expected_ids(900))
+    assert job["rejected"] == 900 // NO_ID
+    assert job["dead_lettered"] == sum(1 for i in range(1, 901) if i % BAD_EMAIL == 0 and i % NO_ID)
+
+
+def test_unchanged_customers_are_counted_once_over_a_resumed_job(make_fake_api, tmp_path):
+    n = 1_000
+    night1 = write_csv(tmp_path / "night1.csv", _rows(n, bad_emails=False))
+    night2 = write_csv(
+        tmp_path / "night2.csv", _rows(n, bad_emails=False, changed=frozenset(range(1, n, 3)))
+    )
+    api = make_fake_api()
+    import_file(night1, _options(api, tmp_path, changed_only=True))
+    options = _options(api, tmp_path, changed_only=True, overwrite=True)
+    trial = import_file(night2, options.replace(limit=600, chunk_rows=100))
+    assert trial.unchanged_skipped
+    resumed = import_file(night2, options.replace(resume=True, overwrite=False))
+    job = resumed.job
+    assert job is not None and job["complete"]
+    changed = sum(1 for i in range(1, n, 3) if i % NO_ID)
+    assert job["succeeded"] == changed
+    assert job["unchanged_skipped"] == n - n // NO_ID - changed
+    assert job["rejected"] == n // NO_ID
+
+
+def test_a_state_of_schema_4_upgrades_and_says_its_counts_are_incomplete(
+    make_fake_api, cli, tmp_path
+):
     src = write_csv(tmp_path / "c.csv", _rows(600))
     api = make_fake_api(bad_field=POISON)
     import_file(src, _options(api, tmp_path, limit=300, chunk_rows=100))
@@ -162,3 +202,6 @@ def test_a_state_of_schema_4_upgrades_and_says_its_counts_are_incomplete(make_fa
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
     assert conn.execute("SELECT rejected FROM runs").fetchone() == (None,)
     conn.close()
+    info = cli("state", "info", "--state", str(state))
+    assert "rejected ?" in info.output
+    assert "some runs' counts unknown" in "\n".join(summary_lines(resumed))

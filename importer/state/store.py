@@ -619,7 +619,7 @@ def open_summary(path: str | Path) -> dict[str, Any]:
     try:
         runs = conn.execute(
             "SELECT id, source, status, pid, attempts, started_at, updated_at, confirmed, "
-            "dead_lettered FROM runs ORDER BY id DESC LIMIT 20"
+            "rejected, dead_lettered FROM runs ORDER BY id DESC LIMIT 20"
         )
         files = (path, Path(f"{path}-wal"))
         summary = {
