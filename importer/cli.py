@@ -698,9 +698,15 @@ def state_info(state_path: Path | None, as_json: bool) -> None:
         for r in summary["runs"]:
             click.echo(
                 f"  #{r['id']:<4} {r['status']:<11} {_when(r['updated_at'])}  "
-                f"confirmed {r['confirmed']}, dead-lettered {r['dead_lettered']}, "
+                f"confirmed {r['confirmed']}, rejected {_known(r['rejected'])}, "
+                f"dead-lettered {r['dead_lettered']}, "
                 f"attempts {r['attempts']}  {r['source']}"
             )
+
+
+def _known(count: int | None) -> str:
+    """A count a state of schema 4 or older did not keep is unknown."""
+    return "?" if count is None else str(count)
 
 
 def _when(timestamp: float) -> str:

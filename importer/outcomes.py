@@ -505,6 +505,9 @@ class ImportReport:
     #: (``completed``, ``interrupted``, ``stopped``, ``skipped: …``, ``not read``)
     #: and, for a file read, its share of the counts above.
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    #: For a run that continued earlier ones (``--resume``): the whole job's counts over
+    #: all its runs, from the state (see :meth:`~importer.state.StateStore.job_totals`).
+    job: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
     mapping: list[tuple[str, str]] = field(default_factory=list)
     #: The platform preset applied (see :mod:`importer.presets`), None: none.

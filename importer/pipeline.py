@@ -17,6 +17,7 @@ import os
 import sqlite3
 import stat
 import threading
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from .outcomes import (
 )
 from .pacing import redacted
 from .presets import Preset, choose_preset
-from .records import Batch, Outcome
+from .records import Batch, Customer, Outcome
 from .sending import Sender
 from .source import Chunk, InputHasher, Source, SourceInfo, unwrap_dead_letter
 from .source.chunk import first_rows
@@ -235,6 +236,12 @@ class _Run:
         #: the output files are opened when it begins.
         self.read_any = False
         self._counts_before: dict[str, int] = {}
+        #: This invocation, in the state's record of which ones worked on a run.
+        self.invocation = uuid.uuid4().hex
+        #: Per input, the run in the state it went on or was finished by, and whether this
+        #: run continued an earlier one (then its report gets the job's totals).
+        self.job_runs: list[int] = []
+        self.continued = False
         self.column_specs = load_mapping_file(options.mapping_file) if options.mapping_file else {}
 
     def use_run_dir(self, run_dir: Path) -> None:
@@ -329,6 +336,8 @@ class _Run:
         resume = o.resume and not self.read_any
         if resume and not o.force and (finished := self.store.finished_run(fp)) is not None:
             log.info("%s was finished by run %d; skipping it", input.name, finished)
+            self.job_runs.append(finished)
+            self.continued = True
             return finished
         info = self.store.begin_run(
             fp,
@@ -337,7 +346,10 @@ class _Run:
             force=o.force,
             rejects_path=self.rejects_path,
             dead_letter_path=o.dead_letter_path,
+            invocation=self.invocation,
         )
+        self.job_runs.append(info.run_id)
+        self.continued = self.continued or info.resumed
         account = Account(o.resolved_base_url, o.api_key)
         self.reader = StateReader(self.store, info, account)
         # Payload hashes are kept once --changed-only is used with this state: a run that
@@ -447,6 +459,20 @@ class _Run:
                 LocalFault(f"cannot record the end of the run in the state: {_describe(exc)}")
             )
 
+    def job_totals(self) -> dict[str, Any] | None:
+        """The whole job's counts, over this run and those it continued (None when it
+        continued none); ``complete`` is False when some run's counts are unknown."""
+        if not self.continued or self.store is None:
+            return None
+        try:
+            totals = self.store.job_totals(self.job_runs)
+        except ImporterError as exc:
+            log.warning("the job's totals are unknown: %s", exc)
+            return None
+        # After a failed write the state holds less than this run did.
+        totals["complete"] = totals["complete"] and not self.state_fault
+        return totals
+
     def close(self) -> None:
         """Close the output files, then the state (whatever of them was opened)."""
         for closable in (self.rejects, self.dead_letter, self.writer, self.store):
@@ -514,21 +540,22 @@ def _produce(
         types, orders = column_types.get(key, {}), date_orders.get(key, {})
         result = clean_chunk(chunk, mappings[key], o, types, orders)
         customers, merged, conflicts = merge_repeats(result.customers)
+        merged_into = customers
         rejects = [*result.rejects, *conflicts]
-        done = unchanged = 0
+        done = 0
+        skipped: list[Customer] = []
         if reader is not None:
             customers, done = reader.skip_done(customers)
             if o.changed_only:
-                customers, unchanged = reader.skip_unchanged(customers)
+                customers, skipped = reader.skip_unchanged(customers)
         if run.rejects is not None:
             read_as = {
                 "types": types,
                 "date_orders": {c: d._asdict() for c, d in orders.items()},
             }
+            new_rejects = rejects if reader is None else reader.new_rejects(rejects)
             try:
-                run.rejects.write(
-                    rejects if reader is None else reader.new_rejects(rejects), chunk, read_as
-                )
+                run.rejects.write(new_rejects, chunk, read_as)
             except OSError as exc:
                 # Nothing of this piece is counted yet: all its rows are not sent, and the
                 # state does not record its rejects, so a resumed run reads them again.
@@ -536,13 +563,15 @@ def _produce(
                 run.fail(LocalFault(f"cannot write the rejects file: {_describe(exc)}"))
                 abandon()
                 return False
-            if writer is not None:
-                notify(writer.note_rejects, _last_record(chunk), run.rejects.size)
+            if writer is not None and reader is not None:
+                # Rows an earlier attempt counted are left out of the job's totals.
+                counted = reader.new_counts(new_rejects, merged_into, skipped)
+                notify(writer.note_rejects, _last_record(chunk), run.rejects.size, counted)
         # Counted only once nothing above can fail: a piece is counted whole or not at all.
         report.merged_duplicates += merged
         report.count_rejects(rejects)
         report.already_done += done
-        report.unchanged_skipped += unchanged
+        report.unchanged_skipped += len(skipped)
         if o.dry_run:
             room = o.preview_size - len(report.preview)
             report.preview.extend(c.payload for c in customers[:room])
@@ -818,6 +847,7 @@ def _write_report(run: _Run, stop: threading.Event) -> None:
     elif stop.is_set():
         report.stopped = "interrupted"
     report.finish()
+    report.job = run.job_totals()
     if run.rejects is not None and run.rejects.created:
         report.files["rejects"] = str(run.rejects.path)
     # Files a run had nothing to write are never created.

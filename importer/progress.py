@@ -341,6 +341,12 @@ def summary_lines(
     for reason, n in _top(report.dead_letter_reasons):
         lines.append(f"  dead-lettered: {n} × {reason}")
     lines.append(f"  accounting: {report.accounting_line()}")
+    if job := report.job:
+        unknown = "" if job["complete"] else " (some runs' counts unknown)"
+        lines.append(
+            f"  whole job ({job['runs']} runs): succeeded {job['succeeded']}, rejected "
+            f"{job['rejected']}, dead-lettered {job['dead_lettered']}{unknown}"
+        )
     for kind, path in report.files.items():
         lines.append(f"  {kind.replace('_', '-')}: {path}")
     if rerun:

@@ -2,7 +2,8 @@
 
 Owns what a run writes while it goes: the ranges of records it settled
 (``done``), the payload hashes the API confirmed (``payloads``), and the run's
-counts and progress notes (``runs``), and marking the run finished.
+counts (over all its attempts: delivered, dead-lettered, rejected, merged,
+unchanged) and progress notes (``runs``), and marking the run finished.
 
 Must not: start, resume or supersede runs (that is :mod:`.store`), or read
 for the producer (that is :mod:`.reader`).
@@ -47,6 +48,8 @@ class ConfirmationWriter:
         self.checkpoint = (run.checkpoint_bytes, run.checkpoint_hash)
         self.rejects = (run.rejects_through, run.rejects_offset)
         self.dead_letter_offset = run.dead_letter_offset
+        #: Rejected, merged and unchanged rows noted and not yet written.
+        self.counted = [0, 0, 0]
         self.pending: dict[bytes, bytes] = {}
         self.flush_at = FLUSH_MIN
         with state_errors(store.path):
@@ -58,14 +61,24 @@ class ConfirmationWriter:
         self.dead_letter_offset = dead_letter_offset
         with state_errors(self.store.path), transaction(self.conn):
             self._write_progress()
+        self.counted = [0, 0, 0]
 
     def note_input(self, checkpoint: tuple[int, str]) -> None:
         """The producer hashed the input up to here: ``(bytes, sha256 hexdigest)``."""
         self.checkpoint = checkpoint
 
-    def note_rejects(self, through: int, offset: int | None) -> None:
-        """Rejects of records up to ``through`` are written; the rejects file ends at ``offset``."""
+    def note_rejects(
+        self, through: int, offset: int | None, counted: tuple[int, int, int] = (0, 0, 0)
+    ) -> None:
+        """Rejects of records up to ``through`` are written; the rejects file ends at ``offset``.
+
+        ``counted`` adds the rows of records up to ``through`` rejected, merged
+        into another and skipped as unchanged that no earlier attempt counted;
+        they are written with the rejects file's position, so after a kill the
+        counts match what the resumed attempt does not read as new.
+        """
         self.rejects = (through, offset)
+        self.counted = [n + m for n, m in zip(self.counted, counted, strict=True)]
 
     def record(self, outcomes: Sequence[Outcome], dead_letter_offset: int | None) -> None:
         """Commit ``outcomes``: their records as done; note the delivered payloads' hashes.
@@ -91,6 +104,7 @@ class ConfirmationWriter:
                 [(run_id, lo, hi) for lo, hi in record_ranges(settled)],
             )
             self._write_progress(len(delivered), len(outcomes) - len(delivered))
+        self.counted = [0, 0, 0]
         if len(self.pending) >= self.flush_at:
             self.flush()
 
@@ -129,20 +143,26 @@ class ConfirmationWriter:
             if status == "completed":
                 # Only an unfinished run is ever resumed: its record numbers are not needed.
                 conn.execute("DELETE FROM done WHERE run_id = ?", (self.run.run_id,))
+        self.counted = [0, 0, 0]
 
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
 
     def _write_progress(self, confirmed: int = 0, dead_lettered: int = 0) -> None:
-        """Add to the run's counts and write its progress notes (in the caller's transaction)."""
+        """Add to the run's counts and write its progress notes (in the caller's transaction).
+
+        The counts noted are forgotten only once the transaction commits.
+        """
         self.conn.execute(
             "UPDATE runs SET confirmed = confirmed + ?, dead_lettered = dead_lettered + ?, "
+            "rejected = rejected + ?, merged = merged + ?, unchanged = unchanged + ?, "
             "checkpoint_bytes = ?, checkpoint_hash = ?, rejects_through = ?, rejects_offset = ?, "
             "dead_letter_offset = ?, updated_at = ? WHERE id = ?",
             (
                 confirmed,
                 dead_lettered,
+                *self.counted,
                 *self.checkpoint,
                 *self.rejects,
                 self.dead_letter_offset,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ..records import Customer, Reject
+from ..records import CONFLICT, FIELD_DROPPED, Customer, Reject
 from .store import RANGE_SPAN, Account, RunInfo, StateStore
 
 
@@ -50,18 +50,40 @@ class StateReader:
         kept = [c for c in customers if c.record not in done]
         return kept, len(customers) - len(kept)
 
+    @property
+    def through(self) -> int:
+        """Records up to this one had their rejects written and their rows counted by an
+        earlier attempt of the run (0: none)."""
+        return self.run.rejects_through if self.run.resumed else 0
+
     def new_rejects(self, rejects: list[Reject]) -> list[Reject]:
         """Rejects not yet written to the rejects file by an earlier attempt."""
-        through = self.run.rejects_through if self.run.resumed else 0
-        return [r for r in rejects if r.record > through]
+        return [r for r in rejects if r.record > self.through]
 
-    def skip_unchanged(self, customers: Sequence[Customer]) -> tuple[list[Customer], int]:
-        """The customers whose payload differs from the last confirmed one (or is new)."""
+    def new_counts(
+        self, new_rejects: list[Reject], merged: Sequence[Customer], unchanged: Sequence[Customer]
+    ) -> tuple[int, int, int]:
+        """The rows no earlier attempt counted: rejected (among ``new_rejects``), merged into
+        the ``merged`` customers, and skipped as ``unchanged``; for the job's totals."""
+        through = self.through
+        return (
+            sum(r.outcome not in (FIELD_DROPPED, CONFLICT) for r in new_rejects),
+            sum(len(c.merged_records) for c in merged if c.record > through),
+            sum(c.record > through for c in unchanged),
+        )
+
+    def skip_unchanged(
+        self, customers: Sequence[Customer]
+    ) -> tuple[list[Customer], list[Customer]]:
+        """The customers whose payload differs from the last confirmed one (or is new),
+        and those skipped."""
         query = "SELECT hash FROM payloads WHERE id = ?"
-        account, kept = self.account, []
+        account = self.account
+        kept: list[Customer] = []
+        skipped: list[Customer] = []
         for customer in customers:
             row = self.conn.execute(query, (account.customer(customer.identifier or ""),))
             found = row.fetchone()
-            if found is None or found[0] != account.payload(customer.encoded):
-                kept.append(customer)
-        return kept, len(customers) - len(kept)
+            changed = found is None or found[0] != account.payload(customer.encoded)
+            (kept if changed else skipped).append(customer)
+        return kept, skipped

@@ -22,6 +22,7 @@ import os
 import re
 import sqlite3
 import time
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -42,9 +43,11 @@ with warnings.catch_warnings():
 
 log = logging.getLogger(__name__)
 
-#: 4 keeps keyed hashes of identifiers instead of the identifiers (see :class:`Account`);
-#: 3 and 2 (0.1.0) are upgraded, keeping their runs but not their payload hashes; 1 is refused.
-SCHEMA_VERSION = 4
+#: 5 counts each run's rejected, merged and unchanged rows and records which invocations
+#: worked on it; 4 is upgraded with those counts unknown (NULL). 4 keeps keyed hashes of
+#: identifiers instead of the identifiers (see :class:`Account`); 3 and 2 (0.1.0) are
+#: upgraded, keeping their runs but not their payload hashes; 1 is refused.
+SCHEMA_VERSION = 5
 #: A recorded range of record numbers never spans more than this many numbers,
 #: so the rows overlapping [a, b] are found with an index scan of lo in [a - span, b].
 RANGE_SPAN = 64
@@ -65,9 +68,15 @@ CREATE TABLE IF NOT EXISTS runs (
     confirmed INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0,
     checkpoint_bytes INTEGER NOT NULL DEFAULT 0, checkpoint_hash TEXT, content_hash TEXT,
     rejects_path TEXT, rejects_through INTEGER NOT NULL DEFAULT 0, rejects_offset INTEGER,
-    dead_letter_path TEXT, dead_letter_offset INTEGER
+    dead_letter_path TEXT, dead_letter_offset INTEGER, rejected INTEGER, merged INTEGER,
+    unchanged INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_by_source ON runs (source, id);
+-- Which invocations of the command worked on a run (the first and each --resume), so a
+-- resumed set of files tells how many runs its job took.
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id INTEGER NOT NULL, invocation TEXT NOT NULL, PRIMARY KEY (run_id, invocation)
+) WITHOUT ROWID;
 -- The records an unfinished run settled (confirmed or dead-lettered), as ranges.
 CREATE TABLE IF NOT EXISTS done (
     run_id INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
@@ -100,6 +109,11 @@ _UPGRADE_FROM_2 = (
     "DROP TABLE journal",
     "INSERT OR IGNORE INTO done SELECT run_id, record, record FROM failed",
     "DROP TABLE failed",
+)
+#: Schema 5 adds counts a run of schema 4 or older never kept: NULL stands for unknown
+#: (a new run starts them at 0, and ``NULL + n`` stays NULL when an old run is resumed).
+_UPGRADE_TO_5 = tuple(
+    f"ALTER TABLE runs ADD COLUMN {name} INTEGER" for name in ("rejected", "merged", "unchanged")
 )
 
 
@@ -317,18 +331,21 @@ class StateStore:
                 if version == 2:
                     for statement in _UPGRADE_FROM_2:
                         conn.execute(statement)
-                if version < SCHEMA_VERSION:
+                if version < 4:
                     # Identifiers in clear: dropped (and erased by the VACUUM below). Runs and
                     # done ranges stay, so an interrupted run still resumes; only
                     # --changed-only starts afresh and sends everyone once.
                     conn.execute("DROP TABLE IF EXISTS payloads")
+                if version < 5:
+                    for statement in _UPGRADE_TO_5:
+                        conn.execute(statement)
                 for statement in _SCHEMA.split(";"):  # executescript would commit first
                     conn.execute(statement)
                 conn.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), ('locked_by', ?)",
                     (str(SCHEMA_VERSION), str(os.getpid())),
                 )
-            if version < SCHEMA_VERSION:
+            if version < 4:
                 conn.execute("VACUUM")
 
     def _inspect(self, resume: bool) -> int:
@@ -378,6 +395,7 @@ class StateStore:
         force: bool = False,
         rejects_path: Path | None = None,
         dead_letter_path: Path | None = None,
+        invocation: str | None = None,
     ) -> RunInfo:
         """Start a run of ``fingerprint``'s input, or continue its interrupted one.
 
@@ -387,7 +405,9 @@ class StateStore:
         :class:`InputChanged`. ``force`` starts over instead. Without
         ``resume`` (or when nothing was interrupted) a new run starts, and an
         unfinished run of the same input is superseded. ``resume`` of
-        standard input raises :class:`UsageError`.
+        standard input raises :class:`UsageError`. ``invocation`` names the
+        command's invocation (default: a new one), which :meth:`job_totals`
+        counts as one run.
         """
         if resume and fingerprint.source == "-":
             raise UsageError("--resume needs a file: standard input cannot be read again")
@@ -407,6 +427,7 @@ class StateStore:
                     "updated_at = ? WHERE id = ?",
                     (os.getpid(), now, prev[0]),
                 )
+                _note_attempt(conn, prev[0], invocation)
                 return RunInfo(prev[0], True, source, *prev[5:])
             if unfinished:
                 if not resume:
@@ -422,13 +443,14 @@ class StateStore:
             rejects, dead_letter = _resolved(rejects_path), _resolved(dead_letter_path)
             cur = conn.execute(
                 "INSERT INTO runs (source, size, mtime_ns, settings, status, pid, started_at, "
-                "updated_at, rejects_path, dead_letter_path) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                "updated_at, rejects_path, dead_letter_path, rejected, merged, unchanged) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, 0, 0, 0)",
                 (source, fingerprint.size, fingerprint.mtime_ns,
                  orjson.dumps(settings, option=orjson.OPT_SORT_KEYS).decode(),
                  os.getpid(), now, now, rejects, dead_letter),
             )  # fmt: skip
             assert cur.lastrowid is not None
+            _note_attempt(conn, cur.lastrowid, invocation)
             return RunInfo(
                 cur.lastrowid, False, source, rejects_path=rejects, dead_letter_path=dead_letter
             )
@@ -449,6 +471,40 @@ class StateStore:
             return None
         return int(row[0]) if (row[2], row[3]) == (fingerprint.size, fingerprint.mtime_ns) else None
 
+    def job_totals(self, run_ids: Iterable[int]) -> dict[str, Any]:
+        """What the runs ``run_ids`` (one per input of a job) settled over all their attempts.
+
+        Returns ``runs`` (the invocations that worked on them), ``succeeded``,
+        ``rejected``, ``dead_lettered``, ``merged_duplicates`` and
+        ``unchanged_skipped``, and ``complete``: False when a run began before
+        schema 5 counted its rejected, merged and unchanged rows (those sums
+        then leave it out).
+        """
+        ids = sorted(set(run_ids))
+        marks = ",".join("?" * len(ids))
+        with state_errors(self.path), contextlib.closing(self.connect()) as conn:
+            row = conn.execute(
+                "SELECT count(*), total(confirmed), total(rejected), total(dead_lettered), "
+                "total(merged), total(unchanged), count(rejected) + count(merged) "
+                f"+ count(unchanged), max(attempts) FROM runs WHERE id IN ({marks})",  # noqa: S608
+                ids,
+            ).fetchone()
+            invocations = conn.execute(
+                f"SELECT count(DISTINCT invocation) FROM attempts WHERE run_id IN ({marks})",  # noqa: S608
+                ids,
+            ).fetchone()[0]
+        runs, succeeded, rejected, dead, merged, unchanged, known, most = row
+        return {
+            # A run of schema 4 knows how often it was attempted, not by which invocations.
+            "runs": max(invocations, most or 0),
+            "succeeded": int(succeeded),
+            "rejected": int(rejected),
+            "dead_lettered": int(dead),
+            "merged_duplicates": int(merged),
+            "unchanged_skipped": int(unchanged),
+            "complete": runs == len(ids) and known == 3 * runs,
+        }
+
     def holds_payloads(self) -> bool:
         """Whether any payload hash is kept (some run used ``--changed-only``)."""
         with state_errors(self.path), contextlib.closing(self.connect()) as conn:
@@ -463,10 +519,12 @@ class StateStore:
         cutoff = time.time() - older_than
         with state_errors(self.path), contextlib.closing(self.connect()) as conn:
             with transaction(conn):
-                conn.execute(
-                    "DELETE FROM done WHERE run_id IN (SELECT id FROM runs WHERE updated_at < ?)",
-                    (cutoff,),
-                )
+                for table in ("done", "attempts"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE run_id IN "  # noqa: S608 - fixed table names
+                        "(SELECT id FROM runs WHERE updated_at < ?)",
+                        (cutoff,),
+                    )
                 runs = conn.execute("DELETE FROM runs WHERE updated_at < ?", (cutoff,)).rowcount
                 payloads = conn.execute(
                     "DELETE FROM payloads WHERE hour < ?", (int(cutoff // 3600),)
@@ -479,9 +537,15 @@ class StateStore:
         """Forget everything: every run and every payload hash."""
         with state_errors(self.path), contextlib.closing(self.connect()) as conn:
             with transaction(conn):
-                for table in ("done", "payloads", "runs"):
+                for table in ("done", "attempts", "payloads", "runs"):
                     conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             conn.execute("VACUUM")
+
+
+def _note_attempt(conn: sqlite3.Connection, run_id: int, invocation: str | None) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO attempts VALUES (?, ?)", (run_id, invocation or uuid.uuid4().hex)
+    )
 
 
 def _resolved(path: Path | None) -> str | None:
@@ -555,7 +619,7 @@ def open_summary(path: str | Path) -> dict[str, Any]:
     try:
         runs = conn.execute(
             "SELECT id, source, status, pid, attempts, started_at, updated_at, confirmed, "
-            "dead_lettered FROM runs ORDER BY id DESC LIMIT 20"
+            "rejected, dead_lettered FROM runs ORDER BY id DESC LIMIT 20"
         )
         files = (path, Path(f"{path}-wal"))
         summary = {
