@@ -62,6 +62,10 @@ class ColumnMapping:
     #: Said in the reject of a row without identifier: how to use a record id
     #: column as ``customer_id`` (e.g. ``--map "Record ID=customer_id"``).
     identifier_hint: str | None = None
+    #: The payload field holding the platform's own record id (a preset's
+    #: ``record_id`` column) while it is not ``customer_id``: rows that share an
+    #: email but carry different values of it are merged as conflicts.
+    record_id: str | None = None
 
     def describe(self) -> list[tuple[str, str]]:
         """``(source, target)`` pairs, then ``(source, "(dropped)")`` ones and the phone
@@ -229,7 +233,8 @@ def resolve_mapping(
     file can serve files with optional columns. A spec's ``values``,
     ``invert`` and ``split`` apply unless ``--map`` names the column.
     ``record_id`` is a column holding a platform's record id: while it is not
-    ``customer_id``, the mapping carries the ``--map`` that would make it one.
+    ``customer_id``, the mapping carries the field it feeds and the ``--map``
+    that would make it one.
     Raises :class:`MappingError` when two columns would feed one field, when a
     ``--map``/``--drop`` column is not in the input, or when a ``--map`` target
     looks like a misspelt field (:func:`check_target`).
@@ -287,10 +292,12 @@ def resolve_mapping(
             translations[col] = spec
     keys = {header_key(col): col for col in reversed(cols)}
     country = next((keys[k] for k in PHONE_COUNTRY_HEADERS if k in keys), None)
-    hint = None
-    if record_id in targets and "customer_id" not in claimed:
-        hint = f'--map "{record_id}=customer_id"'
-    return ColumnMapping(targets, tuple(dropped), types, country, translations, hint)
+    hint = record_field = None
+    if record_id in targets and targets[record_id] != "customer_id":
+        record_field = targets[record_id]
+        if "customer_id" not in claimed:
+            hint = f'--map "{record_id}=customer_id"'
+    return ColumnMapping(targets, tuple(dropped), types, country, translations, hint, record_field)
 
 
 def _preferred_phone(

@@ -513,7 +513,7 @@ def _produce(
         # A chunk of no parsed rows (unparseable, or a rejects file's notes) decides no types.
         types, orders = column_types.get(key, {}), date_orders.get(key, {})
         result = clean_chunk(chunk, mappings[key], o, types, orders)
-        customers, merged, conflicts = merge_repeats(result.customers)
+        customers, merged, conflicts = merge_repeats(result.customers, mappings[key].record_id)
         rejects = [*result.rejects, *conflicts]
         done = unchanged = 0
         if reader is not None:

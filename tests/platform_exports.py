@@ -586,12 +586,41 @@ def audit(export: PlatformExport, applied: list[dict[str, Any]]) -> dict[str, in
     return counts
 
 
+def record_ids_unseen(
+    export: PlatformExport, applied: list[dict[str, Any]], rejects_path: Path
+) -> int:
+    """How many rows with a valid e-mail have a platform record id (the preset's
+    ``record_id``) found neither in a delivered customer nor in a ``conflict``
+    line of the rejects file: ids that vanished without a word (0 without one)."""
+    from importer.presets import load_preset
+
+    preset = load_preset(export.preset)
+    if preset.record_id is None:
+        return 0
+    field = preset.columns[preset.record_id].target
+    seen = {str(c[field]) for c in applied if field in c}
+    if rejects_path.exists():
+        with rejects_path.open(encoding="utf-8") as f:
+            lines = (
+                [json.loads(line) for line in f]
+                if rejects_path.suffix == ".jsonl"
+                else list(csv.DictReader(f))
+            )
+        seen |= {str(r["_value"]) for r in lines if r.get("_outcome") == "conflict"}
+    return sum(
+        1
+        for row, e in zip(export.rows, export.expected, strict=True)
+        if e.email and str(row[preset.record_id]) not in seen
+    )
+
+
 def figures(directory: Path) -> list[dict[str, Any]]:
     """Import every fixture with default flags into a fake API; one line of figures each.
 
     Each line: the fixture, the preset detected, rows, customers delivered
     (rows sharing an e-mail arrive as one), rows rejected, fields dropped,
-    and the :func:`audit` counts (all 0 when every customer arrived correctly).
+    conflict lines, the :func:`audit` counts (all 0 when every customer arrived
+    correctly) and :func:`record_ids_unseen`.
     """
     from importer import ImportOptions, import_file
     from importer.fake_api import FakeApiConfig, FakeApiServer
@@ -603,11 +632,18 @@ def figures(directory: Path) -> list[dict[str, Any]]:
         with FakeApiServer(FakeApiConfig(api_key="figures")) as server:
             # The report, and the rejects file beside it, stay in ``directory``.
             report_path = Path(directory) / f"{name}.report.json"
+            suffix = ".jsonl" if export.filename.endswith(".jsonl") else ".csv"
+            rejects_path = Path(directory) / f"{name}.rejects{suffix}"
             options = ImportOptions(
-                api_key="figures", base_url=server.url, rate=1000.0, report_path=report_path
+                api_key="figures",
+                base_url=server.url,
+                rate=1000.0,
+                report_path=report_path,
+                rejects_path=rejects_path,
             )
             report = import_file(path, options)
             counts = audit(export, server.state.applied)
+            unseen = record_ids_unseen(export, server.state.applied, rejects_path)
         lines.append(
             {
                 "fixture": name,
@@ -617,7 +653,9 @@ def figures(directory: Path) -> list[dict[str, Any]]:
                 "rejected": report.rejected,
                 "merged": report.merged_duplicates,
                 "dropped_fields": report.dropped_fields,
+                "conflicts": report.identifier_conflicts,
                 **counts,
+                "record_ids_unseen": unseen,
             }
         )
     return lines
