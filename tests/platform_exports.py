@@ -53,7 +53,13 @@ public code read while building these; values are made up):
 - WooCommerce, Analytics > Customers download: ``Name``, ``Username``,
   ``Last active``, ``Date registered``, ``Email``, ``Orders``,
   ``Total spend``, ``AOV``, ``Country / Region`` (ISO), ``City``,
-  ``Region``, ``Postal code``. No phone.
+  ``Region``, ``Postal code``. No phone. Those are the report table's
+  headers (woocommerce ``client/admin/client/analytics/report/customers/
+  table.js``, downloaded in the browser); a report too large for that is
+  e-mailed with the headers of the REST controller's
+  ``get_export_columns`` (``Last Active``, ``Sign Up``, ``Total Spend``,
+  ``Postal Code``; woocommerce ``src/Admin/API/Reports/Customers/
+  Controller.php``), https://github.com/woocommerce/woocommerce.
 """
 
 from __future__ import annotations
@@ -490,32 +496,37 @@ def iterable(n: int = 300, seed: int = 8) -> PlatformExport:
     return PlatformExport("iterable", "iterable_users.csv", header, rows, expected)
 
 
-def woocommerce(n: int = 300, seed: int = 9) -> PlatformExport:
+def woocommerce(n: int = 300, seed: int = 9, emailed: bool = False) -> PlatformExport:
     people = _People(seed)
     header = ["Name", "Username", "Last active", "Date registered", "Email", "Orders"]
     header += ["Total spend", "AOV", "Country / Region", "City", "Region", "Postal code"]
+    # The e-mailed export of a large report names four columns otherwise.
+    renamed = {"Last active": "Last Active", "Date registered": "Sign Up"}
+    renamed |= {"Total spend": "Total Spend", "Postal code": "Postal Code"}
+    if emailed:
+        header = [renamed.get(h, h) for h in header]
     rows, expected = [], []
     for i in range(n):
         p = people.person(i)
         when = p["created"].strftime("%Y-%m-%d %H:%M:%S")
-        rows.append(
-            {
-                "Name": f"{p['first']} {p['last']}",
-                "Username": f"{p['first'].lower()}{i}",
-                "Last active": when,
-                "Date registered": when,
-                "Email": p["email"],
-                "Orders": str(i % 7),
-                "Total spend": f"{i * 2.5:.2f}",
-                "AOV": "12.50",
-                "Country / Region": p["code"],
-                "City": "Town",
-                "Region": "",
-                "Postal code": "12345",
-            }
-        )
+        row = {
+            "Name": f"{p['first']} {p['last']}",
+            "Username": f"{p['first'].lower()}{i}",
+            "Last active": when,
+            "Date registered": when,
+            "Email": p["email"],
+            "Orders": str(i % 7),
+            "Total spend": f"{i * 2.5:.2f}",
+            "AOV": "12.50",
+            "Country / Region": p["code"],
+            "City": "Town",
+            "Region": "",
+            "Postal code": "12345",
+        }
+        rows.append({(renamed.get(k, k) if emailed else k): v for k, v in row.items()})
         expected.append(Expected(p["valid_email"], None, p["code"], None, _iso(p["created"])))
-    return PlatformExport("woocommerce", "customers.csv", header, rows, expected)
+    name = "customers-report-export.csv" if emailed else "customers.csv"
+    return PlatformExport("woocommerce", name, header, rows, expected)
 
 
 #: Every fixture, by a short name.
@@ -531,6 +542,7 @@ EXPORTS: dict[str, Callable[[], PlatformExport]] = {
     "braze": braze,
     "iterable": iterable,
     "woocommerce": woocommerce,
+    "woocommerce-emailed": lambda: woocommerce(emailed=True),
 }
 
 

@@ -212,6 +212,11 @@ def _column(preset: Preset, target: str) -> tuple[str, ColumnSpec] | None:
     return next(((c, s) for c, s in preset.columns.items() if s.target == target), None)
 
 
+def _joined(preset: Preset) -> str:
+    """The columns feeding ``joined_at`` (one file has one of them)."""
+    return ", ".join(f"`{c}`" for c, s in preset.columns.items() if s.target == "joined_at")
+
+
 def _identifier(preset: Preset) -> str:
     found = _column(preset, "customer_id")
     if found:
@@ -243,11 +248,10 @@ def presets_table() -> str:
         "| --- | --- | --- | --- |",
     ]
     for preset in map(load_preset, preset_names()):
-        joined = _column(preset, "joined_at")
         cells = [
             f"`{preset.name}`",
             _identifier(preset),
-            f"`{joined[0]}`" if joined else "",
+            _joined(preset),
             _consent(preset),
         ]
         lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
@@ -256,11 +260,11 @@ def presets_table() -> str:
 
 def _summary(preset: Preset) -> str:
     """docs/PLATFORMS.md's list of what ``preset`` maps."""
-    joined, own = _column(preset, "joined_at"), _column(preset, "customer_id")
+    own = _column(preset, "customer_id")
     lines = [
         "detected by " + ", ".join(f"`{c}`" for c in preset.detect),
         "`customer_id`: " + (f"`{own[0]}`" if own else "none, e-mail only"),
-        "`joined_at`: " + (f"`{joined[0]}`" if joined else "none"),
+        "`joined_at`: " + (_joined(preset) or "none"),
         "`unsubscribed` true if: " + (_consent(preset) or "none"),
     ]
     if preset.record_id:
