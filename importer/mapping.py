@@ -25,6 +25,9 @@ from .errors import MappingError
 from .fields import COLUMN_TYPES, PHONE_COUNTRY_HEADERS, STANDARD_FIELDS
 
 _SYNONYMS = {syn: target for target, syns in STANDARD_FIELDS.items() for syn in syns}
+#: The same without underscores: a header in capitals (``MOBILEPHONE``, as Salesforce's
+#: Data Loader long wrote them) has no word breaks left to fold.
+_SQUASHED = {syn.replace("_", ""): target for syn, target in _SYNONYMS.items()}
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 #: Shorter targets are compared to the field spellings exactly, never by likeness.
@@ -40,7 +43,7 @@ def header_key(name: str) -> str:
 def match_standard_field(name: str) -> str | None:
     """The standard field a header means, or None."""
     key = header_key(name)
-    return _SYNONYMS.get(key) or _SYNONYMS.get(key.replace("_", ""))
+    return _SYNONYMS.get(key) or _SQUASHED.get(key.replace("_", ""))
 
 
 @dataclass(frozen=True)
@@ -290,8 +293,10 @@ def resolve_mapping(
             types[target] = spec.type
         if spec is not None and spec.translates and col not in explicit_map:
             translations[col] = spec
-    keys = {header_key(col): col for col in reversed(cols)}
-    country = next((keys[k] for k in PHONE_COUNTRY_HEADERS if k in keys), None)
+    keys = {header_key(col).replace("_", ""): col for col in reversed(cols)}
+    country = next(
+        (keys[k] for k in (h.replace("_", "") for h in PHONE_COUNTRY_HEADERS) if k in keys), None
+    )
     hint = record_field = None
     if record_id in targets and targets[record_id] != "customer_id":
         record_field = targets[record_id]
@@ -322,11 +327,10 @@ def _preferred_phone(
 
 
 def _rank(key: str, order: tuple[str, ...]) -> int:
-    """Where a folded header stands in ``order`` (with or without its underscores)."""
-    for candidate in (key, key.replace("_", "")):
-        if candidate in order:
-            return order.index(candidate)
-    return len(order)
+    """Where a folded header stands in ``order``, compared without underscores."""
+    squashed = [spelling.replace("_", "") for spelling in order]
+    key = key.replace("_", "")
+    return squashed.index(key) if key in squashed else len(order)
 
 
 def parse_map_option(values: Iterable[str]) -> tuple[tuple[str, str], ...]:

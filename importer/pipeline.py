@@ -581,14 +581,15 @@ def _produce(
                     # One preset for the whole input, from its first header (or JSON keys).
                     preset, preset_decided = choose_preset(o.preset, key), True
                     report.preset = preset.name if preset else None
-                specs = {**(preset.columns if preset else {}), **run.column_specs}
+                fitted = preset.fit(key) if preset else None
+                specs = {**(fitted.columns if fitted else {}), **run.column_specs}
                 mappings[key] = resolve_mapping(
                     key,
                     o.column_map,
                     o.drop_columns,
                     o.drop_unmapped,
                     specs,
-                    preset.record_id if preset else None,
+                    fitted.record_id if fitted else None,
                 )
                 if not report.mapping:
                     report.mapping = mappings[key].describe()

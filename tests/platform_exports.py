@@ -37,7 +37,11 @@ public code read while building these; values are made up):
   18 characters, ``AccountId``, ``MailingCountry`` or ``Country`` as names,
   ``Phone``, ``MobilePhone``, ``HomePhone``, ``HasOptedOutOfEmail``
   true/false, ``CreatedDate`` ``2021-09-19T20:55:24.000Z``, ``Company`` and
-  ``IsConverted`` on leads).
+  ``IsConverted`` on leads). Data Loader before v61 wrote these headers in
+  capitals (``ID``, ``HASOPTEDOUTOFEMAIL``), and v63 can again
+  (``sfdc.extraction.allCapsHeaders``):
+  https://github.com/forcedotcom/dataloader/issues/1095,
+  https://github.com/forcedotcom/dataloader/issues/1499.
 - Stripe, Customers > Export: ``id`` (``cus_...``), ``Description``,
   ``Email``, ``Name``, ``Created (UTC)`` (``YYYY-MM-DD HH:MM``), ``Delinquent``,
   ``Phone``, ``Address ...`` with ``Address Country`` (ISO); several
@@ -333,7 +337,9 @@ def _salesforce_id(rng: random.Random, prefix: str) -> str:
     return prefix + "5g00000" + "".join(rng.choices(string.ascii_letters + string.digits, k=8))
 
 
-def salesforce(n: int = 300, seed: int = 5, lead: bool = False) -> PlatformExport:
+def salesforce(
+    n: int = 300, seed: int = 5, lead: bool = False, capitals: bool = False
+) -> PlatformExport:
     people = _People(seed)
     if lead:
         header = [
@@ -376,6 +382,9 @@ def salesforce(n: int = 300, seed: int = 5, lead: bool = False) -> PlatformExpor
                 p["valid_email"], None, p["code"], opted_out == "true", _iso(p["created"]), phones
             )
         )
+    if capitals:  # Data Loader before v61 wrote every header in capitals
+        header = [h.upper() for h in header]
+        rows = [{k.upper(): v for k, v in row.items()} for row in rows]
     return PlatformExport(
         "salesforce-lead" if lead else "salesforce-contact",
         "Lead.csv" if lead else "Contact.csv",
@@ -538,6 +547,7 @@ EXPORTS: dict[str, Callable[[], PlatformExport]] = {
     "klaviyo": klaviyo,
     "salesforce-contact": salesforce,
     "salesforce-lead": lambda: salesforce(lead=True),
+    "salesforce-contact-capitals": lambda: salesforce(capitals=True),
     "stripe": stripe,
     "braze": braze,
     "iterable": iterable,
@@ -606,7 +616,7 @@ def record_ids_unseen(
     line of the rejects file: ids that vanished without a word (0 without one)."""
     from importer.presets import load_preset
 
-    preset = load_preset(export.preset)
+    preset = load_preset(export.preset).fit(export.header)
     if preset.record_id is None:
         return 0
     field = preset.columns[preset.record_id].target

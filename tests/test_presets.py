@@ -264,3 +264,12 @@ def test_stripe_customers_sharing_an_email_lose_no_cus_id(cli, fake_api, tmp_pat
             assert row["id"] in delivered | listed, row["id"]
     assert all(r["_column"] == "stripe_id" and "cus_" in r["_reason"] for r in conflicts)
     assert f"id conflicts     {len(conflicts)}" in result.output
+
+
+def test_a_preset_fits_headers_in_another_case():
+    preset = detect_preset(["ID", "LASTNAME", "EMAIL", "HASOPTEDOUTOFEMAIL", "CREATEDDATE"])
+    assert preset is not None and preset.name == "salesforce-contact"
+    fitted = preset.fit(["ID", "LASTNAME", "EMAIL", "HASOPTEDOUTOFEMAIL", "CREATEDDATE"])
+    assert fitted.record_id == "ID"
+    assert fitted.columns["CREATEDDATE"].target == "joined_at"
+    assert fitted.columns["Birthdate"].type == "date"  # not in the file: left as shipped
