@@ -45,7 +45,9 @@ public code read while building these; values are made up):
 - Stripe, Customers > Export: ``id`` (``cus_...``), ``Description``,
   ``Email``, ``Name``, ``Created (UTC)`` (``YYYY-MM-DD HH:MM``), ``Delinquent``,
   ``Phone``, ``Address ...`` with ``Address Country`` (ISO); several
-  customers may share an e-mail.
+  customers may share an e-mail. The export's column picker names the id
+  ``ID`` beside ``Created (UTC)`` (https://docs.cello.so/guides/attribution/
+  stripe-reports); presets are detected in any case, so both spellings fit.
 - Braze, user export (one JSON object per line): ``external_id``,
   ``braze_id``, ``first_name``, ``last_name``, ``email``, ``dob``,
   ``country`` (ISO), ``home_city``, ``phone``, ``gender`` (M, F, O, N, P, U),
@@ -53,7 +55,10 @@ public code read while building these; values are made up):
   (opted_in, subscribed, unsubscribed), ``custom_attributes``.
 - Iterable, users export: ``email``, ``userId``, ``signupDate``
   (``2021-09-19 20:55:24 +00:00``), ``profileUpdatedAt``, ``firstName``,
-  ``lastName``, ``phoneNumber`` (E.164), ``emailListIds`` (``[1, 2]``).
+  ``lastName``, ``phoneNumber`` (E.164), ``emailListIds`` (``[1, 2]``);
+  the field names, ``signupDate``'s format and ``emailListIds`` as an array
+  are Iterable's own (https://support.iterable.com/hc/en-us/articles/
+  217744303).
 - WooCommerce, Analytics > Customers download: ``Name``, ``Username``,
   ``Last active``, ``Date registered``, ``Email``, ``Orders``,
   ``Total spend``, ``AOV``, ``Country / Region`` (ISO), ``City``,
