@@ -5,7 +5,11 @@ normalised email, else the same customer_id) and merging them, later
 non-empty values winning, so one profile is updated once, by one record.
 Rows that share an email but carry different customer_ids are different
 customers: they are never merged, and each such row is reported as a
-conflict. The window is the list it is given (the pipeline passes one
+conflict. Rows that share an email and carry different platform record ids
+(a preset's ``record_id``, e.g. Stripe's ``cus_`` id, kept as an attribute)
+are one Blueshift profile, keyed by that email: they are merged, and each
+is reported as a conflict naming both ids, so no id is lost unseen. The
+window is the list it is given (the pipeline passes one
 chunk): repeats further apart are sent as separate updates, in file order.
 
 Must not: validate or normalise values, or hold customers across calls.
@@ -46,7 +50,9 @@ def _merge_groups(earlier: Any, later: list[Any]) -> list[Any]:
     return list(by_id.values())
 
 
-def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], int, list[Reject]]:
+def merge_repeats(
+    customers: Sequence[Customer], record_id: str | None = None
+) -> tuple[Sequence[Customer], int, list[Reject]]:
     """Merge customers that share a key; return the merged list, how many were merged away,
     and the conflicts.
 
@@ -54,8 +60,12 @@ def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], in
     records merged into it are listed in ``merged_records``. A customer whose
     email an earlier one has, but with another customer_id, keeps a place of
     its own; both rows get a :data:`~importer.records.CONFLICT` line (the
-    earlier one once). Customers are otherwise returned in their original
-    order. Without repeats, the very sequence given is returned.
+    earlier one once). ``record_id`` names the payload field holding the
+    platform's record id (:attr:`importer.mapping.ColumnMapping.record_id`):
+    a customer merged into one whose value of it differs is merged all the
+    same, and both get a conflict line naming the other's id. Customers are
+    otherwise returned in their original order. Without repeats, the very
+    sequence given is returned.
     """
     keys = [c.key for c in customers]
     if len(set(keys)) == len(keys):
@@ -64,6 +74,7 @@ def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], in
     out: list[Customer] = []
     merged = 0
     conflicts: dict[int, Reject] = {}
+    ids: dict[int, dict[Any, Customer]] = {}
     for customer, key in zip(customers, keys, strict=True):
         taken = places.setdefault(key, []) if key is not None else []
         at = next((i for i in taken if _same_customer(out[i], customer)), None)
@@ -76,6 +87,17 @@ def merge_repeats(customers: Sequence[Customer]) -> tuple[Sequence[Customer], in
             out.append(customer)
             continue
         kept = out[at]
+        if record_id is not None:
+            # The rows merged into this profile by their record id, the first of each:
+            # later rows overwrite the profile's value, so each id is named here instead.
+            seen = ids.setdefault(at, _record_ids([kept], record_id))
+            theirs = customer.payload.get(record_id)
+            other = next(iter(seen.values()), None)
+            if theirs is not None and theirs not in seen and other is not None:
+                conflicts.setdefault(other.record, _merged(other, customer, record_id))
+                conflicts[customer.record] = _merged(customer, other, record_id)
+            if theirs is not None:
+                seen.setdefault(theirs, customer)
         out[at] = Customer(
             merge_payloads(kept.payload, customer.payload),
             kept.record,
@@ -90,6 +112,25 @@ def _same_customer(kept: Customer, later: Customer) -> bool:
     """False when both carry a customer_id and the two differ."""
     ids = kept.payload.get("customer_id"), later.payload.get("customer_id")
     return None in ids or ids[0] == ids[1]
+
+
+def _record_ids(customers: list[Customer], record_id: str) -> dict[Any, Customer]:
+    return {c.payload[record_id]: c for c in customers if c.payload.get(record_id) is not None}
+
+
+def _merged(customer: Customer, other: Customer, record_id: str) -> Reject:
+    """The rejects-file line saying ``customer`` was merged with ``other``, which has
+    another platform record id."""
+    return Reject(
+        customer.record,
+        customer.line,
+        f"conflict: email shared with {record_id} {other.payload[record_id]} "
+        f"(record {other.record}); merged into one profile, later values winning",
+        column=record_id,
+        value=customer.payload[record_id],
+        identifier=customer.identifier,
+        outcome=CONFLICT,
+    )
 
 
 def _conflict(customer: Customer, other: Customer) -> Reject:

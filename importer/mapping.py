@@ -25,6 +25,9 @@ from .errors import MappingError
 from .fields import COLUMN_TYPES, PHONE_COUNTRY_HEADERS, STANDARD_FIELDS
 
 _SYNONYMS = {syn: target for target, syns in STANDARD_FIELDS.items() for syn in syns}
+#: The same without underscores: a header in capitals (``MOBILEPHONE``, as Salesforce's
+#: Data Loader long wrote them) has no word breaks left to fold.
+_SQUASHED = {syn.replace("_", ""): target for syn, target in _SYNONYMS.items()}
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 #: Shorter targets are compared to the field spellings exactly, never by likeness.
@@ -40,7 +43,7 @@ def header_key(name: str) -> str:
 def match_standard_field(name: str) -> str | None:
     """The standard field a header means, or None."""
     key = header_key(name)
-    return _SYNONYMS.get(key) or _SYNONYMS.get(key.replace("_", ""))
+    return _SYNONYMS.get(key) or _SQUASHED.get(key.replace("_", ""))
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ class ColumnMapping:
     #: Said in the reject of a row without identifier: how to use a record id
     #: column as ``customer_id`` (e.g. ``--map "Record ID=customer_id"``).
     identifier_hint: str | None = None
+    #: The payload field holding the platform's own record id (a preset's
+    #: ``record_id`` column) while it is not ``customer_id``: rows that share an
+    #: email but carry different values of it are merged as conflicts.
+    record_id: str | None = None
 
     def describe(self) -> list[tuple[str, str]]:
         """``(source, target)`` pairs, then ``(source, "(dropped)")`` ones and the phone
@@ -229,7 +236,8 @@ def resolve_mapping(
     file can serve files with optional columns. A spec's ``values``,
     ``invert`` and ``split`` apply unless ``--map`` names the column.
     ``record_id`` is a column holding a platform's record id: while it is not
-    ``customer_id``, the mapping carries the ``--map`` that would make it one.
+    ``customer_id``, the mapping carries the field it feeds and the ``--map``
+    that would make it one.
     Raises :class:`MappingError` when two columns would feed one field, when a
     ``--map``/``--drop`` column is not in the input, or when a ``--map`` target
     looks like a misspelt field (:func:`check_target`).
@@ -285,12 +293,16 @@ def resolve_mapping(
             types[target] = spec.type
         if spec is not None and spec.translates and col not in explicit_map:
             translations[col] = spec
-    keys = {header_key(col): col for col in reversed(cols)}
-    country = next((keys[k] for k in PHONE_COUNTRY_HEADERS if k in keys), None)
-    hint = None
-    if record_id in targets and "customer_id" not in claimed:
-        hint = f'--map "{record_id}=customer_id"'
-    return ColumnMapping(targets, tuple(dropped), types, country, translations, hint)
+    keys = {header_key(col).replace("_", ""): col for col in reversed(cols)}
+    country = next(
+        (keys[k] for k in (h.replace("_", "") for h in PHONE_COUNTRY_HEADERS) if k in keys), None
+    )
+    hint = record_field = None
+    if record_id in targets and targets[record_id] != "customer_id":
+        record_field = targets[record_id]
+        if "customer_id" not in claimed:
+            hint = f'--map "{record_id}=customer_id"'
+    return ColumnMapping(targets, tuple(dropped), types, country, translations, hint, record_field)
 
 
 def _preferred_phone(
@@ -315,11 +327,10 @@ def _preferred_phone(
 
 
 def _rank(key: str, order: tuple[str, ...]) -> int:
-    """Where a folded header stands in ``order`` (with or without its underscores)."""
-    for candidate in (key, key.replace("_", "")):
-        if candidate in order:
-            return order.index(candidate)
-    return len(order)
+    """Where a folded header stands in ``order``, compared without underscores."""
+    squashed = [spelling.replace("_", "") for spelling in order]
+    key = key.replace("_", "")
+    return squashed.index(key) if key in squashed else len(order)
 
 
 def parse_map_option(values: Iterable[str]) -> tuple[tuple[str, str], ...]:

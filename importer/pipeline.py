@@ -539,7 +539,7 @@ def _produce(
         # A chunk of no parsed rows (unparseable, or a rejects file's notes) decides no types.
         types, orders = column_types.get(key, {}), date_orders.get(key, {})
         result = clean_chunk(chunk, mappings[key], o, types, orders)
-        customers, merged, conflicts = merge_repeats(result.customers)
+        customers, merged, conflicts = merge_repeats(result.customers, mappings[key].record_id)
         merged_into = customers
         rejects = [*result.rejects, *conflicts]
         done = 0
@@ -610,14 +610,15 @@ def _produce(
                     # One preset for the whole input, from its first header (or JSON keys).
                     preset, preset_decided = choose_preset(o.preset, key), True
                     report.preset = preset.name if preset else None
-                specs = {**(preset.columns if preset else {}), **run.column_specs}
+                fitted = preset.fit(key) if preset else None
+                specs = {**(fitted.columns if fitted else {}), **run.column_specs}
                 mappings[key] = resolve_mapping(
                     key,
                     o.column_map,
                     o.drop_columns,
                     o.drop_unmapped,
                     specs,
-                    preset.record_id if preset else None,
+                    fitted.record_id if fitted else None,
                 )
                 if not report.mapping:
                     report.mapping = mappings[key].describe()

@@ -311,7 +311,7 @@ def summary_lines(
     if report.identifier_conflicts:
         lines.append(
             f"  id conflicts     {report.identifier_conflicts} "
-            "(rows sharing an email with another customer_id: sent unmerged)"
+            "(rows sharing an email with another customer_id or record id)"
         )
     achieved = (
         "" if report.achieved_rate is None
@@ -409,7 +409,7 @@ def validation_lines(report: ImportReport) -> list[str]:
     if report.dropped_fields:
         lines.append(f"  fields dropped   {report.dropped_fields}")
     if report.identifier_conflicts:
-        lines.append(f"  id conflicts     {report.identifier_conflicts} (sent unmerged)")
+        lines.append(f"  id conflicts     {report.identifier_conflicts} (shared email)")
     for reason, n in _top(report.reject_reasons, n=None):
         lines.append(f"  rejected: {n} × {reason}")
     lines += _dropped_lines(report, None)

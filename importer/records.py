@@ -14,7 +14,8 @@ Payload = dict[str, Any]
 
 
 #: What became of a row the rejects file lists: not sent; sent without the named
-#: field; sent as its own customer although its email is another customer_id's.
+#: field; sent as its own customer although its email is another customer_id's,
+#: or merged with a row of the same email and another platform record id.
 REJECTED, FIELD_DROPPED, CONFLICT = "rejected", "field dropped", "conflict"
 
 
@@ -27,7 +28,8 @@ class Reject:
     ``column`` and ``value`` name the offending cell when there is one.
     ``outcome`` is :data:`REJECTED` (the row was not sent),
     :data:`FIELD_DROPPED` (sent without that field) or :data:`CONFLICT`
-    (sent unmerged: another row has its email and another customer_id).
+    (another row has its email and another customer_id, so it was sent
+    unmerged; or another platform record id, so it was merged).
     """
 
     record: int

@@ -37,11 +37,17 @@ public code read while building these; values are made up):
   18 characters, ``AccountId``, ``MailingCountry`` or ``Country`` as names,
   ``Phone``, ``MobilePhone``, ``HomePhone``, ``HasOptedOutOfEmail``
   true/false, ``CreatedDate`` ``2021-09-19T20:55:24.000Z``, ``Company`` and
-  ``IsConverted`` on leads).
+  ``IsConverted`` on leads). Data Loader before v61 wrote these headers in
+  capitals (``ID``, ``HASOPTEDOUTOFEMAIL``), and v63 can again
+  (``sfdc.extraction.allCapsHeaders``):
+  https://github.com/forcedotcom/dataloader/issues/1095,
+  https://github.com/forcedotcom/dataloader/issues/1499.
 - Stripe, Customers > Export: ``id`` (``cus_...``), ``Description``,
   ``Email``, ``Name``, ``Created (UTC)`` (``YYYY-MM-DD HH:MM``), ``Delinquent``,
   ``Phone``, ``Address ...`` with ``Address Country`` (ISO); several
-  customers may share an e-mail.
+  customers may share an e-mail. The export's column picker names the id
+  ``ID`` beside ``Created (UTC)`` (https://docs.cello.so/guides/attribution/
+  stripe-reports); presets are detected in any case, so both spellings fit.
 - Braze, user export (one JSON object per line): ``external_id``,
   ``braze_id``, ``first_name``, ``last_name``, ``email``, ``dob``,
   ``country`` (ISO), ``home_city``, ``phone``, ``gender`` (M, F, O, N, P, U),
@@ -49,11 +55,20 @@ public code read while building these; values are made up):
   (opted_in, subscribed, unsubscribed), ``custom_attributes``.
 - Iterable, users export: ``email``, ``userId``, ``signupDate``
   (``2021-09-19 20:55:24 +00:00``), ``profileUpdatedAt``, ``firstName``,
-  ``lastName``, ``phoneNumber`` (E.164), ``emailListIds`` (``[1, 2]``).
+  ``lastName``, ``phoneNumber`` (E.164), ``emailListIds`` (``[1, 2]``);
+  the field names, ``signupDate``'s format and ``emailListIds`` as an array
+  are Iterable's own (https://support.iterable.com/hc/en-us/articles/
+  217744303).
 - WooCommerce, Analytics > Customers download: ``Name``, ``Username``,
   ``Last active``, ``Date registered``, ``Email``, ``Orders``,
   ``Total spend``, ``AOV``, ``Country / Region`` (ISO), ``City``,
-  ``Region``, ``Postal code``. No phone.
+  ``Region``, ``Postal code``. No phone. Those are the report table's
+  headers (woocommerce ``client/admin/client/analytics/report/customers/
+  table.js``, downloaded in the browser); a report too large for that is
+  e-mailed with the headers of the REST controller's
+  ``get_export_columns`` (``Last Active``, ``Sign Up``, ``Total Spend``,
+  ``Postal Code``; woocommerce ``src/Admin/API/Reports/Customers/
+  Controller.php``), https://github.com/woocommerce/woocommerce.
 """
 
 from __future__ import annotations
@@ -327,7 +342,9 @@ def _salesforce_id(rng: random.Random, prefix: str) -> str:
     return prefix + "5g00000" + "".join(rng.choices(string.ascii_letters + string.digits, k=8))
 
 
-def salesforce(n: int = 300, seed: int = 5, lead: bool = False) -> PlatformExport:
+def salesforce(
+    n: int = 300, seed: int = 5, lead: bool = False, capitals: bool = False
+) -> PlatformExport:
     people = _People(seed)
     if lead:
         header = [
@@ -370,6 +387,9 @@ def salesforce(n: int = 300, seed: int = 5, lead: bool = False) -> PlatformExpor
                 p["valid_email"], None, p["code"], opted_out == "true", _iso(p["created"]), phones
             )
         )
+    if capitals:  # Data Loader before v61 wrote every header in capitals
+        header = [h.upper() for h in header]
+        rows = [{k.upper(): v for k, v in row.items()} for row in rows]
     return PlatformExport(
         "salesforce-lead" if lead else "salesforce-contact",
         "Lead.csv" if lead else "Contact.csv",
@@ -490,32 +510,37 @@ def iterable(n: int = 300, seed: int = 8) -> PlatformExport:
     return PlatformExport("iterable", "iterable_users.csv", header, rows, expected)
 
 
-def woocommerce(n: int = 300, seed: int = 9) -> PlatformExport:
+def woocommerce(n: int = 300, seed: int = 9, emailed: bool = False) -> PlatformExport:
     people = _People(seed)
     header = ["Name", "Username", "Last active", "Date registered", "Email", "Orders"]
     header += ["Total spend", "AOV", "Country / Region", "City", "Region", "Postal code"]
+    # The e-mailed export of a large report names four columns otherwise.
+    renamed = {"Last active": "Last Active", "Date registered": "Sign Up"}
+    renamed |= {"Total spend": "Total Spend", "Postal code": "Postal Code"}
+    if emailed:
+        header = [renamed.get(h, h) for h in header]
     rows, expected = [], []
     for i in range(n):
         p = people.person(i)
         when = p["created"].strftime("%Y-%m-%d %H:%M:%S")
-        rows.append(
-            {
-                "Name": f"{p['first']} {p['last']}",
-                "Username": f"{p['first'].lower()}{i}",
-                "Last active": when,
-                "Date registered": when,
-                "Email": p["email"],
-                "Orders": str(i % 7),
-                "Total spend": f"{i * 2.5:.2f}",
-                "AOV": "12.50",
-                "Country / Region": p["code"],
-                "City": "Town",
-                "Region": "",
-                "Postal code": "12345",
-            }
-        )
+        row = {
+            "Name": f"{p['first']} {p['last']}",
+            "Username": f"{p['first'].lower()}{i}",
+            "Last active": when,
+            "Date registered": when,
+            "Email": p["email"],
+            "Orders": str(i % 7),
+            "Total spend": f"{i * 2.5:.2f}",
+            "AOV": "12.50",
+            "Country / Region": p["code"],
+            "City": "Town",
+            "Region": "",
+            "Postal code": "12345",
+        }
+        rows.append({(renamed.get(k, k) if emailed else k): v for k, v in row.items()})
         expected.append(Expected(p["valid_email"], None, p["code"], None, _iso(p["created"])))
-    return PlatformExport("woocommerce", "customers.csv", header, rows, expected)
+    name = "customers-report-export.csv" if emailed else "customers.csv"
+    return PlatformExport("woocommerce", name, header, rows, expected)
 
 
 #: Every fixture, by a short name.
@@ -527,10 +552,12 @@ EXPORTS: dict[str, Callable[[], PlatformExport]] = {
     "klaviyo": klaviyo,
     "salesforce-contact": salesforce,
     "salesforce-lead": lambda: salesforce(lead=True),
+    "salesforce-contact-capitals": lambda: salesforce(capitals=True),
     "stripe": stripe,
     "braze": braze,
     "iterable": iterable,
     "woocommerce": woocommerce,
+    "woocommerce-emailed": lambda: woocommerce(emailed=True),
 }
 
 
@@ -586,12 +613,41 @@ def audit(export: PlatformExport, applied: list[dict[str, Any]]) -> dict[str, in
     return counts
 
 
+def record_ids_unseen(
+    export: PlatformExport, applied: list[dict[str, Any]], rejects_path: Path
+) -> int:
+    """How many rows with a valid e-mail have a platform record id (the preset's
+    ``record_id``) found neither in a delivered customer nor in a ``conflict``
+    line of the rejects file: ids that vanished without a word (0 without one)."""
+    from importer.presets import load_preset
+
+    preset = load_preset(export.preset).fit(export.header)
+    if preset.record_id is None:
+        return 0
+    field = preset.columns[preset.record_id].target
+    seen = {str(c[field]) for c in applied if field in c}
+    if rejects_path.exists():
+        with rejects_path.open(encoding="utf-8") as f:
+            lines = (
+                [json.loads(line) for line in f]
+                if rejects_path.suffix == ".jsonl"
+                else list(csv.DictReader(f))
+            )
+        seen |= {str(r["_value"]) for r in lines if r.get("_outcome") == "conflict"}
+    return sum(
+        1
+        for row, e in zip(export.rows, export.expected, strict=True)
+        if e.email and str(row[preset.record_id]) not in seen
+    )
+
+
 def figures(directory: Path) -> list[dict[str, Any]]:
     """Import every fixture with default flags into a fake API; one line of figures each.
 
     Each line: the fixture, the preset detected, rows, customers delivered
     (rows sharing an e-mail arrive as one), rows rejected, fields dropped,
-    and the :func:`audit` counts (all 0 when every customer arrived correctly).
+    conflict lines, the :func:`audit` counts (all 0 when every customer arrived
+    correctly) and :func:`record_ids_unseen`.
     """
     from importer import ImportOptions, import_file
     from importer.fake_api import FakeApiConfig, FakeApiServer
@@ -603,11 +659,18 @@ def figures(directory: Path) -> list[dict[str, Any]]:
         with FakeApiServer(FakeApiConfig(api_key="figures")) as server:
             # The report, and the rejects file beside it, stay in ``directory``.
             report_path = Path(directory) / f"{name}.report.json"
+            suffix = ".jsonl" if export.filename.endswith(".jsonl") else ".csv"
+            rejects_path = Path(directory) / f"{name}.rejects{suffix}"
             options = ImportOptions(
-                api_key="figures", base_url=server.url, rate=1000.0, report_path=report_path
+                api_key="figures",
+                base_url=server.url,
+                rate=1000.0,
+                report_path=report_path,
+                rejects_path=rejects_path,
             )
             report = import_file(path, options)
             counts = audit(export, server.state.applied)
+            unseen = record_ids_unseen(export, server.state.applied, rejects_path)
         lines.append(
             {
                 "fixture": name,
@@ -617,7 +680,9 @@ def figures(directory: Path) -> list[dict[str, Any]]:
                 "rejected": report.rejected,
                 "merged": report.merged_duplicates,
                 "dropped_fields": report.dropped_fields,
+                "conflicts": report.identifier_conflicts,
                 **counts,
+                "record_ids_unseen": unseen,
             }
         )
     return lines

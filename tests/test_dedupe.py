@@ -148,3 +148,29 @@ def test_stripe_like_export_sends_every_customer_id_and_reports_the_conflict(fak
         lines = list(csv.DictReader(f))
     assert [(line["id"], line["_line"]) for line in lines] == [(rows[0][0], "2"), (rows[1][0], "3")]
     assert all(line["_outcome"] == "conflict" for line in lines)
+
+
+def test_merge_repeats_names_every_platform_record_id_it_merges():
+    customers = [
+        _c(1, email="a@x.com", stripe_id="cus_A", city="Oslo"),
+        _c(2, email="a@x.com", city="Bergen"),  # no record id: merged quietly
+        _c(3, email="a@x.com", stripe_id="cus_B"),
+        _c(4, email="a@x.com", stripe_id="cus_A"),  # the first row's id again: no conflict
+        _c(5, email="a@x.com", stripe_id="cus_C"),
+        _c(6, email="b@x.com", stripe_id="cus_D"),
+    ]
+    out, merged, conflicts = merge_repeats(customers, "stripe_id")
+    # One profile per email: Blueshift keys it by email, so both would land on it anyway.
+    assert merged == 4
+    assert [(c.record, c.merged_records) for c in out] == [(1, (2, 3, 4, 5)), (6, ())]
+    assert out[0].payload == {"email": "a@x.com", "stripe_id": "cus_C", "city": "Bergen"}
+    assert [(r.record, r.column, r.value, r.outcome) for r in conflicts] == [
+        (1, "stripe_id", "cus_A", "conflict"),
+        (3, "stripe_id", "cus_B", "conflict"),
+        (5, "stripe_id", "cus_C", "conflict"),
+    ]
+    assert "stripe_id cus_B (record 3)" in conflicts[0].reason
+    assert "stripe_id cus_A (record 1)" in conflicts[1].reason
+    assert "merged into one profile" in conflicts[2].reason
+    # Without a record id field the same rows merge without a word.
+    assert merge_repeats(customers)[2] == []

@@ -2,8 +2,10 @@
 the README documents every exit code and every option, docs/REPORT.md every key of the JSON report.
 
 The README's options table is generated from the option fields
-(:func:`options_table`); ``UPDATE_README=1 python -m pytest tests/test_docs.py``
-rewrites it in place instead of failing when it is out of date.
+(:func:`options_table`), its presets table and docs/PLATFORMS.md from the
+preset files (:func:`presets_table`, :func:`platforms_doc`);
+``UPDATE_README=1 python -m pytest tests/test_docs.py`` rewrites them in place
+instead of failing when they are out of date.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import pytest
 
 from importer import cli as cli_module
 from importer.cli import main
+from importer.mapping import ColumnSpec
 from importer.options import SECTIONS, cli_default, cli_fields, flag_name, spec_of
 from importer.outcomes import ImportReport
+from importer.presets import Preset, load_preset, preset_names
 
 README_PATH = Path(__file__).resolve().parent.parent / "README.md"
 README = README_PATH.read_text(encoding="utf-8")
@@ -155,18 +159,7 @@ def options_table() -> str:
 
 
 def test_docs_readme_options_table_matches_the_option_fields():
-    start = README.index(OPTIONS_START) + len(OPTIONS_START)
-    end = README.index(OPTIONS_END)
-    expected = "\n" + options_table() + "\n"
-    if README[start:end] == expected:
-        return
-    if os.environ.get("UPDATE_README"):
-        README_PATH.write_text(README[:start] + expected + README[end:], encoding="utf-8")
-        return
-    pytest.fail(
-        "the README's options table is out of date; run "
-        "UPDATE_README=1 python -m pytest tests/test_docs.py, or paste:\n" + expected
-    )
+    _generated(README_PATH, "\n" + options_table() + "\n", OPTIONS_START, OPTIONS_END)
 
 
 def _options(command: click.Command) -> Iterator[str]:
@@ -209,3 +202,132 @@ def test_docs_every_markdown_file_named_exists():
             assert (root / name).is_file() or (source.parent / name).is_file(), (
                 f"{source.relative_to(root)} names {name}, which does not exist"
             )
+
+
+PRESETS_START, PRESETS_END = "<!-- presets:start -->", "<!-- presets:end -->"
+PLATFORMS_PATH = README_PATH.parent / "docs" / "PLATFORMS.md"
+
+
+def _column(preset: Preset, target: str) -> tuple[str, ColumnSpec] | None:
+    return next(((c, s) for c, s in preset.columns.items() if s.target == target), None)
+
+
+def _joined(preset: Preset) -> str:
+    """The columns feeding ``joined_at`` (one file has one of them)."""
+    return ", ".join(f"`{c}`" for c, s in preset.columns.items() if s.target == "joined_at")
+
+
+def _identifier(preset: Preset) -> str:
+    found = _column(preset, "customer_id")
+    if found:
+        return f"`{found[0]}`"
+    if preset.record_id:
+        kept = preset.columns[preset.record_id].target
+        return f"(`{preset.record_id}` → `{kept}`)"
+    return ""
+
+
+def _consent(preset: Preset) -> str:
+    """Which column says ``unsubscribed``, and which of its values mean true."""
+    found = _column(preset, "unsubscribed")
+    if not found:
+        return ""
+    column, spec = found
+    if spec.invert:
+        return f"not `{column}`"
+    if spec.values:
+        true = [v for v, to in spec.values.items() if to is True]
+        return f"`{column}` " + ("set" if true == ["*"] else " ".join(true))
+    return f"`{column}`"
+
+
+def presets_table() -> str:
+    """The README's table of platform presets, one line each, from the preset files."""
+    lines = [
+        "| preset | `customer_id` | `joined_at` | `unsubscribed` if |",
+        "| --- | --- | --- | --- |",
+    ]
+    for preset in map(load_preset, preset_names()):
+        cells = [
+            f"`{preset.name}`",
+            _identifier(preset),
+            _joined(preset),
+            _consent(preset),
+        ]
+        lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
+    return "\n".join(lines)
+
+
+def _summary(preset: Preset) -> str:
+    """docs/PLATFORMS.md's list of what ``preset`` maps."""
+    own = _column(preset, "customer_id")
+    lines = [
+        "detected by " + ", ".join(f"`{c}`" for c in preset.detect),
+        "`customer_id`: " + (f"`{own[0]}`" if own else "none, e-mail only"),
+        "`joined_at`: " + (_joined(preset) or "none"),
+        "`unsubscribed` true if: " + (_consent(preset) or "none"),
+    ]
+    if preset.record_id:
+        kept = preset.columns[preset.record_id].target
+        lines.append(
+            f"`{preset.record_id}`, the platform's record id, kept as `{kept}` "
+            f'(`--map "{preset.record_id}=customer_id"` makes it the identifier); rows sharing '
+            "an e-mail but not it are merged into one profile, each listed as `conflict`"
+        )
+    for column, spec in preset.columns.items():
+        if spec.split:
+            lines.append(f"`{column}` → `{spec.target}`, a list split on `{spec.split}`")
+        elif spec.values and spec.target != "unsubscribed":
+            pairs = ", ".join(f"{k} → {v}" for k, v in spec.values.items())
+            lines.append(f"`{column}` → `{spec.target}`: {pairs}")
+    return "".join(f"- {line}\n" for line in lines)
+
+
+def platforms_doc() -> str:
+    """docs/PLATFORMS.md: a section per preset, what it maps and its file as shipped."""
+    parts = [
+        "# Platform presets\n\n"
+        "Generated from `importer/presets/*.toml` by `tests/test_docs.py`\n"
+        "(`UPDATE_README=1` rewrites it). A preset applies when the input's\n"
+        "header has all its `detect` columns (in any case), or by `--preset NAME`;\n"
+        "each is a "
+        "mapping file ([MAPPING.md](MAPPING.md)) that\n"
+        "`blueshift-import presets show NAME` prints for you to copy and adapt.\n"
+        "Columns it does not name are matched by header as in any file: phones\n"
+        "(mobile first), the country phones are read in, names, e-mail.\n"
+    ]
+    for preset in map(load_preset, preset_names()):
+        parts.append(
+            f"\n## {preset.name}\n\n{preset.description}:\n\n{_summary(preset)}\n"
+            f"```toml\n{preset.text.rstrip()}\n```\n"
+        )
+    return "".join(parts)
+
+
+def _generated(path: Path, expected: str, start: str = "", end: str = "") -> None:
+    """Fail (or with UPDATE_README, rewrite the file) when ``path``'s text between the
+    markers ``start`` and ``end`` (no markers: all of it) is not ``expected``."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    a = text.index(start) + len(start) if start else 0
+    b = text.index(end) if end else len(text)
+    if text[a:b] == expected:
+        return
+    if os.environ.get("UPDATE_README"):
+        path.write_text(text[:a] + expected + text[b:], encoding="utf-8")
+        return
+    pytest.fail(
+        f"{path.name} is out of date; run UPDATE_README=1 python -m pytest tests/test_docs.py, "
+        "or paste:\n" + expected
+    )
+
+
+def test_docs_readme_presets_table_matches_the_preset_files():
+    _generated(README_PATH, "\n" + presets_table() + "\n", PRESETS_START, PRESETS_END)
+    section = _section("Platform exports")
+    for name in preset_names():
+        assert f"| `{name}` |" in section, f"preset {name} is not in the README"
+
+
+def test_docs_platforms_doc_has_a_section_per_preset():
+    _generated(PLATFORMS_PATH, platforms_doc())
+    assert "docs/PLATFORMS.md" in _section("Platform exports")

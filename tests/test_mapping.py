@@ -356,3 +356,11 @@ def test_values_and_invert_are_read_case_folded(tmp_path):
     # --map names the column: its own target, no translation.
     m = resolve_mapping(["Email", "Consent"], {"Consent": "consent_text"}, specs=specs)
     assert m.translations == {}
+
+
+def test_headers_in_capitals_match_as_their_camel_case_does():
+    # Salesforce's Data Loader long wrote API names in capitals.
+    mapping = resolve_mapping(["EMAIL", "PHONE", "MOBILEPHONE", "MAILINGCOUNTRY"])
+    assert mapping.targets["MOBILEPHONE"] == "phone_number"
+    assert mapping.targets["PHONE"] == "phone" and mapping.types["phone"] == "phone"
+    assert mapping.phone_country == "MAILINGCOUNTRY"

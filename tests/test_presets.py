@@ -240,3 +240,36 @@ def test_a_fixed_rejects_file_of_a_platform_export_is_read_with_the_same_preset(
     by_email = {r["Email"]: r for r in rows}
     for c in sent:
         assert c["joined_at"][:16] == by_email[c["email"]]["Create Date"].replace(" ", "T")
+
+
+def test_stripe_customers_sharing_an_email_lose_no_cus_id(cli, fake_api, tmp_path):
+    export = platform_exports.stripe()
+    path = export.write(tmp_path)
+    rejects = tmp_path / "rejects.csv"
+    result = cli(
+        "run", str(path), "--base-url", fake_api.url, "--rejects", str(rejects),
+        "--max-error-rate", "1", env={"BLUESHIFT_API_KEY": API_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with rejects.open() as f:
+        conflicts = [r for r in csv.DictReader(f) if r["_outcome"] == "conflict"]
+    delivered = {c.get("stripe_id") for c in fake_api.state.applied}
+    listed = {r["_value"] for r in conflicts}
+    emails = [r["Email"] for r in export.rows if "@" in r["Email"]]
+    shared = {e for e in emails if emails.count(e) > 1}
+    assert shared and {r["Email"] for r in conflicts} == shared
+    # Every cus_ id of a row with an e-mail arrived, or is named in a conflict line.
+    for row in export.rows:
+        if "@" in row["Email"]:
+            assert row["id"] in delivered | listed, row["id"]
+    assert all(r["_column"] == "stripe_id" and "cus_" in r["_reason"] for r in conflicts)
+    assert f"id conflicts     {len(conflicts)}" in result.output
+
+
+def test_a_preset_fits_headers_in_another_case():
+    preset = detect_preset(["ID", "LASTNAME", "EMAIL", "HASOPTEDOUTOFEMAIL", "CREATEDDATE"])
+    assert preset is not None and preset.name == "salesforce-contact"
+    fitted = preset.fit(["ID", "LASTNAME", "EMAIL", "HASOPTEDOUTOFEMAIL", "CREATEDDATE"])
+    assert fitted.record_id == "ID"
+    assert fitted.columns["CREATEDDATE"].target == "joined_at"
+    assert fitted.columns["Birthdate"].type == "date"  # not in the file: left as shipped

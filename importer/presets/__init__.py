@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 
@@ -40,6 +40,15 @@ class Preset:
     record_id: str | None
     #: The file as shipped.
     text: str
+
+    def fit(self, columns: Iterable[str]) -> Preset:
+        """This preset with its column names spelt as in ``columns`` where they differ
+        only in case: Salesforce's Data Loader, for one, long wrote every header in
+        capitals (``ID``, ``HASOPTEDOUTOFEMAIL``)."""
+        spelt = {c.strip().casefold(): c.strip() for c in columns}
+        record_id = self.record_id and spelt.get(self.record_id.casefold(), self.record_id)
+        specs = {spelt.get(name.casefold(), name): spec for name, spec in self.columns.items()}
+        return replace(self, columns=specs, record_id=record_id)
 
 
 def preset_names() -> tuple[str, ...]:
@@ -68,9 +77,12 @@ def load_preset(name: str) -> Preset:
 
 def detect_preset(columns: Iterable[str]) -> Preset | None:
     """The preset whose ``detect`` headers are all among ``columns`` (compared
-    after trimming); of several, the one with the most headers; None if none fits."""
-    present = {c.strip() for c in columns}
-    fitting = [p for p in map(load_preset, preset_names()) if set(p.detect) <= present]
+    after trimming, in any case); of several, the one with the most headers; None
+    if none fits."""
+    present = {c.strip().casefold() for c in columns}
+    fitting = [
+        p for p in map(load_preset, preset_names()) if {d.casefold() for d in p.detect} <= present
+    ]
     return max(fitting, key=lambda p: len(p.detect), default=None)
 
 
