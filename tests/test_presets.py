@@ -60,8 +60,9 @@ def test_crm_record_id_stays_an_attribute_and_the_reject_names_the_map(cli, fake
     assert result.exit_code == 0, result.output
     assert "preset: hubspot" in result.output
     record_ids = {row["Record ID"] for row in export.rows}
-    # Read as a number, as any column of digits is.
-    assert {str(c["hubspot_record_id"]) for c in fake_api.state.applied} <= record_ids
+    # An id is text, sent exactly as the export wrote it, even when it is all digits.
+    sent = [c["hubspot_record_id"] for c in fake_api.state.applied]
+    assert sent and all(isinstance(v, str) for v in sent) and set(sent) <= record_ids
     assert all("customer_id" not in c for c in fake_api.state.applied)
     with rejects.open() as f:
         reasons = [r["_reason"] for r in csv.DictReader(f) if r["_outcome"] == "rejected"]
