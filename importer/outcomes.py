@@ -484,6 +484,7 @@ class ImportReport:
     #: The lowest pace the sender fell to after 429s (equal to ``rate_limit`` when none came).
     lowest_rate: float = 0.0
     first_request_s: float | None = None
+    last_request_s: float | None = None
     #: Seconds the API took to answer: ``mean`` over the run; ``p50``, ``p90``, ``p99``
     #: over the recent answers.
     answer_time_s: dict[str, float] = field(default_factory=dict)
@@ -580,8 +581,12 @@ class ImportReport:
         self.duration_s = round(time.monotonic() - self._t0, 3)
         if self.dry_run:
             self.achieved_rate = None
-        elif self.duration_s > 0 and self.requests:
-            self.achieved_rate = round(self.requests / self.duration_s, 3)
+        elif self.first_request_s is not None and self.last_request_s is not None:
+            # The pace between the first start and the last: n starts make n - 1 intervals.
+            span = self.last_request_s - self.first_request_s
+            self.achieved_rate = round((self.requests - 1) / span, 3) if span > 0 else None
+        else:
+            self.achieved_rate = None
 
     def started_monotonic(self) -> float:
         """``time.monotonic()`` when the run started, for timing events against it."""

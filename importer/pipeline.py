@@ -910,3 +910,5 @@ def _sync_stats(report: ImportReport, sender: Sender) -> None:
     report.shared_limit_fallback = pacer.fallback
     if stats.first_request_at is not None and report.first_request_s is None:
         report.first_request_s = round(stats.first_request_at - report.started_monotonic(), 3)
+    if stats.last_request_at is not None:
+        report.last_request_s = round(stats.last_request_at - report.started_monotonic(), 3)

@@ -241,6 +241,8 @@ class SendStats:
     last_success: float = field(default_factory=time.monotonic)
     #: ``time.monotonic()`` when the first request left, or None before it.
     first_request_at: float | None = None
+    #: ``time.monotonic()`` when the latest request left.
+    last_request_at: float | None = None
     #: Whether the API has answered anything (any status) in this run.
     answered: bool = False
 
@@ -309,8 +311,9 @@ class Sender:
         """One HTTP attempt: POST, return status, body and Retry-After seconds."""
         assert self._session is not None, "use Sender as an async context manager"
         self.stats.requests += 1
+        self.stats.last_request_at = time.monotonic()
         if self.stats.first_request_at is None:
-            self.stats.first_request_at = time.monotonic()
+            self.stats.first_request_at = self.stats.last_request_at
         call = self.pacer.in_flight.started()
         answered = False
         try:

@@ -203,7 +203,7 @@ def test_json_report_schema(cli, fake_api, tmp_path):
         "reject_reasons": dict,
         "dead_letter_reasons": dict,
         "rate_limit": float,
-        "achieved_rate": float,  # null only for a dry run
+        "achieved_rate": float,  # null only for a dry run or a single request
         "final_rate": float,
         "files": dict,
         "mapping": list,

@@ -15,7 +15,7 @@ import pytest
 
 from importer import import_file
 from importer.errors import UsageError
-from importer.outcomes import REJECTS_COLUMNS, neutralise_formula, restore_formula
+from importer.outcomes import REJECTS_COLUMNS, ImportReport, neutralise_formula, restore_formula
 from importer.progress import fix_command
 
 from .conftest import API_KEY, fast_options, write_csv
@@ -300,3 +300,15 @@ def test_rejects_columns_never_sent_even_when_the_user_deleted_some(make_fake_ap
     assert report.succeeded == 8 and report.rejected == 0
     assert all(set(c) <= {"email", "customer_id", "phone_number", "zip", "note", "loyalty_points"}
                for c in again.state.applied)  # fmt: skip
+
+
+def test_achieved_rate_is_the_pace_between_the_first_and_last_request():
+    # Six requests one every 0.2 s take 1 s from the first to the last: 5/s, not 6/s.
+    report = ImportReport(source="c.csv")
+    report.requests, report.first_request_s, report.last_request_s = 6, 0.1, 1.1
+    report.finish()
+    assert report.achieved_rate == 5.0
+    one = ImportReport(source="c.csv")
+    one.requests, one.first_request_s, one.last_request_s = 1, 0.1, 0.1
+    one.finish()
+    assert one.achieved_rate is None
