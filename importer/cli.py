@@ -28,7 +28,14 @@ import click
 from click.core import ParameterSource
 
 from .config import ConfigFile, default_map, load_config
-from .errors import AccountingMismatch, ImporterError, RunStopped, StateError, UsageError
+from .errors import (
+    AccountingMismatch,
+    ApiUnreachable,
+    ImporterError,
+    RunStopped,
+    StateError,
+    UsageError,
+)
 from .logs import LOG_FORMATS, secret_filter, setup_logging
 from .options import SECTIONS, ImportOptions, cli_default, cli_fields, flag_name, spec_of
 from .outcomes import ImportReport
@@ -406,7 +413,8 @@ def _run_import(input_paths: tuple[str, ...], options: ImportOptions, display: _
         if exc.report is not None:
             if isinstance(exc, RunStopped):
                 exc.report.stopped = cli_message(exc)  # the summary names flags too
-            _print_summary(exc.report, display)
+            # An unreachable API needs its address fixed first: resuming as is cannot help.
+            _print_summary(exc.report, display, resumable=not isinstance(exc, ApiUnreachable))
         if isinstance(exc, RunStopped) and exc.report_unwritten and exc.report is not None:
             click.echo(
                 f"error: cannot write the report {exc.report_unwritten}; here it is:", err=True
@@ -481,10 +489,10 @@ def _resume_command(
     return shlex.join(["blueshift-import", *words, "--resume"])
 
 
-def _print_summary(report: ImportReport, display: _Display) -> None:
+def _print_summary(report: ImportReport, display: _Display, resumable: bool = True) -> None:
     from .progress import fix_command, rerun_command, summary_lines
 
-    resume = display.resume_command if report.stopped else None
+    resume = display.resume_command if report.stopped and resumable else None
     if display.quiet:
         click.echo(f"accounting: {report.accounting_line()}")
         return

@@ -200,6 +200,9 @@ def test_an_unreachable_api_stops_at_once(
     assert errors[0].endswith("; check --base-url")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["succeeded"] == 0 and report["not_sent"] + report["dead_lettered"] == 120
+    # With a state the run could be resumed, but not as it is: the address needs fixing.
+    again = cli("run", str(path), "--base-url", base_url, env={"BLUESHIFT_API_KEY": "k"})
+    assert again.exit_code == 2 and "resume with:" not in again.stdout
 
 
 def test_a_rejected_key_names_the_region(make_fake_api: Any, tmp_path: Path) -> None:
