@@ -291,9 +291,11 @@ def summary_lines(
 ) -> list[str]:
     """The end-of-run summary as plain lines (no colour, no control characters)."""
     title = "dry run (nothing sent)" if report.dry_run else "import finished"
+    took = f"{format_duration(report.duration_s)} ({report.duration_s:.1f} s)"
     if report.stopped:
-        title = f"import stopped: {report.stopped}"
-    lines = [f"{title} in {format_duration(report.duration_s)} ({report.duration_s:.1f} s)"]
+        lines = [f"import stopped after {took}: {report.stopped}"]
+    else:
+        lines = [f"{title} in {took}"]
     if report.preset:
         lines.append(f"preset: {report.preset} (blueshift-import presets show {report.preset})")
     if report.mapping:

@@ -136,7 +136,7 @@ def _assert_clean_stop(result: Any, seconds: float) -> None:
     assert result.exit_code == 4, result.output
     assert "Traceback" not in result.output
     assert seconds < 10
-    assert "import stopped:" in result.stdout and "(balanced)" in result.stdout
+    assert "import stopped after " in result.stdout and "(balanced)" in result.stdout
     resume = next(line for line in result.stdout.splitlines() if "resume with:" in line)
     assert resume.endswith("--resume") and API_KEY not in resume
 
