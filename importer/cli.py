@@ -331,12 +331,12 @@ def run(
       blueshift-import run customers.csv
       blueshift-import run s3://exports/customers-2026-12-04.csv.gz
       blueshift-import run 's3://exports/2026-12-04/part-*.csv.gz' --resume
-      blueshift-import run customers.jsonl.gz --rate 5 --concurrency 4 \\
+      blueshift-import run customers.jsonl.gz --rate 5 \\
           --report report.json --dead-letter failed.jsonl
       blueshift-import run customers.csv --mock     # no credentials needed
       blueshift-import run customers.csv --config import.toml --quiet
       blueshift-import run customers.csv --resume   # after a crash or Ctrl-C
-      blueshift-import run nightly.csv --changed-only
+      blueshift-import run nightly.csv --changed-only --output-dir runs
     """
     ctx = click.get_current_context()
     verbosity = verbose + ctx.ensure_object(dict).get("verbose", 0)
