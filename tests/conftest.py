@@ -8,8 +8,10 @@ import csv
 import io
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from benchmarks.redis_server import RedisServer
 from importer.cli import main
 from importer.fake_api import DEFAULT_KEY, FakeApiConfig, FakeApiServer
 from importer.options import ImportOptions
+from importer.outcomes import ImportReport
 
 API_KEY = DEFAULT_KEY
 
@@ -104,6 +107,18 @@ def fast_options(server: FakeApiServer, **changes: Any) -> ImportOptions:
     return ImportOptions(**base)
 
 
+def stop_after(succeeded: int) -> tuple[threading.Event, Callable[[ImportReport], None]]:
+    """A ``stop`` event and an ``observer`` that sets it once ``succeeded`` customers are
+    delivered: a run interrupted part-way, to be resumed."""
+    stop = threading.Event()
+
+    def observer(report: ImportReport) -> None:
+        if report.succeeded >= succeeded:
+            stop.set()
+
+    return stop, observer
+
+
 def write_csv(
     path: Path, rows: list[list[str]] | list[dict[str, str]], header: list[str] | None = None
 ) -> Path:
@@ -185,14 +200,12 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A directory served over HTTP on 127.0.0.1 (aiohttp, ranged requests too):
-    ``(directory, base URL)``."""
+@contextmanager
+def serve_directory(root: Path, ssl_context: ssl.SSLContext | None = None) -> Iterator[int]:
+    """Serve ``root`` (aiohttp, ranged requests too) on a free 127.0.0.1 port, over TLS with
+    ``ssl_context``; yields the port."""
     from aiohttp import web
 
-    root = tmp_path / "www"
-    root.mkdir()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     loop = asyncio.new_event_loop()
@@ -204,11 +217,22 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
     async def start() -> None:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
 
     asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    yield root, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A directory served over HTTP on 127.0.0.1: ``(directory, base URL)``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    with serve_directory(root) as port:
+        yield root, f"http://127.0.0.1:{port}"

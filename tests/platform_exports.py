@@ -168,7 +168,8 @@ def _iso(moment: datetime, seconds: bool = True) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S" if seconds else "%Y-%m-%dT%H:%M:00")
 
 
-def _e164(national: str, code: str) -> str:
+def e164(national: str, code: str) -> str:
+    """``national`` as dialled in the country ``code``, in E.164."""
     import phonenumbers
 
     number = phonenumbers.parse(national, code)
@@ -314,7 +315,7 @@ def klaviyo(n: int = 300, seed: int = 4) -> PlatformExport:
             dict.fromkeys(header, "")
             | {
                 "Email": p["email"],
-                "Phone Number": _e164(p["phone"], p["code"]) if p["phone"] else "",
+                "Phone Number": e164(p["phone"], p["code"]) if p["phone"] else "",
                 "First Name": p["first"],
                 "Last Name": p["last"],
                 "City": "Town",
@@ -499,7 +500,7 @@ def iterable(n: int = 300, seed: int = 8) -> PlatformExport:
                 "profileUpdatedAt": stamp,
                 "firstName": p["first"],
                 "lastName": p["last"],
-                "phoneNumber": _e164(p["phone"], p["code"]) if p["phone"] else "",
+                "phoneNumber": e164(p["phone"], p["code"]) if p["phone"] else "",
                 "emailListIds": "[12345, 67890]" if i % 2 else "[]",
             }
         )
@@ -600,7 +601,7 @@ def audit(export: PlatformExport, applied: list[dict[str, Any]]) -> dict[str, in
                 counts["wrong_country_phones"] += 1
         for key, national in e.phones.items():
             number = sent.get(key)
-            if number != _e164(national, e.country) or (
+            if number != e164(national, e.country) or (
                 phonenumbers.parse(number).country_code != region
             ):
                 counts["wrong_country_phones"] += 1

@@ -19,21 +19,7 @@ import phonenumbers
 from importer import import_file
 
 from .conftest import API_KEY, fast_options, write_csv
-
-#: (ISO code, country name, national numbers as people type them) per country.
-COUNTRIES = [
-    ("US", "United States", ["(415) 555-0132", "415.555.0175", "212-555-0198"]),
-    ("CA", "Canada", ["613 555 0135", "(416) 555-0110"]),
-    ("FR", "France", ["06 12 34 01 72", "01 42 68 53 00", "07 81 23 45 67"]),
-    ("MX", "Mexico", ["222 123 2885", "55 1234 5678"]),
-    ("GB", "United Kingdom", ["07911 123456", "020 7946 0958"]),
-    ("DE", "Germany", ["030 1234567", "0151 23456789"]),
-]
-
-
-def _e164(national: str, region: str) -> str:
-    number = phonenumbers.parse(national, region)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+from .platform_exports import COUNTRIES, e164
 
 
 def _calling_code(e164: str) -> int:
@@ -116,12 +102,12 @@ def test_shopify_export_every_customer_with_its_own_id_and_countrys_phone(fake_a
         code = row[SHOPIFY_HEADER.index("Default Address Country Code")]
         phone = row[SHOPIFY_HEADER.index("Phone")]
         if phone:
-            assert sent["phone_number"] == _e164(phone, code)
+            assert sent["phone_number"] == e164(phone, code)
             assert _calling_code(sent["phone_number"]) == phonenumbers.country_code_for_region(code)
         else:
             assert "phone_number" not in sent
         other = row[SHOPIFY_HEADER.index("Default Address Phone")]
-        assert sent["default_address_phone"] == _e164(other, code)
+        assert sent["default_address_phone"] == e164(other, code)
     # The malformed emails were left out, and listed.
     assert report.dropped_field_reasons == {"Email": {"invalid email": 6}}
     assert all("email" not in by_id[row[0][1:]] for row in rows if "-at-" in row[3])
@@ -196,7 +182,7 @@ def test_salesforce_contacts_with_three_phone_columns_never_stop_the_run(cli, fa
             ("HomePhone", "home_phone"),
         ):
             if row[column[header]]:
-                assert sent[key] == _e164(row[column[header]], code)
+                assert sent[key] == e164(row[column[header]], code)
             else:
                 assert key not in sent
         # The salesforce-contact preset: Salesforce's own time format, zone and all,

@@ -4,14 +4,12 @@ and an HTTPS file server on loopback with a certificate of its own."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime
 import gzip
 import ipaddress
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,7 +30,7 @@ from importer.fake_api import FakeApiServer
 from importer.outcomes import ImportReport
 from importer.source.inputs import InputFile, expand_inputs
 
-from .conftest import API_KEY, fast_options, write_csv
+from .conftest import API_KEY, fast_options, serve_directory, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "imports"
@@ -427,32 +425,13 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def https_root(tmp_path: Path) -> Iterator[tuple[Path, str, Path]]:
     """A directory served over HTTPS on 127.0.0.1: ``(directory, base URL, its cert.pem)``."""
-    from aiohttp import web
-
     root = tmp_path / "www"
     root.mkdir()
     cert, key = _self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    app = web.Application()
-    app.router.add_static("/", root)
-    runner = web.AppRunner(app)
-
-    async def start() -> None:
-        await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=context).start()
-
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    yield root, f"https://127.0.0.1:{sock.getsockname()[1]}", cert
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with serve_directory(root, context) as port:
+        yield root, f"https://127.0.0.1:{port}", cert
 
 
 def test_https_url_with_a_private_ca_through_ssl_cert_file(https_root, fake_api, tmp_path):

@@ -28,7 +28,7 @@ from importer.source.location import (
     url_scheme,
 )
 
-from .conftest import API_KEY, fast_options, generated_rows, write_csv
+from .conftest import API_KEY, fast_options, generated_rows, stop_after, write_csv
 
 BUCKET = "imports"
 
@@ -191,11 +191,7 @@ def test_resume_on_s3_sends_the_rest_and_refuses_a_changed_object(
     url = s3("big.csv", data)
     state = tmp_path / "state.sqlite"
     first = make_fake_api()
-    stop = threading.Event()
-
-    def observer(report) -> None:
-        if report.succeeded >= 300:
-            stop.set()
+    stop, observer = stop_after(300)
 
     options = fast_options(
         first, state_path=state, storage_options={"endpoint_url": s3_endpoint}, chunk_rows=500

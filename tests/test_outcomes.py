@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import shlex
 import stat
-import threading
 from pathlib import Path
 
 import orjson
@@ -18,7 +17,7 @@ from importer.errors import UsageError
 from importer.outcomes import REJECTS_COLUMNS, ImportReport, neutralise_formula, restore_formula
 from importer.progress import fix_command
 
-from .conftest import API_KEY, fast_options, write_csv
+from .conftest import API_KEY, fast_options, stop_after, write_csv
 
 HEADER = ["email", "customer_id", "Phone", "zip", "note", "loyalty_points"]
 
@@ -240,11 +239,7 @@ def test_resumed_run_goes_on_in_its_default_rejects_file(make_fake_api, tmp_path
     rows = [[f"u{i}@x.io" if i % 10 else f"bad{i}", "", "", "", "", ""] for i in range(3_000)]
     path = write_csv(tmp_path / "c.csv", rows, HEADER)
     first, second = make_fake_api(), make_fake_api()
-    stop = threading.Event()
-
-    def observer(report) -> None:
-        if report.succeeded >= 300:
-            stop.set()
+    stop, observer = stop_after(300)
 
     state = tmp_path / "state.sqlite"
     options = fast_options(first, state_path=state, chunk_rows=500, rate=50.0)

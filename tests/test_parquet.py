@@ -3,7 +3,6 @@ same data, from a path, S3 or HTTP, and resumable."""
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +19,7 @@ from importer.errors import InputUnreadable, MappingError
 from importer.options import ImportOptions
 from importer.source import Source, read_chunks
 
-from .conftest import fast_options
+from .conftest import fast_options, stop_after
 
 N = 1_200
 
@@ -158,11 +157,7 @@ def test_parquet_resume_sends_the_rest(make_fake_api, tmp_path):
     path = tmp_path / "c.parquet"
     pq.write_table(_table(3_000), path, row_group_size=1_000)
     first, second = make_fake_api(), make_fake_api()
-    stop = threading.Event()
-
-    def observer(report) -> None:
-        if report.succeeded >= 300:
-            stop.set()
+    stop, observer = stop_after(300)
 
     state = tmp_path / "state.sqlite"
     options = fast_options(first, state_path=state, chunk_rows=500, rate=50.0)

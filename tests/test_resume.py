@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 from importer import import_file
 from importer.fake_api import FakeApiServer
 
-from .conftest import API_KEY, fast_options, write_csv
+from .conftest import API_KEY, fast_options, stop_after, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 4
@@ -222,11 +221,7 @@ def _interrupted_run(path: Path, server: FakeApiServer, state: Path) -> int:
     The pace leaves the stop flag time to be seen long before the file ends, even on a
     busy machine.
     """
-    stop = threading.Event()
-
-    def observer(report) -> None:
-        if report.succeeded >= 300:
-            stop.set()
+    stop, observer = stop_after(300)
 
     report = import_file(
         path,
