@@ -75,28 +75,35 @@ def open_private(path: Path, *, overwrite: bool = False, append: bool = False) -
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise UsageError(
-            f"{path} already exists; pass overwrite to replace it (or resume to append)",
-            "overwrite",
-            "resume",
-        ) from None
+        raise _already_exists(path, can_append=True) from None
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     os.fchmod(fd, 0o600)
     return os.fdopen(fd, "ab" if append else "wb")
 
 
-def refuse_existing(path: Path, *, overwrite: bool = False) -> None:
+def refuse_existing(path: Path, *, overwrite: bool = False, can_append: bool = False) -> None:
     """Raise :class:`UsageError` before a run if ``path`` exists and may not be replaced.
 
     For the report, written only at the end: a run must not do all its work
     and then fail to record it, or silently replace a previous run's report.
+    ``can_append``: the message also offers ``resume`` (a file of records).
     """
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a directory; give a file name")
     if path.exists() and not overwrite:
-        raise UsageError(f"{path} already exists; pass overwrite to replace it", "overwrite")
+        raise _already_exists(path, can_append)
+
+
+def _already_exists(path: Path, can_append: bool) -> UsageError:
+    if can_append:
+        return UsageError(
+            f"{path} already exists; pass overwrite to replace it (or resume to append)",
+            "overwrite",
+            "resume",
+        )
+    return UsageError(f"{path} already exists; pass overwrite to replace it", "overwrite")
 
 
 def stamped_dir(parent: Path) -> Path:
@@ -182,18 +189,9 @@ class _RecordFile:
         self.source = source
         self._append = append
         self._file: IO[bytes] | None = None
-        if self.path.is_dir():
-            raise UsageError(f"{self.path} is a directory; give a file name")
-        if not append and self.path.exists():
-            if not overwrite:
-                raise UsageError(
-                    f"{self.path} already exists; pass overwrite to replace it "
-                    "(or resume to append)",
-                    "overwrite",
-                    "resume",
-                )
-            if self.path.is_file():  # never a device or a pipe
-                self.path.unlink()
+        refuse_existing(self.path, overwrite=overwrite or append, can_append=True)
+        if overwrite and not append and self.path.is_file():  # never a device or a pipe
+            self.path.unlink()
 
     @property
     def size(self) -> int:

@@ -336,8 +336,7 @@ def _produce(
         else:
             emit(packer.flush())
         # A run cut short by ``limit`` did not import the whole input: not completed.
-        cut = o.limit is not None and report.rows_read >= o.limit
-        run.completed = not run.stopping.is_set() and not cut
+        run.completed = not run.stopping.is_set() and not run.limit_reached()
     except BaseException:
         abandon()
         raise
@@ -400,9 +399,6 @@ async def _run(
                 loop.call_soon_threadsafe(queue.put_nowait, batch)
                 return True
         return False
-
-    def limit_reached() -> bool:
-        return options.limit is not None and report.rows_read >= options.limit
 
     # With a limit, the source reads no more rows than it may import.
     chunk_rows = min(options.chunk_rows, options.limit or options.chunk_rows)
@@ -483,7 +479,7 @@ async def _run(
                 aborted = True
                 try:
                     for index, item in enumerate(inputs):
-                        if run.stopping.is_set() or limit_reached():
+                        if run.stopping.is_set() or run.limit_reached():
                             name = display_name(item.path)
                             report.inputs.append({"source": name, "status": "not read"})
                             continue

@@ -174,7 +174,7 @@ class Run:
     def end_file(self, done: bool) -> None:
         """Finish the current file's run in the state (``done``: read and settled whole)
         and add its section to the report."""
-        status = "completed" if done else ("stopped" if self.failure else "interrupted")
+        status = self._status(done)
         self.finish_state(done)
         if self.writer is not None:
             with contextlib.suppress(OSError, sqlite3.Error):  # a fault is reported already
@@ -319,13 +319,22 @@ class Run:
             self.state_fault = True
             self.fail(LocalFault(f"cannot record progress in the state: {describe_fault(exc)}"))
 
+    def _status(self, done: bool) -> str:
+        """How the current file's run ended: completed, stopped (a fault or the API), or
+        interrupted (a signal, ``stop``, ``limit``)."""
+        return "completed" if done else ("stopped" if self.failure else "interrupted")
+
+    def limit_reached(self) -> bool:
+        """Whether ``limit`` rows of the whole run have been read."""
+        limit = self.options.limit
+        return limit is not None and self.report.rows_read >= limit
+
     def finish_state(self, done: bool) -> None:
         """Mark the run completed, stopped or interrupted in the state (if it still works)."""
         if self.writer is None or self.state_fault:
             return
-        status = "completed" if done else ("stopped" if self.failure else "interrupted")
         try:
-            self.writer.finish(status, self.content_hash if done else None)
+            self.writer.finish(self._status(done), self.content_hash if done else None)
         except (OSError, sqlite3.Error) as exc:
             self.fail(
                 LocalFault(f"cannot record the end of the run in the state: {describe_fault(exc)}")
